@@ -1,0 +1,1 @@
+"""The application: the service over a repository, and the use cases that own a transaction."""

@@ -1,0 +1,4 @@
+"""The domain: the ID format, the sequence entity, errors and the repository interface.
+
+Pure Python: nothing here imports SQLAlchemy, FastAPI or Pydantic.
+"""

@@ -1,0 +1,126 @@
+"""The ``IdManager`` entity: one sequence's state and the rules that read and move it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from .errors import InvalidCountError, InvalidIdError, ResetRefusedError
+from .format import DEFAULT_FORMAT, IdFormat, IdRange, format_id, parse_id
+
+HEALTH_CHECK_PREFIX = "_HEALTH_CHECK_"
+
+# Statistics warn when a prefix has used this much of its current letter width.
+WIDTH_WARNING_RATIO = 0.9
+
+
+@dataclass(slots=True)
+class IdManager:
+    """A sequence of IDs for one ``(scope, prefix)``.
+
+    ``last_value`` is the ordinal of the last ID issued (0 = none yet): the single source of
+    truth. The latest and next IDs are derived from it.
+    """
+
+    prefix: str
+    scope: str = ""
+    last_value: int = 0
+    is_active: bool = True
+    format: IdFormat = DEFAULT_FORMAT
+    id: int | None = None
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+    created_by: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def latest_id(self) -> str | None:
+        """Return the last ID issued, or None when the sequence has issued nothing."""
+        return format_id(self.prefix, self.last_value, self.format) if self.last_value else None
+
+    @property
+    def next_id(self) -> str:
+        """Return the ID the next allocation will issue."""
+        return format_id(self.prefix, self.last_value + 1, self.format)
+
+    def issued(self, count: int) -> IdRange:
+        """Return the ``count`` IDs that the allocation which ended at ``last_value`` issued."""
+        return IdRange(self.prefix, self.last_value - count + 1, count, self.format)
+
+    def parse(self, text: str) -> int:
+        """Return the ordinal of ``text``, an ID of this prefix (format corrections allowed)."""
+        try:
+            return parse_id(text, lenient=True, fmt=self.format, prefix=self.prefix).ordinal
+        except InvalidIdError as exc:
+            if not text.strip().upper().startswith(self.prefix + self.format.separator):
+                raise InvalidIdError(
+                    f"Reset ID must start with '{self.prefix}{self.format.separator}'"
+                ) from exc
+            raise
+
+    def reset_target(self, reset_to: str | None, *, force: bool) -> int:
+        """Return the ``last_value`` a reset to ``reset_to`` sets, refusing to go backwards.
+
+        ``reset_to`` is the new *latest* ID: the next ID is its successor. None restarts
+        the sequence so that the next ID is the first.
+        """
+        target = 0 if reset_to is None else self.parse(reset_to)
+        if target < self.last_value and not force:
+            shown = format_id(self.prefix, target, self.format) if target else "the start"
+            raise ResetRefusedError(
+                f"Resetting {self.prefix} to {shown} would move it backwards from "
+                f"{self.latest_id} and issue IDs again; pass force=True to do it anyway"
+            )
+        return target
+
+    def width_usage(self) -> float:
+        """Return the share of the current letter width's IDs already issued (0.0–1.0)."""
+        fmt = self.format
+        if fmt.letter_width == 0:
+            width = max(fmt.digit_width, len(str(max(self.last_value, 1))))
+            return self.last_value / (10**width - 1)
+        width, start = fmt.letter_width, 0
+        blocks = max(self.last_value - 1, 0) // fmt.per_block
+        while blocks - start >= 26**width:
+            start += 26**width
+            width += 1
+        capacity = 26**width * fmt.per_block
+        return (self.last_value - start * fmt.per_block) / capacity
+
+    def stats(self) -> dict[str, Any]:
+        """Return the statistics of this sequence."""
+        usage = self.width_usage()
+        return {
+            "prefix": self.prefix,
+            "scope": self.scope,
+            "exists": True,
+            "latest_id": self.latest_id,
+            "next_id": self.next_id,
+            "count_issued": self.last_value,
+            "is_active": self.is_active,
+            "format": {
+                "separator": self.format.separator,
+                "letter_width": self.format.letter_width,
+                "digit_width": self.format.digit_width,
+            },
+            "created_at": self.created_at.isoformat() if self.created_at else None,
+            "updated_at": self.updated_at.isoformat() if self.updated_at else None,
+            "width_usage": usage,
+            "warning": (
+                f"{self.prefix} has used {usage:.0%} of its current letter width"
+                if usage >= WIDTH_WARNING_RATIO
+                else None
+            ),
+        }
+
+
+def check_count(count: int, maximum: int) -> int:
+    """Validate a requested number of IDs."""
+    if isinstance(count, bool) or not isinstance(count, int):
+        raise InvalidCountError(f"Count must be an integer, got {count!r}")
+    if count < 1:
+        raise InvalidCountError("Count must be greater than 0")
+    if count > maximum:
+        raise InvalidCountError(f"Count must not exceed {maximum:,} per call, got {count:,}")
+    return count

@@ -1,0 +1,110 @@
+"""The seed's convenience API: ``IdGeneratorUtil`` and the common ``IdPrefixes``.
+
+Every method takes what the caller has: a session (the IDs join its transaction and become
+permanent when the caller commits) or an engine / session factory (the IDs are committed in a
+short transaction of their own before they are returned). Async sessions and engines give an
+awaitable; sync ones give the value.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable
+from functools import partial
+from typing import Any, TypeAlias, TypeVar, overload
+
+from sqlalchemy import Engine
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
+
+from .application.service import SyncIdManagerService
+from .application.use_cases import IdManagerUseCases, Operation, SyncIdManagerUseCases
+from .infrastructure.repository import IdManagerRepositoryImpl
+
+T = TypeVar("T")
+AsyncDb: TypeAlias = AsyncSession | AsyncEngine | async_sessionmaker[AsyncSession]
+SyncDb: TypeAlias = Session | Engine | sessionmaker[Session]
+
+
+class IdPrefixes:
+    """Common prefixes (the seed's constants)."""
+
+    CUSTOMER = "CUS"
+    VENDOR = "VEN"
+    WAREHOUSE = "WH"
+    ITEM_PACKAGING = "PKG"
+    UNIT_OF_MEASUREMENT = "UOM"
+    PURCHASE_ORDER = "PUR"
+    SALES_ORDER = "SAL"
+    INVOICE = "INV"
+    RECEIPT = "REC"
+    INVENTORY = "INVY"
+    HEALTH_CHECK = "_HEALTH_CHECK_"
+    TEST = "TEST"
+
+
+def _run(db: AsyncDb | SyncDb, operation: Operation[T]) -> T | Awaitable[T]:
+    if isinstance(db, AsyncSession):
+        repository = IdManagerRepositoryImpl(db)
+        return repository.run(partial(operation, SyncIdManagerService(repository)))
+    if isinstance(db, Session):
+        return operation(SyncIdManagerService(IdManagerRepositoryImpl(db)))
+    if isinstance(db, AsyncEngine | async_sessionmaker):
+        return IdManagerUseCases(db).run(operation)
+    if isinstance(db, Engine | sessionmaker):
+        return SyncIdManagerUseCases(db).run(operation)
+    raise TypeError(
+        f"Expected a SQLAlchemy session, engine or session factory, got {type(db).__name__}"
+    )
+
+
+class IdGeneratorUtil:
+    """One-call ID generation for other services: ``await IdGeneratorUtil.generate_id("CUS", s)``."""
+
+    @overload
+    @staticmethod
+    def generate_id(prefix: str, db_session: AsyncDb, *, scope: str = "") -> Awaitable[str]: ...
+    @overload
+    @staticmethod
+    def generate_id(prefix: str, db_session: SyncDb, *, scope: str = "") -> str: ...
+    @staticmethod
+    def generate_id(prefix: str, db_session: Any, *, scope: str = "") -> Any:
+        """Allocate the next ID of ``prefix``.
+
+        Raises:
+            InvalidPrefixError: the prefix is empty, too long or has invalid characters.
+            PrefixInactiveError: the prefix is deactivated.
+            StorageError: the database is unavailable.
+        """
+        return _run(db_session, lambda s: s.generate_id(prefix, scope=scope))
+
+    @overload
+    @staticmethod
+    def bulk_generate_ids(
+        prefix: str, count: int, db_session: AsyncDb, *, scope: str = ""
+    ) -> Awaitable[list[str]]: ...
+    @overload
+    @staticmethod
+    def bulk_generate_ids(
+        prefix: str, count: int, db_session: SyncDb, *, scope: str = ""
+    ) -> list[str]: ...
+    @staticmethod
+    def bulk_generate_ids(prefix: str, count: int, db_session: Any, *, scope: str = "") -> Any:
+        """Allocate ``count`` consecutive IDs of ``prefix`` in one statement.
+
+        Raises:
+            InvalidCountError: ``count`` is below 1 or above the maximum.
+        """
+        return _run(db_session, lambda s: s.bulk_generate_ids(prefix, count, scope=scope))
+
+    @overload
+    @staticmethod
+    def get_current_id(
+        prefix: str, db_session: AsyncDb, *, scope: str = ""
+    ) -> Awaitable[str | None]: ...
+    @overload
+    @staticmethod
+    def get_current_id(prefix: str, db_session: SyncDb, *, scope: str = "") -> str | None: ...
+    @staticmethod
+    def get_current_id(prefix: str, db_session: Any, *, scope: str = "") -> Any:
+        """Return the latest ID issued for ``prefix``, or None if it has issued none."""
+        return _run(db_session, lambda s: s.get_current_id(prefix, scope=scope))

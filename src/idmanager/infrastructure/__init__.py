@@ -1,0 +1,1 @@
+"""Storage: SQLAlchemy models, engines, the repository and the Alembic migrations."""

@@ -1,0 +1,31 @@
+"""Alembic environment: migrations run on a sync connection of the configured URL."""
+
+from __future__ import annotations
+
+from alembic import context
+from sqlalchemy import pool
+
+from idmanager.infrastructure.database import create_engine
+from idmanager.infrastructure.models import Base
+
+config = context.config
+
+
+def run_migrations() -> None:
+    url = context.get_x_argument(as_dictionary=True).get("url") or config.get_main_option(
+        "sqlalchemy.url"
+    )
+    assert url, "set sqlalchemy.url or pass -x url=..."
+    engine = create_engine(url, poolclass=pool.NullPool)
+    with engine.connect() as connection:
+        context.configure(
+            connection=connection,
+            target_metadata=Base.metadata,
+            render_as_batch=connection.dialect.name == "sqlite",
+        )
+        with context.begin_transaction():
+            context.run_migrations()
+    engine.dispose()
+
+
+run_migrations()
