@@ -10,7 +10,9 @@ from .domain.errors import IdManagerError
 from .infrastructure.database import DEFAULT_DATABASE_URL
 from .infrastructure.migrate import migrate as apply_migrations
 
-app = typer.Typer(help="Human-readable, sequential, never-repeating business IDs.", no_args_is_help=True)
+app = typer.Typer(
+    help="Human-readable, sequential, never-repeating business IDs.", no_args_is_help=True
+)
 
 DatabaseUrl = Annotated[
     str,

@@ -58,7 +58,7 @@ def _run(db: AsyncDb | SyncDb, operation: Operation[T]) -> T | Awaitable[T]:
 
 
 class IdGeneratorUtil:
-    """One-call ID generation for other services: ``await IdGeneratorUtil.generate_id("CUS", s)``."""
+    """One-call ID generation: ``await IdGeneratorUtil.generate_id("CUS", session)``."""
 
     @overload
     @staticmethod

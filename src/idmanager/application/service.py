@@ -81,7 +81,9 @@ class SyncIdManagerService:
     def _key(self, prefix: str, scope: str) -> tuple[str, str]:
         value = normalize_prefix(prefix)
         if value == HEALTH_CHECK_PREFIX:
-            raise InvalidPrefixError(f"Prefix {HEALTH_CHECK_PREFIX} is reserved for the health check")
+            raise InvalidPrefixError(
+                f"Prefix {HEALTH_CHECK_PREFIX} is reserved for the health check"
+            )
         return check_scope(scope), value
 
     def generate_range(self, prefix: str, count: int = 1, *, scope: str = "") -> IdRange:
@@ -92,16 +94,16 @@ class SyncIdManagerService:
             scope, prefix, count, create=self.create_missing, fmt=self.default_format
         )
         if manager is None:
-            self._refuse(scope, prefix)
+            raise self._refusal(scope, prefix)
         return manager.issued(count)
 
-    def _refuse(self, scope: str, prefix: str) -> Any:
+    def _refusal(self, scope: str, prefix: str) -> IdManagerError:
         """Explain why an allocation returned nothing (off the fast path)."""
         existing = self.repository.get(scope, prefix)
         where = f" in scope {scope!r}" if scope else ""
         if existing is None:
-            raise PrefixNotFoundError(f"Prefix {prefix}{where} is not registered")
-        raise PrefixInactiveError(f"Prefix {prefix}{where} is inactive and issues no new IDs")
+            return PrefixNotFoundError(f"Prefix {prefix}{where} is not registered")
+        return PrefixInactiveError(f"Prefix {prefix}{where} is inactive and issues no new IDs")
 
     def generate_id(self, prefix: str, *, scope: str = "") -> str:
         """Allocate the next ID of ``prefix``."""
@@ -232,7 +234,12 @@ class SyncIdManagerService:
             self.repository.update(manager)
             self.repository.add_audit(
                 AuditEntry(
-                    scope, prefix, "configure", before[0], manager.last_value, self.actor,
+                    scope,
+                    prefix,
+                    "configure",
+                    before[0],
+                    manager.last_value,
+                    self.actor,
                     f"active={manager.is_active} format={manager.format}",
                 )
             )

@@ -45,7 +45,9 @@ class IdManagerUseCases:
                 return result
 
     def _call(self, session: Session, operation: Operation[T]) -> T:
-        return operation(SyncIdManagerService(IdManagerRepositoryImpl(session), **self.service_options))
+        return operation(
+            SyncIdManagerService(IdManagerRepositoryImpl(session), **self.service_options)
+        )
 
 
 class SyncIdManagerUseCases:

@@ -79,14 +79,14 @@ class IdManager:
         fmt = self.format
         if fmt.letter_width == 0:
             width = max(fmt.digit_width, len(str(max(self.last_value, 1))))
-            return self.last_value / (10**width - 1)
+            return float(self.last_value / (10**width - 1))
         width, start = fmt.letter_width, 0
         blocks = max(self.last_value - 1, 0) // fmt.per_block
         while blocks - start >= 26**width:
             start += 26**width
             width += 1
         capacity = 26**width * fmt.per_block
-        return (self.last_value - start * fmt.per_block) / capacity
+        return float((self.last_value - start * fmt.per_block) / capacity)
 
     def stats(self) -> dict[str, Any]:
         """Return the statistics of this sequence."""

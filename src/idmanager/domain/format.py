@@ -42,12 +42,14 @@ class IdFormat:
                 f"Letter width must be between 0 and 8, got {self.letter_width}"
             )
         if not 1 <= self.digit_width <= 12:
-            raise InvalidFormatError(f"Digit width must be between 1 and 12, got {self.digit_width}")
+            raise InvalidFormatError(
+                f"Digit width must be between 1 and 12, got {self.digit_width}"
+            )
 
     @property
     def per_block(self) -> int:
         """IDs per letter block: ``0001`` … ``9999`` for four digits."""
-        return 10**self.digit_width - 1
+        return int(10**self.digit_width) - 1
 
 
 DEFAULT_FORMAT = IdFormat()
@@ -151,20 +153,20 @@ def format_ids(prefix: str, first: int, count: int, fmt: IdFormat = DEFAULT_FORM
 class IdRange(Sequence[str]):
     """A lazy, immutable run of consecutive IDs: a million of them cost nothing until read."""
 
-    __slots__ = ("count", "first", "format", "prefix")
+    __slots__ = ("first", "format", "prefix", "size")
 
     def __init__(self, prefix: str, first: int, count: int, fmt: IdFormat = DEFAULT_FORMAT):
         if first < 1 or count < 0:
             raise InvalidIdError(f"Invalid range: first={first}, count={count}")
-        self.prefix, self.first, self.count, self.format = prefix, first, count, fmt
+        self.prefix, self.first, self.size, self.format = prefix, first, count, fmt
 
     @property
     def last(self) -> int:
         """Return the ordinal of the last ID in the range."""
-        return self.first + self.count - 1
+        return self.first + self.size - 1
 
     def __len__(self) -> int:
-        return self.count
+        return self.size
 
     @overload
     def __getitem__(self, index: int) -> str: ...
@@ -172,30 +174,32 @@ class IdRange(Sequence[str]):
     def __getitem__(self, index: slice) -> list[str]: ...
     def __getitem__(self, index: int | slice) -> str | list[str]:
         if isinstance(index, slice):
-            start, stop, step = index.indices(self.count)
+            start, stop, step = index.indices(self.size)
             if step == 1:
-                return format_ids(self.prefix, self.first + start, max(0, stop - start), self.format)
+                return format_ids(
+                    self.prefix, self.first + start, max(0, stop - start), self.format
+                )
             return [self[i] for i in range(start, stop, step)]
         if index < 0:
-            index += self.count
-        if not 0 <= index < self.count:
+            index += self.size
+        if not 0 <= index < self.size:
             raise IndexError("IdRange index out of range")
         return format_id(self.prefix, self.first + index, self.format)
 
     def __iter__(self) -> Iterator[str]:
-        for chunk in _iter_chunks(self.prefix, self.first, self.count, self.format):
+        for chunk in _iter_chunks(self.prefix, self.first, self.size, self.format):
             yield from chunk
 
     def chunks(self) -> Iterator[list[str]]:
         """Yield the IDs in lists of at most one letter block each (for streaming)."""
-        return _iter_chunks(self.prefix, self.first, self.count, self.format)
+        return _iter_chunks(self.prefix, self.first, self.size, self.format)
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, IdRange):
-            return (self.prefix, self.first, self.count, self.format) == (
+            return (self.prefix, self.first, self.size, self.format) == (
                 other.prefix,
                 other.first,
-                other.count,
+                other.size,
                 other.format,
             )
         if isinstance(other, list | tuple):
@@ -203,12 +207,12 @@ class IdRange(Sequence[str]):
         return NotImplemented
 
     def __hash__(self) -> int:
-        return hash((self.prefix, self.first, self.count, self.format))
+        return hash((self.prefix, self.first, self.size, self.format))
 
     def __repr__(self) -> str:
-        if not self.count:
+        if not self.size:
             return f"IdRange({self.prefix!r}, empty)"
-        return f"IdRange({self[0]!r} .. {self[-1]!r}, count={self.count})"
+        return f"IdRange({self[0]!r} .. {self[-1]!r}, count={self.size})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -256,23 +260,22 @@ def parse_id(
     except InvalidPrefixError as exc:
         raise InvalidIdError(f"Invalid ID {shown!r}: {exc}") from None
     if prefix is not None and parsed_prefix != prefix:
-        raise InvalidIdError(
-            f"Invalid ID {shown!r}: it must start with '{prefix}{fmt.separator}'"
-        )
+        raise InvalidIdError(f"Invalid ID {shown!r}: it must start with '{prefix}{fmt.separator}'")
     letters, number = _split_body(body, shown, fmt, lenient)
-    block = letters_block(letters, fmt.letter_width) if fmt.letter_width else 0
     if fmt.letter_width == 0:
         ordinal = number
     else:
-        ordinal = block * fmt.per_block + number
+        ordinal = letters_block(letters, fmt.letter_width) * fmt.per_block + number
     if ordinal < 1:
-        raise InvalidIdError(
-            f"Invalid ID {shown!r}: it comes before the first ID {format_id(parsed_prefix, 1, fmt)}"
-        )
+        first = format_id(parsed_prefix, 1, fmt)
+        raise InvalidIdError(f"Invalid ID {shown!r}: it comes before the first ID {first}")
+    if fmt.letter_width == 0:
+        letters_out, number_out = "", ordinal
+    else:
+        # Re-derive the parts: a lenient "AAB0000" is really "AAA9999".
+        block, offset = divmod(ordinal - 1, fmt.per_block)
+        letters_out, number_out = block_letters(block, fmt.letter_width), offset + 1
     normalized = format_id(parsed_prefix, ordinal, fmt)
-    letters_out = normalized[len(parsed_prefix) + len(fmt.separator) :][: len(normalized)]
-    letters_out = letters_out.rstrip("0123456789")
-    number_out = (ordinal - 1) % fmt.per_block + 1 if fmt.letter_width else ordinal
     return ParsedId(parsed_prefix, letters_out, number_out, ordinal, normalized)
 
 
@@ -312,9 +315,7 @@ def _split_body(body: str, shown: str, fmt: IdFormat, lenient: bool) -> tuple[st
         )
     number = int(digits)
     if fmt.letter_width and number > fmt.per_block:
-        raise InvalidIdError(
-            f"Invalid ID {shown!r}: number {number} exceeds {fmt.per_block}"
-        )
+        raise InvalidIdError(f"Invalid ID {shown!r}: number {number} exceeds {fmt.per_block}")
     if not lenient:
         expected = f"{number:0{fmt.digit_width}d}"
         if digits != expected or (fmt.letter_width and number == 0):

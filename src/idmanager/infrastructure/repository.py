@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, TypeVar
+from datetime import UTC, datetime
+from typing import Any, TypeVar, cast
 
-from sqlalchemy import Row, func, select, update
+from sqlalchemy import Row, Table, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.mysql import insert as mysql_insert
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
@@ -20,8 +21,14 @@ from ..domain.repository import AuditEntry, IdManagerRepository
 from .models import IdManagerAuditModel, IdManagerModel
 
 T = TypeVar("T")
-_TABLE = IdManagerModel.__table__
+_TABLE = cast(Table, IdManagerModel.__table__)
+_AUDIT = cast(Table, IdManagerAuditModel.__table__)
 _COLUMNS = tuple(_TABLE.c)
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    # SQLite and MySQL return naive timestamps; the database wrote them in UTC.
+    return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
 
 
 def _entity(row: Row[Any]) -> IdManager:
@@ -33,8 +40,8 @@ def _entity(row: Row[Any]) -> IdManager:
         is_active=bool(m["is_active"]),
         format=IdFormat(m["separator"], m["letter_width"], m["digit_width"]),
         id=m["id"],
-        created_at=m["created_at"],
-        updated_at=m["updated_at"],
+        created_at=_utc(m["created_at"]),
+        updated_at=_utc(m["updated_at"]),
         created_by=m["created_by"],
     )
 
@@ -197,7 +204,7 @@ class IdManagerRepositoryImpl(IdManagerRepository):
 
     def add_audit(self, entry: AuditEntry) -> None:
         self._execute(
-            IdManagerAuditModel.__table__.insert().values(
+            _AUDIT.insert().values(
                 scope=entry.scope,
                 prefix=entry.prefix,
                 action=entry.action,

@@ -40,9 +40,7 @@ def upgrade() -> None:
         ),
         sa.Column("created_by", sa.String(255), nullable=True),
         sa.Column("is_active", sa.Boolean(), nullable=False, server_default=sa.true()),
-        sa.CheckConstraint(
-            "last_value >= 0", name="ck_id_managers_last_value_not_negative"
-        ),
+        sa.CheckConstraint("last_value >= 0", name="ck_id_managers_last_value_not_negative"),
         sa.PrimaryKeyConstraint("id", name="pk_id_managers"),
         sa.UniqueConstraint("scope", "prefix", name="uq_id_managers_scope_prefix"),
     )
