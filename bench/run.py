@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
-from sqlalchemy import create_engine as sa_create_engine
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -216,15 +215,15 @@ def sqlite_runs() -> None:
         (time.perf_counter() - start) * 1000,
         "ms",
     )
-    sa_create_engine("sqlite://").dispose()
 
 
 def write_report() -> None:
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     lines = [
         "# Benchmarks",
         "",
         f"Measured by `make bench` on {platform.node()} ({os.cpu_count()} cores, "
-        f"Python {platform.python_version()}), {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.",
+        f"Python {platform.python_version()}), {when}.",
         "Each ratio compares with a baseline measured in the same run.",
         "",
         "| backend | measurement | value | unit | ratio | baseline |",
@@ -232,9 +231,8 @@ def write_report() -> None:
     ]
     for row in ROWS:
         ratio = f"{row.ratio:.2f}x" if row.ratio is not None else ""
-        lines.append(
-            f"| {row.section} | {row.name} | {row.value:,.0f} | {row.unit} | {ratio} | {row.baseline} |"
-        )
+        cells = [row.section, row.name, f"{row.value:,.0f}", row.unit, ratio, row.baseline]
+        lines.append("| " + " | ".join(cells) + " |")
     out = ROOT / "docs" / "benchmarks.md"
     out.write_text("\n".join(lines) + "\n")
     print(f"wrote {out.relative_to(ROOT)}")
