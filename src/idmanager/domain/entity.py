@@ -53,7 +53,9 @@ class IdManager:
         try:
             return parse_id(text, lenient=True, fmt=self.format, prefix=self.prefix).ordinal
         except InvalidIdError as exc:
-            if not text.strip().upper().startswith(self.prefix + self.format.separator):
+            if isinstance(text, str) and not text.strip().upper().startswith(
+                self.prefix + self.format.separator
+            ):
                 raise InvalidIdError(
                     f"Reset ID must start with '{self.prefix}{self.format.separator}'"
                 ) from exc

@@ -17,6 +17,8 @@ from typing import overload
 from .errors import InvalidFormatError, InvalidIdError, InvalidPrefixError
 
 MAX_PREFIX_LENGTH = 255
+# The largest ordinal storage holds (``last_value`` is a signed 64-bit BIGINT).
+MAX_ORDINAL = 2**63 - 1
 _PREFIX_RE = re.compile(r"[A-Z0-9_]+")
 _SEPARATORS = frozenset({"", "-", ".", "/", ":", "#"})
 _ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
@@ -32,11 +34,15 @@ class IdFormat:
     digit_width: int = 4
 
     def __post_init__(self) -> None:
-        if self.separator not in _SEPARATORS:
+        if not isinstance(self.separator, str) or self.separator not in _SEPARATORS:
             allowed = ", ".join(repr(s) for s in sorted(_SEPARATORS))
             raise InvalidFormatError(
                 f"Separator {self.separator!r} is not allowed; use one of {allowed}"
             )
+        for name, value in (("Letter", self.letter_width), ("Digit", self.digit_width)):
+            # bool is an int, and a float width would format garbage: accept exact ints only.
+            if type(value) is not int:
+                raise InvalidFormatError(f"{name} width must be an integer, got {value!r}")
         if not 0 <= self.letter_width <= 8:
             raise InvalidFormatError(
                 f"Letter width must be between 0 and 8, got {self.letter_width}"
@@ -59,12 +65,15 @@ def normalize_prefix(prefix: str) -> str:
     """Trim and upper-case a prefix, then validate it with the seed's messages."""
     if not isinstance(prefix, str):
         raise InvalidPrefixError("Prefix must be a string")
-    value = prefix.strip().upper()
+    value = prefix.strip()
+    # Check ASCII before upper-casing: "ß".upper() is "SS" and "ı".upper() is "I".
+    ascii_only = value.isascii()
+    value = value.upper()
     if not value:
         raise InvalidPrefixError("Prefix cannot be empty")
     if len(value) > MAX_PREFIX_LENGTH:
         raise InvalidPrefixError(f"Prefix cannot exceed {MAX_PREFIX_LENGTH} characters")
-    if not value.isascii() or not _PREFIX_RE.fullmatch(value):
+    if not ascii_only or not _PREFIX_RE.fullmatch(value):
         raise InvalidPrefixError(
             "Prefix can only contain uppercase letters, numbers, and underscores"
         )
@@ -251,7 +260,13 @@ def parse_id(
     if not isinstance(text, str):
         raise InvalidIdError(f"ID must be a string, got {type(text).__name__}")
     shown = text if len(text) <= 80 else text[:77] + "..."
-    raw = text.strip().upper() if lenient else text
+    raw = text.strip() if lenient else text
+    if not raw.isascii():
+        # Upper-casing would turn some non-ASCII letters into ASCII ones ("ﬀ" into "FF").
+        raise InvalidIdError(
+            f"Invalid ID {shown!r}: only A-Z, 0-9, '_' and the separator are allowed"
+        )
+    raw = raw.upper() if lenient else raw
     head, body = _split(raw, shown, fmt, prefix)
     try:
         parsed_prefix = normalize_prefix(head) if lenient else head
@@ -266,6 +281,8 @@ def parse_id(
         ordinal = number
     else:
         ordinal = letters_block(letters, fmt.letter_width) * fmt.per_block + number
+    if ordinal > MAX_ORDINAL:
+        raise InvalidIdError(f"Invalid ID {shown!r}: {_BEYOND_END}")
     if ordinal < 1:
         first = format_id(parsed_prefix, 1, fmt)
         raise InvalidIdError(f"Invalid ID {shown!r}: it comes before the first ID {first}")
@@ -296,6 +313,10 @@ def _split(raw: str, shown: str, fmt: IdFormat, prefix: str | None) -> tuple[str
 
 
 _BODY_RE = re.compile(r"([A-Z]*)([0-9]+)")
+_BEYOND_END = f"it lies beyond the last ID a sequence can reach (ordinal {MAX_ORDINAL:,})"
+# No ID within MAX_ORDINAL has more letters or significant digits than this; checking the
+# length first keeps absurd input from costing big-integer arithmetic (or int()'s digit limit).
+_MAX_PART_LENGTH = 20
 
 
 def _split_body(body: str, shown: str, fmt: IdFormat, lenient: bool) -> tuple[str, int]:
@@ -306,6 +327,8 @@ def _split_body(body: str, shown: str, fmt: IdFormat, lenient: bool) -> tuple[st
             f"Invalid ID {shown!r}: expected letters A-Z then digits after the prefix"
         )
     letters, digits = match.groups()
+    if len(letters) > _MAX_PART_LENGTH or len(digits.lstrip("0")) > _MAX_PART_LENGTH:
+        raise InvalidIdError(f"Invalid ID {shown!r}: {_BEYOND_END}")
     if fmt.letter_width == 0 and letters:
         raise InvalidIdError(f"Invalid ID {shown!r}: this format has digits only")
     if fmt.letter_width and len(letters) < fmt.letter_width:
@@ -313,7 +336,7 @@ def _split_body(body: str, shown: str, fmt: IdFormat, lenient: bool) -> tuple[st
             f"Invalid ID {shown!r}: expected at least {fmt.letter_width} letters, "
             f"got {len(letters)}"
         )
-    number = int(digits)
+    number = int(digits.lstrip("0") or "0")
     if fmt.letter_width and number > fmt.per_block:
         raise InvalidIdError(f"Invalid ID {shown!r}: number {number} exceeds {fmt.per_block}")
     if not lenient:
