@@ -9,6 +9,7 @@ awaitable; sync ones give the value.
 from __future__ import annotations
 
 from collections.abc import Awaitable
+from datetime import date
 from functools import partial
 from typing import Any, TypeAlias, TypeVar, overload
 
@@ -62,49 +63,61 @@ class IdGeneratorUtil:
 
     @overload
     @staticmethod
-    def generate_id(prefix: str, db_session: AsyncDb, *, scope: str = "") -> Awaitable[str]: ...
+    def generate_id(
+        prefix: str, db_session: AsyncDb, *, scope: str = "", on: date | None = None
+    ) -> Awaitable[str]: ...
     @overload
     @staticmethod
-    def generate_id(prefix: str, db_session: SyncDb, *, scope: str = "") -> str: ...
+    def generate_id(
+        prefix: str, db_session: SyncDb, *, scope: str = "", on: date | None = None
+    ) -> str: ...
     @staticmethod
-    def generate_id(prefix: str, db_session: Any, *, scope: str = "") -> Any:
-        """Allocate the next ID of ``prefix``.
+    def generate_id(
+        prefix: str, db_session: Any, *, scope: str = "", on: date | None = None
+    ) -> Any:
+        """Allocate the next ID of ``prefix`` (a period template is resolved from ``on``).
 
         Raises:
             InvalidPrefixError: the prefix is empty, too long or has invalid characters.
             PrefixInactiveError: the prefix is deactivated.
             StorageError: the database is unavailable.
         """
-        return _run(db_session, lambda s: s.generate_id(prefix, scope=scope))
+        return _run(db_session, lambda s: s.generate_id(prefix, scope=scope, on=on))
 
     @overload
     @staticmethod
     def bulk_generate_ids(
-        prefix: str, count: int, db_session: AsyncDb, *, scope: str = ""
+        prefix: str, count: int, db_session: AsyncDb, *, scope: str = "", on: date | None = None
     ) -> Awaitable[list[str]]: ...
     @overload
     @staticmethod
     def bulk_generate_ids(
-        prefix: str, count: int, db_session: SyncDb, *, scope: str = ""
+        prefix: str, count: int, db_session: SyncDb, *, scope: str = "", on: date | None = None
     ) -> list[str]: ...
     @staticmethod
-    def bulk_generate_ids(prefix: str, count: int, db_session: Any, *, scope: str = "") -> Any:
+    def bulk_generate_ids(
+        prefix: str, count: int, db_session: Any, *, scope: str = "", on: date | None = None
+    ) -> Any:
         """Allocate ``count`` consecutive IDs of ``prefix`` in one statement.
 
         Raises:
             InvalidCountError: ``count`` is below 1 or above the maximum.
         """
-        return _run(db_session, lambda s: s.bulk_generate_ids(prefix, count, scope=scope))
+        return _run(db_session, lambda s: s.bulk_generate_ids(prefix, count, scope=scope, on=on))
 
     @overload
     @staticmethod
     def get_current_id(
-        prefix: str, db_session: AsyncDb, *, scope: str = ""
+        prefix: str, db_session: AsyncDb, *, scope: str = "", on: date | None = None
     ) -> Awaitable[str | None]: ...
     @overload
     @staticmethod
-    def get_current_id(prefix: str, db_session: SyncDb, *, scope: str = "") -> str | None: ...
+    def get_current_id(
+        prefix: str, db_session: SyncDb, *, scope: str = "", on: date | None = None
+    ) -> str | None: ...
     @staticmethod
-    def get_current_id(prefix: str, db_session: Any, *, scope: str = "") -> Any:
+    def get_current_id(
+        prefix: str, db_session: Any, *, scope: str = "", on: date | None = None
+    ) -> Any:
         """Return the latest ID issued for ``prefix``, or None if it has issued none."""
-        return _run(db_session, lambda s: s.get_current_id(prefix, scope=scope))
+        return _run(db_session, lambda s: s.get_current_id(prefix, scope=scope, on=on))

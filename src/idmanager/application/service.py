@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from functools import partial
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
@@ -21,7 +21,8 @@ from ..domain.errors import (
     PrefixInactiveError,
     PrefixNotFoundError,
 )
-from ..domain.format import DEFAULT_FORMAT, IdFormat, IdRange, format_id, normalize_prefix
+from ..domain.format import DEFAULT_FORMAT, IdFormat, IdRange, format_id
+from ..domain.period import resolve_prefix
 from ..domain.repository import AuditEntry, IdManagerRepository
 
 P = ParamSpec("P")
@@ -71,24 +72,32 @@ class SyncIdManagerService:
         create_missing: bool = True,
         default_format: IdFormat = DEFAULT_FORMAT,
         actor: str | None = None,
+        fiscal_year_start: int = 1,
     ) -> None:
         self.repository = repository
+        self.fiscal_year_start = fiscal_year_start
         self.max_count = max_count
         self.create_missing = create_missing
         self.default_format = default_format
         self.actor = actor
 
-    def _key(self, prefix: str, scope: str) -> tuple[str, str]:
-        value = normalize_prefix(prefix)
+    def _key(self, prefix: str, scope: str, on: date | None = None) -> tuple[str, str]:
+        value = resolve_prefix(prefix, on, fiscal_year_start=self.fiscal_year_start)
         if value == HEALTH_CHECK_PREFIX:
             raise InvalidPrefixError(
                 f"Prefix {HEALTH_CHECK_PREFIX} is reserved for the health check"
             )
         return check_scope(scope), value
 
-    def generate_range(self, prefix: str, count: int = 1, *, scope: str = "") -> IdRange:
-        """Allocate ``count`` consecutive IDs in one statement and return them, lazily."""
-        scope, prefix = self._key(prefix, scope)
+    def generate_range(
+        self, prefix: str, count: int = 1, *, scope: str = "", on: date | None = None
+    ) -> IdRange:
+        """Allocate ``count`` consecutive IDs in one statement and return them, lazily.
+
+        ``prefix`` may be a period template (``INV{YYYY}``), resolved from ``on``, the
+        document's date (default: today, UTC).
+        """
+        scope, prefix = self._key(prefix, scope, on)
         check_count(count, self.max_count)
         manager = self.repository.allocate(
             scope, prefix, count, create=self.create_missing, fmt=self.default_format
@@ -105,25 +114,29 @@ class SyncIdManagerService:
             return PrefixNotFoundError(f"Prefix {prefix}{where} is not registered")
         return PrefixInactiveError(f"Prefix {prefix}{where} is inactive and issues no new IDs")
 
-    def generate_id(self, prefix: str, *, scope: str = "") -> str:
+    def generate_id(self, prefix: str, *, scope: str = "", on: date | None = None) -> str:
         """Allocate the next ID of ``prefix``."""
-        return self.generate_range(prefix, 1, scope=scope)[0]
+        return self.generate_range(prefix, 1, scope=scope, on=on)[0]
 
-    def bulk_generate_ids(self, prefix: str, count: int, *, scope: str = "") -> list[str]:
+    def bulk_generate_ids(
+        self, prefix: str, count: int, *, scope: str = "", on: date | None = None
+    ) -> list[str]:
         """Allocate ``count`` consecutive IDs in one statement."""
-        return self.generate_range(prefix, count, scope=scope)[:]
+        return self.generate_range(prefix, count, scope=scope, on=on)[:]
 
-    def _get(self, prefix: str, scope: str, *, for_update: bool = False) -> IdManager:
-        scope, prefix = self._key(prefix, scope)
+    def _get(
+        self, prefix: str, scope: str, on: date | None, *, for_update: bool = False
+    ) -> IdManager:
+        scope, prefix = self._key(prefix, scope, on)
         manager = self.repository.get(scope, prefix, for_update=for_update)
         if manager is None:
             where = f" in scope {scope!r}" if scope else ""
             raise PrefixNotFoundError(f"Prefix {prefix}{where} does not exist")
         return manager
 
-    def get_current_id(self, prefix: str, *, scope: str = "") -> str | None:
+    def get_current_id(self, prefix: str, *, scope: str = "", on: date | None = None) -> str | None:
         """Return the latest ID issued, or None if the prefix has issued none (or is unknown)."""
-        scope, prefix = self._key(prefix, scope)
+        scope, prefix = self._key(prefix, scope, on)
         manager = self.repository.get(scope, prefix)
         return manager.latest_id if manager else None
 
@@ -134,13 +147,14 @@ class SyncIdManagerService:
         force: bool = False,
         *,
         scope: str = "",
+        on: date | None = None,
         dry_run: bool = False,
     ) -> ResetResult:
         """Make ``reset_to`` the latest ID (None: start over), refusing to go backwards unforced.
 
         Resetting an unknown prefix creates it. Every reset is audited.
         """
-        scope, prefix = self._key(prefix, scope)
+        scope, prefix = self._key(prefix, scope, on)
         if not dry_run:
             self.repository.ensure(scope, prefix, self.default_format, self.actor)
         manager = self.repository.get(scope, prefix, for_update=not dry_run) or IdManager(
@@ -181,8 +195,8 @@ class SyncIdManagerService:
             check_scope(scope)
         return self.repository.list(scope=scope, skip=skip, limit=limit, active_only=active_only)
 
-    def _set_active(self, prefix: str, scope: str, active: bool) -> IdManager:
-        manager = self._get(prefix, scope, for_update=True)
+    def _set_active(self, prefix: str, scope: str, on: date | None, active: bool) -> IdManager:
+        manager = self._get(prefix, scope, on, for_update=True)
         if manager.is_active != active:
             manager.is_active = active
             self.repository.update(manager)
@@ -192,19 +206,22 @@ class SyncIdManagerService:
             )
         return manager
 
-    def activate_prefix(self, prefix: str, *, scope: str = "") -> IdManager:
+    def activate_prefix(self, prefix: str, *, scope: str = "", on: date | None = None) -> IdManager:
         """Let ``prefix`` issue IDs again."""
-        return self._set_active(prefix, scope, True)
+        return self._set_active(prefix, scope, on, True)
 
-    def deactivate_prefix(self, prefix: str, *, scope: str = "") -> IdManager:
+    def deactivate_prefix(
+        self, prefix: str, *, scope: str = "", on: date | None = None
+    ) -> IdManager:
         """Make ``prefix`` refuse new IDs (its history is kept)."""
-        return self._set_active(prefix, scope, False)
+        return self._set_active(prefix, scope, on, False)
 
     def configure_prefix(
         self,
         prefix: str,
         *,
         scope: str = "",
+        on: date | None = None,
         fmt: IdFormat | None = None,
         is_active: bool | None = None,
         latest_id: str | None = None,
@@ -215,7 +232,7 @@ class SyncIdManagerService:
         The format is fixed once the prefix has issued an ID. ``latest_id`` moves the sequence
         as :meth:`reset_sequence` does, refusing to go backwards unless ``force``.
         """
-        scope, prefix = self._key(prefix, scope)
+        scope, prefix = self._key(prefix, scope, on)
         self.repository.ensure(scope, prefix, fmt or self.default_format, self.actor)
         manager = self.repository.get(scope, prefix, for_update=True)
         assert manager is not None  # ensure() just created it if it was missing
@@ -245,9 +262,11 @@ class SyncIdManagerService:
             )
         return manager
 
-    def get_prefix_stats(self, prefix: str, *, scope: str = "") -> dict[str, Any]:
+    def get_prefix_stats(
+        self, prefix: str, *, scope: str = "", on: date | None = None
+    ) -> dict[str, Any]:
         """Return the statistics of one prefix; ``exists`` is False for an unknown one."""
-        scope, prefix = self._key(prefix, scope)
+        scope, prefix = self._key(prefix, scope, on)
         manager = self.repository.get(scope, prefix)
         if manager is None:
             return {
