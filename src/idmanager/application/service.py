@@ -7,6 +7,7 @@ greenlet bridge (or directly, for a sync session).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -17,7 +18,9 @@ from ..domain.entity import HEALTH_CHECK_PREFIX, IdManager, check_count
 from ..domain.errors import (
     FormatLockedError,
     IdManagerError,
+    InvalidInputError,
     InvalidPrefixError,
+    InvalidScopeError,
     PrefixInactiveError,
     PrefixNotFoundError,
 )
@@ -31,6 +34,7 @@ T = TypeVar("T")
 # The library allows large bulks: a million IDs cost one statement and ~0.1 s of formatting.
 DEFAULT_MAX_COUNT = 10_000_000
 MAX_SCOPE_LENGTH = 255
+_SCOPE_RE = re.compile(r"[A-Za-z0-9_.:@-]*")
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,13 +51,13 @@ class ResetResult:
 
 
 def check_scope(scope: str) -> str:
-    """Validate a scope (a tenant or company; ``""`` by default)."""
+    """Validate a scope (a tenant or company key; ``""`` by default)."""
     if not isinstance(scope, str):
-        raise InvalidPrefixError("Scope must be a string")
+        raise InvalidScopeError("Scope must be a string")
     if len(scope) > MAX_SCOPE_LENGTH:
-        raise InvalidPrefixError(f"Scope cannot exceed {MAX_SCOPE_LENGTH} characters")
-    if not scope.isprintable():
-        raise InvalidPrefixError("Scope cannot contain control characters")
+        raise InvalidScopeError(f"Scope cannot exceed {MAX_SCOPE_LENGTH} characters")
+    if not _SCOPE_RE.fullmatch(scope):
+        raise InvalidScopeError("Scope can only contain letters, numbers, and the characters _.:@-")
     return scope
 
 
@@ -190,7 +194,7 @@ class SyncIdManagerService:
     ) -> list[IdManager]:
         """Return the sequences, ordered by scope and prefix."""
         if skip < 0 or limit < 0:
-            raise InvalidPrefixError("skip and limit cannot be negative")
+            raise InvalidInputError("skip and limit cannot be negative")
         if scope is not None:
             check_scope(scope)
         return self.repository.list(scope=scope, skip=skip, limit=limit, active_only=active_only)

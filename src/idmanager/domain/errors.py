@@ -13,6 +13,10 @@ class InvalidPrefixError(InvalidInputError):
     """The prefix is empty, too long or has characters outside ``[A-Z0-9_]``."""
 
 
+class InvalidScopeError(InvalidInputError):
+    """The scope is too long or has characters outside letters, digits and ``_.:@-``."""
+
+
 class InvalidIdError(InvalidInputError):
     """A text that cannot be read as an ID of the expected prefix and format."""
 
