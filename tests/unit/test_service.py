@@ -360,3 +360,31 @@ async def test_async_health_check(repo: FakeRepository) -> None:
     repo.fail = StorageError("Database unavailable: timeout")
     health = await service.health_check()
     assert (health["status"], health["error_type"]) == ("unhealthy", "StorageError")
+
+
+# --- refused changes leave nothing behind -----------------------------------------------------
+
+
+def test_refused_reset_of_unknown_prefix_creates_nothing(
+    service: SyncIdManagerService, repo: FakeRepository
+) -> None:
+    with pytest.raises(InvalidIdError):
+        service.reset_sequence("NEW", "garbage")
+    assert repo.snapshot() == {}
+    assert repo.audit == []
+
+
+def test_refused_configure_of_unknown_prefix_creates_nothing(
+    service: SyncIdManagerService, repo: FakeRepository
+) -> None:
+    with pytest.raises(InvalidIdError):
+        service.configure_prefix("NEW2", latest_id="NEW2-AAA0000")
+    assert repo.snapshot() == {}
+
+
+def test_forced_is_reported_only_when_the_reset_went_backwards(
+    service: SyncIdManagerService,
+) -> None:
+    service.bulk_generate_ids("FRC", 5)
+    assert service.reset_sequence("FRC", "FRC-AAA0009", force=True).forced is False
+    assert service.reset_sequence("FRC", "FRC-AAA0002", force=True).forced is True

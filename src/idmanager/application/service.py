@@ -159,14 +159,19 @@ class SyncIdManagerService:
         Resetting an unknown prefix creates it. Every reset is audited.
         """
         scope, prefix = self._key(prefix, scope, on)
-        if not dry_run:
-            self.repository.ensure(scope, prefix, self.default_format, self.actor)
-        manager = self.repository.get(scope, prefix, for_update=not dry_run) or IdManager(
-            prefix, scope, format=self.default_format
-        )
-        previous, target = manager.last_value, manager.reset_target(reset_to, force=force)
-        previous_id = manager.latest_id
-        manager.last_value = target
+
+        def target_of(manager: IdManager) -> int:
+            return manager.reset_target(reset_to, force=force)
+
+        if dry_run:
+            manager = self.repository.get(scope, prefix) or IdManager(
+                prefix, scope, format=self.default_format
+            )
+        else:
+            manager = self._locked(scope, prefix, self.default_format, target_of)
+        previous, previous_id = manager.last_value, manager.latest_id
+        manager.last_value = target_of(manager)
+        forced = manager.last_value < previous
         if not dry_run:
             self.repository.update(manager)
             self.repository.add_audit(
@@ -175,14 +180,30 @@ class SyncIdManagerService:
                     prefix,
                     "reset",
                     previous,
-                    target,
+                    manager.last_value,
                     self.actor,
-                    "forced" if force and target < previous else None,
+                    "forced" if forced else None,
                 )
             )
         return ResetResult(
-            prefix, scope, previous_id, manager.latest_id, manager.next_id, force, dry_run
+            prefix, scope, previous_id, manager.latest_id, manager.next_id, forced, dry_run
         )
+
+    def _locked(
+        self, scope: str, prefix: str, fmt: IdFormat, validate: Callable[[IdManager], object]
+    ) -> IdManager:
+        """Return the sequence locked until the transaction ends, creating it if missing.
+
+        A missing sequence is created only once ``validate`` accepts the change on a fresh one,
+        so that a refused change leaves nothing behind.
+        """
+        manager = self.repository.get(scope, prefix, for_update=True)
+        if manager is None:
+            validate(IdManager(prefix, scope, format=fmt))
+            self.repository.ensure(scope, prefix, fmt, self.actor)
+            manager = self.repository.get(scope, prefix, for_update=True)
+            assert manager is not None, "ensure() creates the missing sequence"
+        return manager
 
     def get_all_prefixes(
         self,
@@ -237,20 +258,22 @@ class SyncIdManagerService:
         as :meth:`reset_sequence` does, refusing to go backwards unless ``force``.
         """
         scope, prefix = self._key(prefix, scope, on)
-        self.repository.ensure(scope, prefix, fmt or self.default_format, self.actor)
-        manager = self.repository.get(scope, prefix, for_update=True)
-        assert manager is not None  # ensure() just created it if it was missing
+
+        def apply(manager: IdManager) -> None:
+            if fmt is not None and fmt != manager.format:
+                if manager.last_value:
+                    raise FormatLockedError(
+                        f"Prefix {prefix} has issued IDs; its format can no longer change"
+                    )
+                manager.format = fmt
+            if is_active is not None:
+                manager.is_active = is_active
+            if latest_id is not None:
+                manager.last_value = manager.reset_target(latest_id, force=force)
+
+        manager = self._locked(scope, prefix, fmt or self.default_format, apply)
         before = (manager.last_value, manager.is_active, manager.format)
-        if fmt is not None and fmt != manager.format:
-            if manager.last_value:
-                raise FormatLockedError(
-                    f"Prefix {prefix} has issued IDs; its format can no longer change"
-                )
-            manager.format = fmt
-        if is_active is not None:
-            manager.is_active = is_active
-        if latest_id is not None:
-            manager.last_value = manager.reset_target(latest_id, force=force)
+        apply(manager)
         if (manager.last_value, manager.is_active, manager.format) != before:
             self.repository.update(manager)
             self.repository.add_audit(
@@ -290,7 +313,7 @@ class SyncIdManagerService:
 
     def health_check(self) -> dict[str, Any]:
         """Exercise a real allocation, undo it, and report in the seed's shape."""
-        timestamp = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+        timestamp = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
         try:
             ordinal = self.repository.probe(HEALTH_CHECK_PREFIX, DEFAULT_FORMAT)
             prefix_count, _ = self.repository.totals(scope=None)
@@ -298,6 +321,8 @@ class SyncIdManagerService:
             return {
                 "status": "unhealthy",
                 "message": f"ID Manager service error: {exc}",
+                "prefix_count": None,
+                "test_id_generated": None,
                 "error_type": type(exc).__name__,
                 "timestamp": timestamp,
             }
