@@ -1,0 +1,63 @@
+"""Dependencies of the routes, as ``Annotated`` aliases."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Annotated
+
+from fastapi import Depends, Query, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from ..application.use_cases import IdManagerUseCases
+from ..settings import Role, Settings
+from .metrics import Metrics
+from .security import KeyRing, Principal
+
+_bearer = HTTPBearer(
+    auto_error=False, description="An API key; its role decides what the request may do."
+)
+Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+
+
+def _access(needed: Role) -> Callable[[Request, Credentials], Awaitable[Principal]]:
+    async def authorize(request: Request, credentials: Credentials) -> Principal:
+        keys: KeyRing = request.app.state.keys
+        return keys.authorize(credentials.credentials if credentials else None, needed)
+
+    return authorize
+
+
+def _settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def _use_cases(request: Request) -> IdManagerUseCases:
+    use_cases: IdManagerUseCases = request.app.state.use_cases
+    return use_cases
+
+
+def _metrics(request: Request) -> Metrics:
+    metrics: Metrics = request.app.state.metrics
+    return metrics
+
+
+ReadAccess = Annotated[Principal, Depends(_access(Role.READ))]
+GenerateAccess = Annotated[Principal, Depends(_access(Role.GENERATE))]
+AdminAccess = Annotated[Principal, Depends(_access(Role.ADMIN))]
+SettingsDep = Annotated[Settings, Depends(_settings)]
+UseCases = Annotated[IdManagerUseCases, Depends(_use_cases)]
+MetricsDep = Annotated[Metrics, Depends(_metrics)]
+Scope = Annotated[
+    str,
+    Query(max_length=255, description="The tenant or company; '' (the default) for none."),
+]
+
+
+async def _admin_use_cases(request: Request, principal: AdminAccess) -> IdManagerUseCases:
+    # The same sessions, with the caller named in the audit trail of resets and changes.
+    base: IdManagerUseCases = request.app.state.use_cases
+    return IdManagerUseCases(base.sessions, **{**base.service_options, "actor": principal.actor})
+
+
+AdminUseCases = Annotated[IdManagerUseCases, Depends(_admin_use_cases)]

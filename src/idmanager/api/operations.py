@@ -1,0 +1,39 @@
+"""Routes for operators and orchestrators: health, liveness and metrics (no API key)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from .deps import MetricsDep, UseCases
+from .schemas import Health, Liveness
+
+router = APIRouter(tags=["operations"])
+
+
+@router.get(
+    "/health",
+    response_model=Health,
+    responses={503: {"model": Health, "description": "The database is unavailable."}},
+)
+async def health(use_cases: UseCases) -> JSONResponse:
+    """Run the health check: a real allocation, rolled back; 503 when unhealthy."""
+    report = await use_cases.run(lambda s: s.health_check(), commit=False)
+    return JSONResponse(report, status_code=200 if report["status"] == "healthy" else 503)
+
+
+@router.get("/health/live", response_model=Liveness)
+async def live() -> Liveness:
+    """Report that the process answers, without touching the database."""
+    return Liveness(status="alive")
+
+
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}}},
+)
+async def metrics(metrics: MetricsDep) -> Response:
+    """Expose Prometheus metrics."""
+    return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)

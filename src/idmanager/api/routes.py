@@ -1,0 +1,229 @@
+"""The ``/api/v1`` routes: thin adapters from HTTP to the use cases."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import time
+from collections.abc import Iterator
+from dataclasses import asdict
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Path, Query
+from fastapi.responses import Response, StreamingResponse
+
+from ..application.service import SyncIdManagerService
+from ..domain.errors import InvalidPrefixError, PrefixNotFoundError
+from ..domain.format import DEFAULT_FORMAT, IdFormat, IdRange, ParsedId, parse_id
+from .deps import AdminUseCases, GenerateAccess, MetricsDep, ReadAccess, Scope, UseCases
+from .schemas import (
+    ConfigureRequest,
+    IdsResponse,
+    ParsedIdResponse,
+    PrefixList,
+    PrefixStats,
+    ResetRequest,
+    ResetResponse,
+    problem_example,
+)
+
+# Up to this many IDs the body is built at once; above it, streamed a letter block at a time.
+STREAM_ABOVE = 10_000
+
+router = APIRouter(prefix="/api/v1")
+
+PrefixPath = Annotated[
+    str,
+    Path(
+        description="The prefix: letters, digits and underscores (lower case is upper-cased).",
+        examples=["CUS"],
+    ),
+]
+
+_PROBLEMS: dict[int, dict[str, Any]] = {
+    400: problem_example(400, "bad-json", "Malformed JSON", "The body is not valid JSON"),
+    401: problem_example(401, "unauthorized", "Unauthorized", "Invalid API key"),
+    403: problem_example(
+        403, "forbidden", "Forbidden", "This operation needs the 'admin' role; the key has 'read'"
+    ),
+    404: problem_example(404, "prefix-not-found", "Prefix not found", "Prefix CUS does not exist"),
+    409: problem_example(
+        409, "prefix-inactive", "Conflict", "Prefix CUS is inactive and issues no new IDs"
+    ),
+    422: problem_example(
+        422,
+        "invalid-prefix",
+        "Invalid input",
+        "Prefix can only contain uppercase letters, numbers, and underscores",
+    ),
+    503: problem_example(
+        503,
+        "storage-unavailable",
+        "Database unavailable",
+        "The database is unavailable or busy; try again shortly.",
+    ),
+}
+
+
+def problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """Return the OpenAPI documentation of these error responses (plus 401 and 403)."""
+    return {status: _PROBLEMS[status] for status in (401, 403, *statuses)}
+
+
+def _ids_body(ids: IdRange) -> Iterator[bytes]:
+    """Yield ``{"prefix", "ids", "count"}`` as JSON, one letter block of IDs at a time."""
+    yield b'{"prefix":' + json.dumps(ids.prefix).encode() + b',"ids":['
+    for i, chunk in enumerate(ids.chunks()):
+        text = json.dumps(chunk, separators=(",", ":"))[1:-1]
+        yield (text if i == 0 else "," + text).encode()
+    yield b'],"count":' + str(len(ids)).encode() + b"}"
+
+
+@router.post(
+    "/prefixes/{prefix}/ids",
+    status_code=201,
+    response_model=IdsResponse,
+    responses=problems(404, 409, 422, 503),
+    tags=["ids"],
+)
+async def allocate_ids(
+    prefix: PrefixPath,
+    use_cases: UseCases,
+    metrics: MetricsDep,
+    _: GenerateAccess,
+    count: Annotated[int, Query(ge=1, description="How many IDs to allocate.")] = 1,
+    scope: Scope = "",
+) -> Response:
+    """Allocate the next `count` IDs of a prefix, committed before they are returned."""
+    started = time.perf_counter()
+    ids = await use_cases.run(lambda s: s.generate_range(prefix, count, scope=scope))
+    metrics.allocated(ids.prefix, len(ids), time.perf_counter() - started)
+    if len(ids) > STREAM_ABOVE:
+        return StreamingResponse(_ids_body(ids), status_code=201, media_type="application/json")
+    return Response(b"".join(_ids_body(ids)), status_code=201, media_type="application/json")
+
+
+@router.get(
+    "/prefixes",
+    response_model=PrefixList,
+    responses=problems(422, 503),
+    tags=["prefixes"],
+)
+async def list_prefixes(
+    use_cases: UseCases,
+    _: ReadAccess,
+    skip: Annotated[int, Query(ge=0, description="Sequences to skip.")] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000, description="Most sequences to return.")] = 100,
+    active_only: Annotated[bool, Query(description="Leave out inactive prefixes.")] = False,
+    scope: Annotated[
+        str | None, Query(max_length=255, description="Only this scope; all when omitted.")
+    ] = None,
+) -> PrefixList:
+    """List the sequences, ordered by scope and prefix."""
+    managers = await use_cases.run(
+        lambda s: s.get_all_prefixes(scope=scope, skip=skip, limit=limit, active_only=active_only),
+        commit=False,
+    )
+    items = [PrefixStats.model_validate(m.stats()) for m in managers]
+    return PrefixList(items=items, skip=skip, limit=limit)
+
+
+@router.get(
+    "/prefixes/{prefix}",
+    response_model=PrefixStats,
+    responses=problems(404, 422, 503),
+    tags=["prefixes"],
+)
+async def prefix_stats(
+    prefix: PrefixPath, use_cases: UseCases, _: ReadAccess, scope: Scope = ""
+) -> PrefixStats:
+    """Show the state and statistics of one prefix."""
+    stats = await use_cases.run(lambda s: s.get_prefix_stats(prefix, scope=scope), commit=False)
+    if not stats["exists"]:
+        where = f" in scope {scope!r}" if scope else ""
+        raise PrefixNotFoundError(f"Prefix {stats['prefix']}{where} does not exist")
+    return PrefixStats.model_validate(stats)
+
+
+@router.put(
+    "/prefixes/{prefix}",
+    response_model=PrefixStats,
+    responses=problems(400, 409, 422, 503),
+    tags=["prefixes"],
+)
+async def configure_prefix(
+    prefix: PrefixPath, body: ConfigureRequest, use_cases: AdminUseCases, scope: Scope = ""
+) -> PrefixStats:
+    """Register a prefix, or change its format, state or starting point (admin)."""
+    fmt = IdFormat(**body.format.model_dump()) if body.format else None
+    manager = await use_cases.run(
+        lambda s: s.configure_prefix(
+            prefix,
+            scope=scope,
+            fmt=fmt,
+            is_active=body.is_active,
+            latest_id=body.latest_id,
+            force=body.force,
+        )
+    )
+    return PrefixStats.model_validate(manager.stats())
+
+
+@router.post(
+    "/prefixes/{prefix}/reset",
+    response_model=ResetResponse,
+    responses=problems(400, 409, 422, 503),
+    tags=["prefixes"],
+)
+async def reset_sequence(
+    prefix: PrefixPath, body: ResetRequest, use_cases: AdminUseCases, scope: Scope = ""
+) -> ResetResponse:
+    """Make `reset_to` the latest ID; refused (409) backwards unless `force` (admin)."""
+    result = await use_cases.run(
+        lambda s: s.reset_sequence(
+            prefix, body.reset_to, body.force, scope=scope, dry_run=body.dry_run
+        ),
+        commit=not body.dry_run,
+    )
+    return ResetResponse(**asdict(result))
+
+
+_LEADING_PREFIX = re.compile(r"[A-Z0-9_]*")
+
+
+def _read_id(service: SyncIdManagerService, text: str, scope: str, prefix: str | None) -> ParsedId:
+    """Parse ``text`` leniently, in the format of its prefix when that prefix is stored."""
+    stats: dict[str, Any] | None = None
+    if prefix is not None:
+        stats = service.get_prefix_stats(prefix, scope=scope)
+    else:
+        # Prefix characters never occur in a separator: the leading run is the prefix.
+        leading = _LEADING_PREFIX.match(text.strip().upper())
+        if leading and leading.group():
+            with contextlib.suppress(InvalidPrefixError):
+                stats = service.get_prefix_stats(leading.group(), scope=scope)
+    fmt = IdFormat(**stats["format"]) if stats and stats["exists"] else DEFAULT_FORMAT
+    expected = stats["prefix"] if stats and prefix is not None else None
+    return parse_id(text, lenient=True, fmt=fmt, prefix=expected)
+
+
+@router.get(
+    "/ids/{id:path}",
+    response_model=ParsedIdResponse,
+    responses=problems(422, 503),
+    tags=["ids"],
+)
+async def read_id(
+    id: Annotated[str, Path(description="The ID to read.", examples=["cus-aab12"])],
+    use_cases: UseCases,
+    _: ReadAccess,
+    scope: Scope = "",
+    prefix: Annotated[
+        str | None,
+        Query(max_length=255, description="The expected prefix (needed without a separator)."),
+    ] = None,
+) -> ParsedIdResponse:
+    """Parse and validate an ID, correcting case, padding and `0000` where unambiguous."""
+    parsed = await use_cases.run(lambda s: _read_id(s, id, scope, prefix), commit=False)
+    return ParsedIdResponse(**asdict(parsed), corrected=parsed.normalized != id)
