@@ -1,0 +1,491 @@
+"""A Python client for the IdManager HTTP service, sync (``IdManagerClient``) and async.
+
+    with IdManagerClient("http://127.0.0.1:8000", api_key="...") as client:
+        client.generate_id("CUS")              # 'CUS-AAA0001'
+        client.bulk_generate_ids("CUS", 100)   # ['CUS-AAA0002', ...]
+
+Errors arrive as the library's own exceptions (``PrefixNotFoundError``, ``ResetRefusedError``,
+``InvalidPrefixError``, ...). A 503 or a connection failure is retried with exponential backoff
+a bounded number of times, then raised as ``StorageError``; a 4xx is never retried. An
+allocation retried after a lost response may leave a gap in the sequence, never a duplicate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from .application.service import ResetResult
+from .domain.errors import (
+    ConflictError,
+    FormatLockedError,
+    IdManagerError,
+    InvalidCountError,
+    InvalidFormatError,
+    InvalidIdError,
+    InvalidInputError,
+    InvalidPrefixError,
+    InvalidScopeError,
+    PrefixInactiveError,
+    PrefixNotFoundError,
+    ResetRefusedError,
+    StorageError,
+)
+from .domain.format import IdFormat, ParsedId, normalize_prefix
+
+__all__ = [
+    "AccessDeniedError",
+    "ApiError",
+    "AsyncIdManagerClient",
+    "HealthReport",
+    "IdManagerClient",
+    "PrefixStats",
+    "ServiceUnreachableError",
+]
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+# Failures worth another try: the request never reached the server, or its answer was lost.
+RETRY_ERRORS = (
+    httpx.ConnectError,
+    httpx.ConnectTimeout,
+    httpx.RemoteProtocolError,
+    httpx.ReadError,
+    httpx.WriteError,
+)
+_TYPE_PREFIX = "urn:idmanager:problem:"
+_PROBLEM_TYPES: dict[str, type[IdManagerError]] = {
+    "invalid-prefix": InvalidPrefixError,
+    "invalid-scope": InvalidScopeError,
+    "invalid-id": InvalidIdError,
+    "invalid-count": InvalidCountError,
+    "invalid-format": InvalidFormatError,
+    "prefix-not-found": PrefixNotFoundError,
+    "prefix-inactive": PrefixInactiveError,
+    "reset-refused": ResetRefusedError,
+    "format-locked": FormatLockedError,
+    "storage-unavailable": StorageError,
+}
+
+
+class ApiError(IdManagerError):
+    """A response the client cannot map to a domain error; ``status`` and ``problem`` tell."""
+
+    def __init__(self, message: str, status: int, problem: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.problem = problem or {}
+
+
+class AccessDeniedError(ApiError, PermissionError):
+    """The API key is missing or wrong (401), or its role is too low (403)."""
+
+
+class ServiceUnreachableError(StorageError):
+    """The service could not be reached, even after the retries."""
+
+
+@dataclass(frozen=True, slots=True)
+class PrefixStats:
+    """The state and statistics of one sequence."""
+
+    prefix: str
+    scope: str
+    exists: bool
+    latest_id: str | None
+    next_id: str
+    count_issued: int
+    is_active: bool
+    format: IdFormat
+    created_at: datetime | None
+    updated_at: datetime | None
+    width_usage: float
+    warning: str | None
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> PrefixStats:
+        """Build from the service's JSON."""
+        return cls(
+            prefix=data["prefix"],
+            scope=data.get("scope", ""),
+            exists=data.get("exists", True),
+            latest_id=data.get("latest_id"),
+            next_id=data["next_id"],
+            count_issued=data["count_issued"],
+            is_active=data.get("is_active", True),
+            format=IdFormat(**data["format"]) if data.get("format") else IdFormat(),
+            created_at=_time(data.get("created_at")),
+            updated_at=_time(data.get("updated_at")),
+            width_usage=data.get("width_usage", 0.0),
+            warning=data.get("warning"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class HealthReport:
+    """The service's health check, in the seed's shape."""
+
+    status: str
+    message: str
+    timestamp: str
+    prefix_count: int | None = None
+    test_id_generated: str | None = None
+    error_type: str | None = None
+
+    @property
+    def healthy(self) -> bool:
+        return self.status == "healthy"
+
+
+def _time(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None
+
+
+def _error(response: httpx.Response) -> IdManagerError:
+    """Return the library's exception for an error response."""
+    try:
+        problem = response.json()
+        if not isinstance(problem, dict):
+            problem = {}
+    except ValueError:
+        problem = {}
+    status = response.status_code
+    detail = str(problem.get("detail") or problem.get("title") or response.reason_phrase)
+    kind = str(problem.get("type", "")).removeprefix(_TYPE_PREFIX)
+    if status in (401, 403):
+        return AccessDeniedError(detail, status, problem)
+    if kind in _PROBLEM_TYPES:
+        return _PROBLEM_TYPES[kind](detail)
+    if status in (400, 422):
+        return InvalidInputError(detail)
+    if status == 409:
+        return ConflictError(detail)
+    if status == 503:
+        return StorageError(detail)
+    return ApiError(f"HTTP {status}: {detail}", status, problem)
+
+
+class _Base:
+    """What the sync and async clients share: requests, retry policy and decoding."""
+
+    def __init__(
+        self, *, retries: int, backoff: float, max_backoff: float, api_key: str | None
+    ) -> None:
+        if retries < 0:
+            raise ValueError("retries cannot be negative")
+        self.retries = retries
+        self.backoff = backoff
+        self.max_backoff = max_backoff
+        self.headers = {"Accept": "application/json"}
+        if api_key:
+            self.headers["Authorization"] = f"Bearer {api_key}"
+
+    def _delay(self, attempt: int, response: httpx.Response | None) -> float:
+        """Return how long to wait before retry ``attempt`` (0-based), with jitter."""
+        delay: float = self.backoff * 2**attempt
+        retry_after = response.headers.get("Retry-After") if response is not None else None
+        if retry_after and retry_after.isdigit():
+            delay = max(delay, float(retry_after))
+        delay = min(delay, self.max_backoff)
+        return delay / 2 + random.uniform(0, delay / 2)
+
+    @staticmethod
+    def _result(response: httpx.Response) -> Any:
+        if response.status_code >= 400:
+            raise _error(response)
+        return response.json()
+
+    @staticmethod
+    def _unreachable(exc: httpx.HTTPError) -> ServiceUnreachableError:
+        return ServiceUnreachableError(f"IdManager service unreachable: {exc}")
+
+
+def _path(prefix: str) -> str:
+    # Validated here: a prefix with a '/' or '?' would otherwise reach another route.
+    return "/api/v1/prefixes/" + normalize_prefix(prefix)
+
+
+def _id_path(text: str) -> str:
+    return "/api/v1/ids/" + quote(text, safe="/")
+
+
+def _health(response: httpx.Response) -> HealthReport:
+    content_type = response.headers.get("content-type", "")
+    if response.status_code not in (200, 503) or "problem" in content_type:
+        raise _error(response)
+    data = response.json()
+    return HealthReport(**{k: v for k, v in data.items() if k in HealthReport.__dataclass_fields__})
+
+
+def _configure_body(
+    fmt: IdFormat | None, is_active: bool | None, latest_id: str | None, force: bool
+) -> dict[str, Any]:
+    body: dict[str, Any] = {"force": force}
+    if fmt is not None:
+        body["format"] = {
+            "separator": fmt.separator,
+            "letter_width": fmt.letter_width,
+            "digit_width": fmt.digit_width,
+        }
+    if is_active is not None:
+        body["is_active"] = is_active
+    if latest_id is not None:
+        body["latest_id"] = latest_id
+    return body
+
+
+def _parsed(data: dict[str, Any]) -> ParsedId:
+    return ParsedId(
+        data["prefix"], data["letters"], data["number"], data["ordinal"], data["normalized"]
+    )
+
+
+class IdManagerClient(_Base):
+    """A synchronous client (``httpx.Client``). Use it as a context manager, or ``close()`` it."""
+
+    def __init__(
+        self,
+        base_url: str = DEFAULT_URL,
+        *,
+        api_key: str | None = None,
+        timeout: float = 10.0,
+        retries: int = 3,
+        backoff: float = 0.2,
+        max_backoff: float = 5.0,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        super().__init__(retries=retries, backoff=backoff, max_backoff=max_backoff, api_key=api_key)
+        self.http = httpx.Client(
+            base_url=base_url, headers=self.headers, timeout=timeout, transport=transport
+        )
+
+    def __enter__(self) -> IdManagerClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the connections."""
+        self.http.close()
+
+    def _request(self, method: str, url: str, **kwargs: Any) -> Any:
+        attempts = self.retries + 1
+        for attempt in range(attempts):
+            last = attempt == attempts - 1
+            try:
+                response = self.http.request(method, url, **kwargs)
+            except RETRY_ERRORS as exc:
+                if last:
+                    raise self._unreachable(exc) from exc
+                time.sleep(self._delay(attempt, None))
+                continue
+            if response.status_code != 503 or last:
+                return self._result(response)
+            time.sleep(self._delay(attempt, response))
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def generate_id(self, prefix: str, *, scope: str = "") -> str:
+        """Allocate the next ID of ``prefix``."""
+        return self.bulk_generate_ids(prefix, 1, scope=scope)[0]
+
+    def bulk_generate_ids(self, prefix: str, count: int, *, scope: str = "") -> list[str]:
+        """Allocate ``count`` consecutive IDs of ``prefix``."""
+        data = self._request(
+            "POST", _path(prefix) + "/ids", params={"count": count, "scope": scope}
+        )
+        ids: list[str] = data["ids"]
+        return ids
+
+    def get_prefix_stats(self, prefix: str, *, scope: str = "") -> PrefixStats:
+        """Return the statistics of ``prefix`` (``PrefixNotFoundError`` if unknown)."""
+        return PrefixStats.from_json(self._request("GET", _path(prefix), params={"scope": scope}))
+
+    def list_prefixes(
+        self,
+        *,
+        skip: int = 0,
+        limit: int = 100,
+        active_only: bool = False,
+        scope: str | None = None,
+    ) -> list[PrefixStats]:
+        """Return a page of sequences, ordered by scope and prefix."""
+        params: dict[str, Any] = {"skip": skip, "limit": limit, "active_only": active_only}
+        if scope is not None:
+            params["scope"] = scope
+        data = self._request("GET", "/api/v1/prefixes", params=params)
+        return [PrefixStats.from_json(item) for item in data["items"]]
+
+    def configure_prefix(
+        self,
+        prefix: str,
+        *,
+        scope: str = "",
+        fmt: IdFormat | None = None,
+        is_active: bool | None = None,
+        latest_id: str | None = None,
+        force: bool = False,
+    ) -> PrefixStats:
+        """Register ``prefix`` or change its format, state or starting point (admin)."""
+        body = _configure_body(fmt, is_active, latest_id, force)
+        data = self._request("PUT", _path(prefix), params={"scope": scope}, json=body)
+        return PrefixStats.from_json(data)
+
+    def reset_sequence(
+        self,
+        prefix: str,
+        reset_to: str | None = None,
+        force: bool = False,
+        *,
+        scope: str = "",
+        dry_run: bool = False,
+    ) -> ResetResult:
+        """Make ``reset_to`` the latest ID; ``ResetRefusedError`` if backwards unforced."""
+        body = {"reset_to": reset_to, "force": force, "dry_run": dry_run}
+        data = self._request("POST", _path(prefix) + "/reset", params={"scope": scope}, json=body)
+        return ResetResult(**data)
+
+    def parse_id(self, text: str, *, scope: str = "", prefix: str | None = None) -> ParsedId:
+        """Parse ``text`` on the server, in its prefix's stored format."""
+        params: dict[str, Any] = {"scope": scope}
+        if prefix is not None:
+            params["prefix"] = prefix
+        return _parsed(self._request("GET", _id_path(text), params=params))
+
+    def health(self) -> HealthReport:
+        """Return the service's health check (unhealthy is a report, not an exception)."""
+        try:
+            response = self.http.get("/health")
+        except RETRY_ERRORS as exc:
+            raise self._unreachable(exc) from exc
+        return _health(response)
+
+
+class AsyncIdManagerClient(_Base):
+    """An asynchronous client (``httpx.AsyncClient``): the same methods, awaited."""
+
+    def __init__(
+        self,
+        base_url: str = DEFAULT_URL,
+        *,
+        api_key: str | None = None,
+        timeout: float = 10.0,
+        retries: int = 3,
+        backoff: float = 0.2,
+        max_backoff: float = 5.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        super().__init__(retries=retries, backoff=backoff, max_backoff=max_backoff, api_key=api_key)
+        self.http = httpx.AsyncClient(
+            base_url=base_url, headers=self.headers, timeout=timeout, transport=transport
+        )
+
+    async def __aenter__(self) -> AsyncIdManagerClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the connections."""
+        await self.http.aclose()
+
+    async def _request(self, method: str, url: str, **kwargs: Any) -> Any:
+        attempts = self.retries + 1
+        for attempt in range(attempts):
+            last = attempt == attempts - 1
+            try:
+                response = await self.http.request(method, url, **kwargs)
+            except RETRY_ERRORS as exc:
+                if last:
+                    raise self._unreachable(exc) from exc
+                await asyncio.sleep(self._delay(attempt, None))
+                continue
+            if response.status_code != 503 or last:
+                return self._result(response)
+            await asyncio.sleep(self._delay(attempt, response))
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def generate_id(self, prefix: str, *, scope: str = "") -> str:
+        """Allocate the next ID of ``prefix``."""
+        return (await self.bulk_generate_ids(prefix, 1, scope=scope))[0]
+
+    async def bulk_generate_ids(self, prefix: str, count: int, *, scope: str = "") -> list[str]:
+        """Allocate ``count`` consecutive IDs of ``prefix``."""
+        data = await self._request(
+            "POST", _path(prefix) + "/ids", params={"count": count, "scope": scope}
+        )
+        ids: list[str] = data["ids"]
+        return ids
+
+    async def get_prefix_stats(self, prefix: str, *, scope: str = "") -> PrefixStats:
+        """Return the statistics of ``prefix`` (``PrefixNotFoundError`` if unknown)."""
+        data = await self._request("GET", _path(prefix), params={"scope": scope})
+        return PrefixStats.from_json(data)
+
+    async def list_prefixes(
+        self,
+        *,
+        skip: int = 0,
+        limit: int = 100,
+        active_only: bool = False,
+        scope: str | None = None,
+    ) -> list[PrefixStats]:
+        """Return a page of sequences, ordered by scope and prefix."""
+        params: dict[str, Any] = {"skip": skip, "limit": limit, "active_only": active_only}
+        if scope is not None:
+            params["scope"] = scope
+        data = await self._request("GET", "/api/v1/prefixes", params=params)
+        return [PrefixStats.from_json(item) for item in data["items"]]
+
+    async def configure_prefix(
+        self,
+        prefix: str,
+        *,
+        scope: str = "",
+        fmt: IdFormat | None = None,
+        is_active: bool | None = None,
+        latest_id: str | None = None,
+        force: bool = False,
+    ) -> PrefixStats:
+        """Register ``prefix`` or change its format, state or starting point (admin)."""
+        body = _configure_body(fmt, is_active, latest_id, force)
+        data = await self._request("PUT", _path(prefix), params={"scope": scope}, json=body)
+        return PrefixStats.from_json(data)
+
+    async def reset_sequence(
+        self,
+        prefix: str,
+        reset_to: str | None = None,
+        force: bool = False,
+        *,
+        scope: str = "",
+        dry_run: bool = False,
+    ) -> ResetResult:
+        """Make ``reset_to`` the latest ID; ``ResetRefusedError`` if backwards unforced."""
+        body = {"reset_to": reset_to, "force": force, "dry_run": dry_run}
+        data = await self._request(
+            "POST", _path(prefix) + "/reset", params={"scope": scope}, json=body
+        )
+        return ResetResult(**data)
+
+    async def parse_id(self, text: str, *, scope: str = "", prefix: str | None = None) -> ParsedId:
+        """Parse ``text`` on the server, in its prefix's stored format."""
+        params: dict[str, Any] = {"scope": scope}
+        if prefix is not None:
+            params["prefix"] = prefix
+        return _parsed(await self._request("GET", _id_path(text), params=params))
+
+    async def health(self) -> HealthReport:
+        """Return the service's health check (unhealthy is a report, not an exception)."""
+        try:
+            response = await self.http.get("/health")
+        except RETRY_ERRORS as exc:
+            raise self._unreachable(exc) from exc
+        return _health(response)
