@@ -63,6 +63,28 @@ def configure_sqlite(engine: Engine) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
+def configure_mysql(engine: Engine) -> None:
+    """Make MySQL/MariaDB sessions write and read timestamps in UTC.
+
+    Its ``DATETIME`` columns have no time zone and ``CURRENT_TIMESTAMP`` is in the session's
+    zone (the server's by default); the repository reads them back as UTC.
+    """
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        cursor.execute("SET time_zone = '+00:00'")
+        cursor.close()
+
+
+def _configure(engine: Engine) -> None:
+    backend = engine.dialect.name
+    if backend == "sqlite":
+        configure_sqlite(engine)
+    elif backend in ("mysql", "mariadb"):
+        configure_mysql(engine)
+
+
 def _options(url: URL, kwargs: dict[str, Any]) -> dict[str, Any]:
     if url.get_backend_name() == "sqlite":
         kwargs.setdefault("connect_args", {}).setdefault("timeout", SQLITE_BUSY_TIMEOUT_S)
@@ -70,18 +92,16 @@ def _options(url: URL, kwargs: dict[str, Any]) -> dict[str, Any]:
 
 
 def create_engine(url: str | URL = DEFAULT_DATABASE_URL, **kwargs: Any) -> Engine:
-    """Create a sync engine for ``url``, SQLite configured for concurrent writers."""
+    """Create a sync engine for ``url`` (SQLite set up for concurrent writers, MySQL for UTC)."""
     parsed = sync_url(url)
     engine = sa_create_engine(parsed, **_options(parsed, kwargs))
-    if parsed.get_backend_name() == "sqlite":
-        configure_sqlite(engine)
+    _configure(engine)
     return engine
 
 
 def create_async_engine(url: str | URL = DEFAULT_DATABASE_URL, **kwargs: Any) -> AsyncEngine:
-    """Create an async engine for ``url``, SQLite configured for concurrent writers."""
+    """Create an async engine for ``url`` (SQLite set up for concurrent writers, MySQL for UTC)."""
     parsed = async_url(url)
     engine = sa_create_async_engine(parsed, **_options(parsed, kwargs))
-    if parsed.get_backend_name() == "sqlite":
-        configure_sqlite(engine.sync_engine)
+    _configure(engine.sync_engine)
     return engine

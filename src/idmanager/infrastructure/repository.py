@@ -10,7 +10,8 @@ from typing import Any, TypeVar, cast
 from sqlalchemy import Row, Table, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.mysql import insert as mysql_insert
-from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
@@ -46,12 +47,35 @@ def _entity(row: Row[Any]) -> IdManager:
     )
 
 
-def _describe(exc: BaseException) -> str:
+def _new_row(
+    scope: str, prefix: str, fmt: IdFormat, *, last_value: int, created_by: str | None = None
+) -> dict[str, Any]:
+    return {
+        "scope": scope,
+        "prefix": prefix,
+        "last_value": last_value,
+        "separator": fmt.separator,
+        "letter_width": fmt.letter_width,
+        "digit_width": fmt.digit_width,
+        "created_by": created_by,
+    }
+
+
+# Failures of the connection or the server, as opposed to a statement the database refused.
+_UNAVAILABLE = (OperationalError, InterfaceError, PoolTimeoutError, OSError, TimeoutError)
+_MISSING_TABLE = ("does not exist", "doesn't exist", "no such table")
+
+
+def _first_line(exc: BaseException) -> tuple[BaseException, str]:
     orig = getattr(exc, "orig", None) or exc
-    text = str(orig).strip().splitlines()[0] if str(orig).strip() else type(orig).__name__
-    if "id_managers" in text and ("does not exist" in text or "no such table" in text):
-        return "the id_managers table does not exist; run `idmanager migrate` first"
-    return f"{type(orig).__name__}: {text}"
+    text = str(orig).strip()
+    return orig, text.splitlines()[0] if text else type(orig).__name__
+
+
+def _is_missing_schema(text: str) -> bool:
+    # PostgreSQL: relation "id_managers" does not exist; SQLite: no such table: id_managers;
+    # MySQL/MariaDB: Table 'db.id_managers' doesn't exist.
+    return "id_manager" in text and any(marker in text for marker in _MISSING_TABLE)
 
 
 @contextmanager
@@ -59,10 +83,15 @@ def translate_errors() -> Iterator[None]:
     """Turn database and connection failures into :class:`StorageError`, once, here."""
     try:
         yield
-    except (DBAPIError, OSError, TimeoutError) as exc:
-        raise StorageError(f"Database unavailable: {_describe(exc)}") from exc
-    except SQLAlchemyError as exc:
-        raise StorageError(f"Database error: {_describe(exc)}") from exc
+    except (SQLAlchemyError, OSError, TimeoutError) as exc:
+        orig, text = _first_line(exc)
+        if _is_missing_schema(text):
+            raise StorageError(
+                "Database not migrated: the id_managers table does not exist; "
+                "run `idmanager migrate` first"
+            ) from exc
+        kind = "unavailable" if isinstance(exc, _UNAVAILABLE) else "error"
+        raise StorageError(f"Database {kind}: {type(orig).__name__}: {text}") from exc
 
 
 class IdManagerRepositoryImpl(IdManagerRepository):
@@ -95,6 +124,8 @@ class IdManagerRepositoryImpl(IdManagerRepository):
     def allocate(
         self, scope: str, prefix: str, count: int, *, create: bool, fmt: IdFormat
     ) -> IdManager | None:
+        if self.dialect in ("mysql", "mariadb"):
+            return self._allocate_mysql(scope, prefix, count, create=create, fmt=fmt)
         t = _TABLE.c
         if not create:
             statement: Any = (
@@ -103,42 +134,49 @@ class IdManagerRepositoryImpl(IdManagerRepository):
                 .values(last_value=t.last_value + count, updated_at=func.current_timestamp())
                 .returning(*_COLUMNS)
             )
-            row = self._execute(statement).first()
-            return _entity(row) if row else None
-        values = {
-            "scope": scope,
-            "prefix": prefix,
-            "last_value": count,
-            "separator": fmt.separator,
-            "letter_width": fmt.letter_width,
-            "digit_width": fmt.digit_width,
-        }
-        if self.dialect in ("mysql", "mariadb"):
-            return self._allocate_mysql(values, count)
-        insert = postgresql.insert if self.dialect == "postgresql" else sqlite.insert
-        stmt = insert(_TABLE).values(values)
-        statement = stmt.on_conflict_do_update(
-            index_elements=[t.scope, t.prefix],
-            set_={
-                "last_value": t.last_value + stmt.excluded.last_value,
-                "updated_at": func.current_timestamp(),
-            },
-            where=t.is_active,
-        ).returning(*_COLUMNS)
+        else:
+            insert = postgresql.insert if self.dialect == "postgresql" else sqlite.insert
+            stmt = insert(_TABLE).values(_new_row(scope, prefix, fmt, last_value=count))
+            statement = stmt.on_conflict_do_update(
+                index_elements=[t.scope, t.prefix],
+                set_={
+                    "last_value": t.last_value + stmt.excluded.last_value,
+                    "updated_at": func.current_timestamp(),
+                },
+                where=t.is_active,
+            ).returning(*_COLUMNS)
         row = self._execute(statement).first()
         return _entity(row) if row else None
 
-    def _allocate_mysql(self, values: dict[str, Any], count: int) -> IdManager | None:
-        # MySQL has no RETURNING on upserts: the upsert locks the row, so reading it back in
-        # the same transaction sees exactly this allocation's result.
+    def _allocate_mysql(
+        self, scope: str, prefix: str, count: int, *, create: bool, fmt: IdFormat
+    ) -> IdManager | None:
+        # Two statements: MySQL has no RETURNING, and MariaDB's INSERT ... RETURNING is only
+        # documented to return inserted rows, not the row an ON DUPLICATE KEY UPDATE changed.
+        # The write locks the row until the transaction ends, so no other allocation can
+        # slip in before the read. The read must be a locking one (FOR UPDATE): a plain read
+        # under REPEATABLE READ sees the transaction's snapshot, which for a prefix that was
+        # deactivated after the snapshot shows it still active with an old last_value, and
+        # would hand out an ID that was already issued.
         t = _TABLE.c
-        stmt = mysql_insert(_TABLE).values(values)
-        self._execute(
-            stmt.on_duplicate_key_update(
-                last_value=func.if_(t.is_active, t.last_value + count, t.last_value)
+        if create:
+            stmt = mysql_insert(_TABLE).values(_new_row(scope, prefix, fmt, last_value=count))
+            # MySQL evaluates the assignments left to right: is_active is not among them.
+            self._execute(
+                stmt.on_duplicate_key_update(
+                    last_value=func.if_(t.is_active, t.last_value + count, t.last_value),
+                    updated_at=func.if_(t.is_active, func.current_timestamp(), t.updated_at),
+                )
             )
-        )
-        manager = self.get(values["scope"], values["prefix"])
+        else:
+            result = self._execute(
+                update(_TABLE)
+                .where(t.scope == scope, t.prefix == prefix, t.is_active)
+                .values(last_value=t.last_value + count, updated_at=func.current_timestamp())
+            )
+            if result.rowcount == 0:
+                return None
+        manager = self.get(scope, prefix, for_update=True)
         return manager if manager is not None and manager.is_active else None
 
     def get(self, scope: str, prefix: str, *, for_update: bool = False) -> IdManager | None:
@@ -150,17 +188,11 @@ class IdManagerRepositoryImpl(IdManagerRepository):
         return _entity(row) if row else None
 
     def ensure(self, scope: str, prefix: str, fmt: IdFormat, created_by: str | None) -> None:
-        values = {
-            "scope": scope,
-            "prefix": prefix,
-            "last_value": 0,
-            "separator": fmt.separator,
-            "letter_width": fmt.letter_width,
-            "digit_width": fmt.digit_width,
-            "created_by": created_by,
-        }
+        values = _new_row(scope, prefix, fmt, last_value=0, created_by=created_by)
         if self.dialect in ("mysql", "mariadb"):
-            self._execute(mysql_insert(_TABLE).values(values).prefix_with("IGNORE"))
+            # Not INSERT IGNORE: it would also turn errors (a value too long) into warnings.
+            stmt = mysql_insert(_TABLE).values(values)
+            self._execute(stmt.on_duplicate_key_update(id=_TABLE.c.id))
             return
         insert = postgresql.insert if self.dialect == "postgresql" else sqlite.insert
         self._execute(insert(_TABLE).values(values).on_conflict_do_nothing())
