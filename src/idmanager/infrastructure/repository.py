@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from typing import Any, TypeVar, cast
 
@@ -22,6 +23,7 @@ from ..domain.repository import AuditEntry, IdManagerRepository
 from .models import IdManagerAuditModel, IdManagerModel
 
 T = TypeVar("T")
+_PROBE_SCOPE = "_health_"
 _TABLE = cast(Table, IdManagerModel.__table__)
 _AUDIT = cast(Table, IdManagerAuditModel.__table__)
 _COLUMNS = tuple(_TABLE.c)
@@ -249,13 +251,22 @@ class IdManagerRepositoryImpl(IdManagerRepository):
 
     def probe(self, prefix: str, fmt: IdFormat) -> int:
         # A savepoint keeps the caller's pending work untouched; rolling it back leaves no row.
+        # Each probe uses a scope of its own, so concurrent health checks never wait for or
+        # deadlock with each other: on MySQL/MariaDB, inserts of one new key that meet a
+        # rolled-back insert deadlock, and a deadlock aborts the caller's whole transaction.
+        scope = f"{_PROBE_SCOPE}{uuid.uuid4().hex}"
         with translate_errors():
             savepoint = self.session.begin_nested()
         try:
-            manager = self.allocate("", prefix, 1, create=True, fmt=fmt)
-        finally:
-            with translate_errors():
+            manager = self.allocate(scope, prefix, 1, create=True, fmt=fmt)
+        except BaseException:
+            # The failure may have ended the transaction and its savepoint (MySQL rolls the
+            # whole transaction back on a deadlock): report it, not the failed rollback.
+            with suppress(SQLAlchemyError):
                 savepoint.rollback()
+            raise
+        with translate_errors():
+            savepoint.rollback()
         if manager is None:
             raise StorageError(f"The health check sequence {prefix} is deactivated")
         return manager.last_value
