@@ -12,6 +12,7 @@ from harness import Db, resolve
 
 import idmanager
 from idmanager import (
+    ConflictError,
     IdFormat,
     InvalidCountError,
     InvalidIdError,
@@ -103,6 +104,25 @@ async def test_bad_input_is_refused_before_the_database(db: Db, prefix: str) -> 
         assert await h.service.generate_id(f" {prefix.lower()} ") == f"{prefix}-AAA0001"
         await h.commit()
     assert db.peek(prefix) == 1
+
+
+async def test_a_sequence_never_overflows_its_bigint(db: Db, prefix: str) -> None:
+    last = 2**63 - 1  # the largest last_value BIGINT (and SQLite's INTEGER) can hold
+    async with db.session() as h:
+        await h.service.reset_sequence(prefix, idmanager.format_id(prefix, last - 3))
+        await h.commit()
+    for create_missing in (True, False):
+        async with db.session(create_missing=create_missing) as h:
+            with pytest.raises(ConflictError, match="would pass the last ID"):
+                await h.service.bulk_generate_ids(prefix, 4)
+            # SQLite would have stored a REAL; the sequence must stay an exact integer.
+            assert await h.service.bulk_generate_ids(prefix, 3) == [
+                idmanager.format_id(prefix, n) for n in range(last - 2, last + 1)
+            ]
+            with pytest.raises(ConflictError):
+                await h.service.generate_id(prefix)
+            await h.rollback()
+    assert db.peek(prefix) == last - 3
 
 
 # --- transactions: the caller's, never committed by the library ------------------------------

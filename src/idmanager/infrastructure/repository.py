@@ -8,7 +8,7 @@ from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from typing import Any, TypeVar, cast
 
-from sqlalchemy import Row, Table, func, select, update
+from sqlalchemy import ColumnElement, Row, Table, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.mysql import insert as mysql_insert
 from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
@@ -17,8 +17,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
 from ..domain.entity import HEALTH_CHECK_PREFIX, IdManager
-from ..domain.errors import StorageError
-from ..domain.format import IdFormat
+from ..domain.errors import ConflictError, StorageError
+from ..domain.format import MAX_ORDINAL, IdFormat
 from ..domain.repository import AuditEntry, IdManagerRepository
 from .models import IdManagerAuditModel, IdManagerModel
 
@@ -96,6 +96,32 @@ def translate_errors() -> Iterator[None]:
         raise StorageError(f"Database {kind}: {type(orig).__name__}: {text}") from exc
 
 
+_MYSQL_OUT_OF_RANGE = 1690
+
+
+def _fits(last_value: int, count: int) -> bool:
+    return last_value <= MAX_ORDINAL - count
+
+
+def _has_room(count: int) -> ColumnElement[bool]:
+    # PostgreSQL would fail on a BIGINT overflow, but SQLite silently turns the sum into a
+    # REAL and stores it: guard in the statement, on both.
+    return _TABLE.c.last_value <= MAX_ORDINAL - count
+
+
+def _exhausted(prefix: str, count: int) -> ConflictError:
+    return ConflictError(
+        f"Prefix {prefix} cannot issue {count:,} more IDs: it would pass the last ID a "
+        f"sequence can reach (ordinal {MAX_ORDINAL:,})"
+    )
+
+
+def _driver_code(exc: BaseException) -> object:
+    orig = getattr(exc.__cause__, "orig", None)
+    args = getattr(orig, "args", ())
+    return args[0] if args else None
+
+
 class IdManagerRepositoryImpl(IdManagerRepository):
     """Sequences stored in ``id_managers`` through the caller's session (sync or async).
 
@@ -132,7 +158,7 @@ class IdManagerRepositoryImpl(IdManagerRepository):
         if not create:
             statement: Any = (
                 update(_TABLE)
-                .where(t.scope == scope, t.prefix == prefix, t.is_active)
+                .where(t.scope == scope, t.prefix == prefix, t.is_active, _has_room(count))
                 .values(last_value=t.last_value + count, updated_at=func.current_timestamp())
                 .returning(*_COLUMNS)
             )
@@ -145,10 +171,19 @@ class IdManagerRepositoryImpl(IdManagerRepository):
                     "last_value": t.last_value + stmt.excluded.last_value,
                     "updated_at": func.current_timestamp(),
                 },
-                where=t.is_active,
+                where=t.is_active & _has_room(count),
             ).returning(*_COLUMNS)
         row = self._execute(statement).first()
-        return _entity(row) if row else None
+        if row is None:
+            self._check_room(scope, prefix, count)
+            return None
+        return _entity(row)
+
+    def _check_room(self, scope: str, prefix: str, count: int) -> None:
+        """Raise if an allocation was refused because the sequence would overflow (rare)."""
+        existing = self.get(scope, prefix)
+        if existing is not None and existing.is_active and not _fits(existing.last_value, count):
+            raise _exhausted(prefix, count)
 
     def _allocate_mysql(
         self, scope: str, prefix: str, count: int, *, create: bool, fmt: IdFormat
@@ -160,24 +195,31 @@ class IdManagerRepositoryImpl(IdManagerRepository):
         # under REPEATABLE READ sees the transaction's snapshot, which for a prefix that was
         # deactivated after the snapshot shows it still active with an old last_value, and
         # would hand out an ID that was already issued.
+        # An overflow of last_value fails the statement (error 1690); it must never be
+        # silently skipped here, since the read below could not tell.
         t = _TABLE.c
-        if create:
-            stmt = mysql_insert(_TABLE).values(_new_row(scope, prefix, fmt, last_value=count))
-            # MySQL evaluates the assignments left to right: is_active is not among them.
-            self._execute(
-                stmt.on_duplicate_key_update(
-                    last_value=func.if_(t.is_active, t.last_value + count, t.last_value),
-                    updated_at=func.if_(t.is_active, func.current_timestamp(), t.updated_at),
+        try:
+            if create:
+                stmt = mysql_insert(_TABLE).values(_new_row(scope, prefix, fmt, last_value=count))
+                # MySQL evaluates the assignments left to right: is_active is not among them.
+                self._execute(
+                    stmt.on_duplicate_key_update(
+                        last_value=func.if_(t.is_active, t.last_value + count, t.last_value),
+                        updated_at=func.if_(t.is_active, func.current_timestamp(), t.updated_at),
+                    )
                 )
-            )
-        else:
-            result = self._execute(
-                update(_TABLE)
-                .where(t.scope == scope, t.prefix == prefix, t.is_active)
-                .values(last_value=t.last_value + count, updated_at=func.current_timestamp())
-            )
-            if result.rowcount == 0:
-                return None
+            else:
+                result = self._execute(
+                    update(_TABLE)
+                    .where(t.scope == scope, t.prefix == prefix, t.is_active)
+                    .values(last_value=t.last_value + count, updated_at=func.current_timestamp())
+                )
+                if result.rowcount == 0:
+                    return None
+        except StorageError as exc:
+            if _driver_code(exc) == _MYSQL_OUT_OF_RANGE:
+                raise _exhausted(prefix, count) from exc
+            raise
         manager = self.get(scope, prefix, for_update=True)
         return manager if manager is not None and manager.is_active else None
 
