@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -277,3 +278,34 @@ async def test_a_million_ids_in_one_call(url: str, prefix: str) -> None:
     assert following == expected[1_000_000]
     assert len(bulk_statements) == 1, bulk_statements
     assert elapsed < 20, f"a million IDs took {elapsed:.1f}s"
+
+
+# --- migrations at once ------------------------------------------------------------------------
+
+MIGRATE = "import sys, idmanager; idmanager.migrate(sys.argv[1]); print('migrated')"
+
+
+@pytest.mark.parametrize("backend", ["postgresql", "sqlite", "mariadb"])
+def test_4_processes_migrating_one_database_at_once(backend: str, databases: Any) -> None:
+    """Replicas that start together all run the migrations: every one must succeed."""
+    url = databases.create(backend, migrate=False)
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", MIGRATE, url],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(4)
+    ]
+    outputs = [process.communicate(timeout=60) for process in processes]
+    for process, (out, err) in zip(processes, outputs, strict=True):
+        assert (process.returncode, out.strip()) == (0, "migrated"), err[-2000:]
+    engine = idmanager.create_engine(url, poolclass=sa.pool.NullPool)
+    try:
+        with engine.connect() as connection:
+            version = connection.execute(sa.text("SELECT version_num FROM alembic_version"))
+            assert version.all() == [("001",)]
+        assert IdGeneratorUtil.generate_id("MIG", engine) == "MIG-AAA0001"
+    finally:
+        engine.dispose()

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
 from sqlalchemy.engine import URL
 
+from ..domain.errors import StorageError
 from .database import DEFAULT_DATABASE_URL, sync_url
 from .repository import translate_errors
 
@@ -27,6 +29,27 @@ def alembic_config(url: str | URL | None = None) -> Config:
 
 
 def migrate(url: str | URL | None = None, revision: str = "head") -> None:
-    """Bring the database at ``url`` up to ``revision`` (safe to run again)."""
-    with translate_errors():
-        command.upgrade(alembic_config(url), revision)
+    """Bring the database at ``url`` up to ``revision`` (safe to run again, and at once)."""
+    config = alembic_config(url)
+    for attempt in range(1, _ATTEMPTS + 1):
+        try:
+            with translate_errors():
+                command.upgrade(config, revision)
+            return
+        except StorageError as exc:
+            if attempt == _ATTEMPTS or not _lost_race(exc):
+                raise
+        time.sleep(0.2 * attempt)
+
+
+# Replicas that start together migrate one database at once: all but one fail creating what
+# the winner just created (PostgreSQL rolls the loser's DDL back; MySQL's DDL is not
+# transactional, but the loser stops at its first CREATE, before the winner's). Once the
+# winner has finished, the upgrade is a no-op, so the losers retry.
+_ATTEMPTS = 5
+_RACE_MARKERS = ("already exists", "duplicate key", "duplicate entry")
+
+
+def _lost_race(exc: StorageError) -> bool:
+    text = str(exc.__cause__ or exc).lower()
+    return any(marker in text for marker in _RACE_MARKERS)
