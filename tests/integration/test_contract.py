@@ -125,6 +125,18 @@ async def test_a_sequence_never_overflows_its_bigint(db: Db, prefix: str) -> Non
     assert db.peek(prefix) == last - 3
 
 
+async def test_totals_stay_exact_past_the_bigint_range(db: Db, scope: str) -> None:
+    near = 2**63 - 10
+    async with db.session() as h:
+        for name in ("BIGA", "BIGB"):
+            await h.service.reset_sequence(name, idmanager.format_id(name, near), scope=scope)
+        stats = await h.service.get_service_stats(scope=scope)
+        health = await h.service.health_check()
+        await h.rollback()
+    assert stats == {"prefix_count": 2, "total_issued": 2 * near}
+    assert health["status"] == "healthy", health
+
+
 # --- transactions: the caller's, never committed by the library ------------------------------
 
 
@@ -428,6 +440,7 @@ async def test_health_check_has_the_seeds_shape_and_leaves_nothing(db: Db, prefi
         assert await h.service.get_current_id(prefix) == pending
         await h.commit()
     for health in (first, second):
+        assert health["status"] == "healthy", health
         assert set(health) == {
             "status",
             "message",

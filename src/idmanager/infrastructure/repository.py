@@ -270,13 +270,23 @@ class IdManagerRepositoryImpl(IdManagerRepository):
 
     def totals(self, *, scope: str | None) -> tuple[int, int]:
         t = _TABLE.c
-        statement = select(func.count(), func.coalesce(func.sum(t.last_value), 0)).where(
+        # SQLite's SUM of integers fails ("integer overflow") past 2**63, which a single
+        # sequence near its end reaches; PostgreSQL and MySQL sum BIGINTs into decimals.
+        # On SQLite, sum the high and the low 32 bits apart: each sum fits, the total is exact.
+        split = self.dialect == "sqlite"
+        parts = (
+            [t.last_value.op(">>")(32), t.last_value.op("&")(0xFFFFFFFF)]
+            if split
+            else [t.last_value]
+        )
+        statement = select(func.count(), *(func.coalesce(func.sum(p), 0) for p in parts)).where(
             t.prefix != HEALTH_CHECK_PREFIX
         )
         if scope is not None:
             statement = statement.where(t.scope == scope)
-        count, total = self._execute(statement).one()
-        return int(count), int(total)
+        count, *sums = self._execute(statement).one()
+        total = (int(sums[0]) << 32) + int(sums[1]) if split else int(sums[0])
+        return int(count), total
 
     def add_audit(self, entry: AuditEntry) -> None:
         self._execute(
