@@ -12,6 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
+from starlette.routing import Match
 
 from ..domain.errors import (
     ConflictError,
@@ -78,10 +79,16 @@ def problem(
         "title": title,
         "status": status,
         "detail": detail,
-        "instance": request.url.path,
+        "instance": _instance(request),
         **extra,
     }
     return JSONResponse(body, status_code=status, headers=headers, media_type=PROBLEM_JSON)
+
+
+def _instance(request: Request) -> str:
+    # The path as sent, still percent-encoded: a URI reference even for hostile paths.
+    raw = request.scope.get("raw_path")
+    return raw.decode("latin-1") if isinstance(raw, bytes) else request.url.path
 
 
 def _count(request: Request, error_type: str) -> None:
@@ -139,7 +146,20 @@ async def http_error(request: Request, exc: Exception) -> Response:
     except ValueError:
         title = "Error"
     detail = exc.detail if isinstance(exc.detail, str) and exc.detail != title else None
-    return problem(request, exc.status_code, title, detail, headers=exc.headers)
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405:
+        # Starlette names the methods of the first route on the path; name them all.
+        headers["Allow"] = ", ".join(_allowed_methods(request))
+    return problem(request, exc.status_code, title, detail, headers=headers)
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    methods: set[str] = set()
+    for route in request.app.routes:
+        match, _ = route.matches(request.scope)
+        if match is not Match.NONE:
+            methods |= getattr(route, "methods", None) or set()
+    return sorted(methods)
 
 
 async def internal_error(request: Request, exc: Exception) -> Response:

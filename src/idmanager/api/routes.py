@@ -12,6 +12,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query
 from fastapi.responses import Response, StreamingResponse
+from starlette.convertors import Convertor, register_url_convertor
 
 from ..application.service import SyncIdManagerService
 from ..domain.errors import InvalidPrefixError, PrefixNotFoundError
@@ -28,16 +29,35 @@ from .schemas import (
     problem_example,
 )
 
+# Databases take a 64-bit OFFSET; no list is anywhere near this long.
+MAX_SKIP = 10**12
 # Up to this many IDs the body is built at once; above it, streamed a letter block at a time.
 STREAM_ABOVE = 10_000
 
 router = APIRouter(prefix="/api/v1")
+
+
+class _Text(Convertor[str]):
+    """Any text, '/' and line breaks included (the ``path`` convertor stops at a newline)."""
+
+    regex = r"[\s\S]*"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("text", _Text())
 
 PrefixPath = Annotated[
     str,
     Path(
         description="The prefix: letters, digits and underscores (lower case is upper-cased).",
         examples=["CUS"],
+        # Documented, not enforced here: the domain's checks give the seed's error messages.
+        json_schema_extra={"pattern": r"^\s*[A-Za-z0-9_]{1,255}\s*$"},
     ),
 ]
 
@@ -113,7 +133,7 @@ async def allocate_ids(
 async def list_prefixes(
     use_cases: UseCases,
     _: ReadAccess,
-    skip: Annotated[int, Query(ge=0, description="Sequences to skip.")] = 0,
+    skip: Annotated[int, Query(ge=0, le=MAX_SKIP, description="Sequences to skip.")] = 0,
     limit: Annotated[int, Query(ge=1, le=1000, description="Most sequences to return.")] = 100,
     active_only: Annotated[bool, Query(description="Leave out inactive prefixes.")] = False,
     scope: Annotated[
@@ -149,7 +169,7 @@ async def prefix_stats(
 @router.put(
     "/prefixes/{prefix}",
     response_model=PrefixStats,
-    responses=problems(400, 409, 422, 503),
+    responses=problems(400, 404, 409, 422, 503),
     tags=["prefixes"],
 )
 async def configure_prefix(
@@ -173,7 +193,7 @@ async def configure_prefix(
 @router.post(
     "/prefixes/{prefix}/reset",
     response_model=ResetResponse,
-    responses=problems(400, 409, 422, 503),
+    responses=problems(400, 404, 409, 422, 503),
     tags=["prefixes"],
 )
 async def reset_sequence(
@@ -209,9 +229,9 @@ def _read_id(service: SyncIdManagerService, text: str, scope: str, prefix: str |
 
 
 @router.get(
-    "/ids/{id:path}",
+    "/ids/{id:text}",
     response_model=ParsedIdResponse,
-    responses=problems(422, 503),
+    responses=problems(404, 422, 503),
     tags=["ids"],
 )
 async def read_id(
