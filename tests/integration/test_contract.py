@@ -611,6 +611,19 @@ async def test_migrate_is_idempotent(fresh_db: Db, prefix: str) -> None:
     assert await issue(fresh_db, prefix) == [f"{prefix}-AAA0004"]
 
 
+@pytest.mark.parametrize("mode", ["sync"])
+async def test_the_migration_is_reversible(fresh_db: Db) -> None:
+    from alembic import command
+
+    from idmanager.infrastructure.migrate import alembic_config
+
+    command.downgrade(alembic_config(fresh_db.url), "base")
+    assert sa.inspect(fresh_db.reader).get_table_names() == ["alembic_version"]
+    idmanager.migrate(fresh_db.url)
+    assert {"id_managers", "id_manager_audit"} <= set(sa.inspect(fresh_db.reader).get_table_names())
+    assert await issue(fresh_db, "REV") == ["REV-AAA0001"]
+
+
 async def test_an_unmigrated_database_says_to_run_migrate(
     backend: str, mode: str, databases: Any, prefix: str
 ) -> None:
@@ -672,3 +685,26 @@ async def test_mariadb_timestamps_are_utc_whatever_the_session_zone(url: str, pr
         engine.dispose()
     stamp = datetime.fromisoformat(stats["created_at"])
     assert abs(datetime.now(UTC) - stamp) < timedelta(minutes=2), stamp
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+async def test_sqlite_engines_wait_for_each_other(db: Db) -> None:
+    """WAL, a busy timeout, and transactions that take the write lock when they begin.
+
+    For aiosqlite the driver-level autocommit switch goes through SQLAlchemy's adapted
+    connection: check it reached the real sqlite3 connection.
+    """
+    async with db.session() as h:
+        with db.statements() as seen:
+            await h.begin()
+        assert seen == ["BEGIN IMMEDIATE"]
+        assert await h.rows("PRAGMA journal_mode") == [("wal",)]
+        assert await h.rows("PRAGMA busy_timeout") == [(30_000,)]
+        connection = await resolve(h.session.connection())
+        if db.is_async:
+            raw = await connection.get_raw_connection()
+            sqlite3_connection = raw.driver_connection._conn  # aiosqlite's sqlite3 connection
+        else:
+            sqlite3_connection = connection.connection.driver_connection
+        assert sqlite3_connection.isolation_level is None
+        assert sqlite3_connection.in_transaction

@@ -309,3 +309,32 @@ def test_4_processes_migrating_one_database_at_once(backend: str, databases: Any
         assert IdGeneratorUtil.generate_id("MIG", engine) == "MIG-AAA0001"
     finally:
         engine.dispose()
+
+
+@pytest.mark.parametrize("backend", ["postgresql", "sqlite", "mariadb"])
+async def test_read_then_write_transactions_never_fail(url: str, prefix: str) -> None:
+    """Reading before allocating in one transaction must not fail with "database is locked".
+
+    (SQLite refuses to upgrade a read transaction to a write one if another writer committed
+    meanwhile, whatever the busy timeout: idmanager's engines begin every transaction
+    IMMEDIATE, so the transaction is a writer from its start.)
+    """
+    tasks, per_task = 16, 20
+    engine = idmanager.create_async_engine(url, pool_size=tasks, max_overflow=0)
+
+    async def worker() -> list[str]:
+        issued = []
+        for _ in range(per_task):
+            async with AsyncSession(engine) as session:
+                before = await IdGeneratorUtil.get_current_id(prefix, session)
+                await asyncio.sleep(0)
+                issued.append(await IdGeneratorUtil.generate_id(prefix, session))
+                await session.commit()
+            assert before is None or parse_id(before).ordinal < parse_id(issued[-1]).ordinal
+        return issued
+
+    try:
+        results = await asyncio.gather(*(worker() for _ in range(tasks)))
+    finally:
+        await engine.dispose()
+    assert_exactly_one_to([i for r in results for i in r], prefix, tasks * per_task)
