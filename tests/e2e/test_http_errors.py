@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import socket
 import time
@@ -263,9 +264,15 @@ def test_without_keys_everything_is_allowed_and_it_says_so(
     start_server: Callable[..., Server], workdir: Any, new_prefix: Callable[[str], str]
 ) -> None:
     server = start_server(
-        "open", f"sqlite+aiosqlite:///{workdir / 'open.db'}", None, create_missing="false"
+        "open",
+        f"sqlite+aiosqlite:///{workdir / 'open.db'}",
+        None,
+        create_missing="false",
+        log_format="json",
     )
-    assert "No API keys configured" in server.log()
+    records = [json.loads(line) for line in server.log().splitlines() if line.startswith("{")]
+    warning = next(r for r in records if "No API keys configured" in r["message"])
+    assert warning["level"] == "WARNING"
     prefix = new_prefix("O")
     missing = httpx.post(f"{server.url}/api/v1/prefixes/{prefix}/ids")
     assert missing.status_code == 404
@@ -274,3 +281,5 @@ def test_without_keys_everything_is_allowed_and_it_says_so(
     assert registered.status_code == 200
     allocated = httpx.post(f"{server.url}/api/v1/prefixes/{prefix}/ids")
     assert allocated.json()["ids"] == [f"{prefix}-AAA0001"]
+    access = [json.loads(line) for line in server.log().splitlines() if line.startswith("{")]
+    assert any(f"POST /api/v1/prefixes/{prefix}/ids" in r["message"] for r in access)

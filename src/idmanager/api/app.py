@@ -24,6 +24,7 @@ from ..settings import Settings
 from . import operations, routes
 from .docs import install_docs, install_openapi
 from .errors import install_error_handlers
+from .logs import configure_logging
 from .metrics import Metrics
 from .security import KeyRing
 
@@ -116,6 +117,7 @@ def _version() -> str:
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the service: one engine, the routes, problem+json errors, offline docs."""
     settings = settings or Settings()
+    configure_logging(settings.log_format)
     app = FastAPI(
         title="IdManager",
         version=_version(),
