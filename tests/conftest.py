@@ -61,6 +61,7 @@ class Databases:
                     "Start the server (see .ci/run) or point IDMANAGER_TEST_"
                     f"{'POSTGRES' if backend == 'postgresql' else 'MARIADB'}_URL at one."
                 )
+            if backend in self._unreachable:  # fail outside the except: one clear line
                 pytest.fail(self._unreachable[backend], pytrace=False)
             self._admin[backend] = engine
         return self._admin[backend]
