@@ -624,6 +624,18 @@ async def test_the_migration_is_reversible(fresh_db: Db) -> None:
     assert await issue(fresh_db, "REV") == ["REV-AAA0001"]
 
 
+@pytest.mark.parametrize("mode", ["sync"])
+async def test_the_migrations_match_the_models(db: Db) -> None:
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    from idmanager.infrastructure.models import Base
+
+    with db.sync_engine.connect() as connection:
+        context = MigrationContext.configure(connection, opts={"compare_type": True})
+        assert compare_metadata(context, Base.metadata) == []
+
+
 async def test_an_unmigrated_database_says_to_run_migrate(
     backend: str, mode: str, databases: Any, prefix: str
 ) -> None:

@@ -61,6 +61,7 @@ class IdManagerModel(TimeStampedModel):
         CheckConstraint("last_value >= 0", name="last_value_not_negative"),
     )
 
+    # On MySQL/MariaDB the migration gives scope and prefix a binary collation: keys are exact.
     scope: Mapped[str] = mapped_column(String(255), nullable=False, server_default="")
     prefix: Mapped[str] = mapped_column(String(255), nullable=False)
     last_value: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default="0")
