@@ -197,6 +197,10 @@ class IdManagerRepositoryImpl(IdManagerRepository):
         # would hand out an ID that was already issued.
         # An overflow of last_value fails the statement (error 1690); it must never be
         # silently skipped here, since the read below could not tell.
+        # Known InnoDB limit: when the transaction that *created* a prefix rolls back while
+        # others wait to allocate from that new prefix, InnoDB's gap locks make all but one
+        # of the waiters fail with a deadlock (1213, a StorageError; retry the transaction).
+        # Existing prefixes, and PostgreSQL and SQLite, do not have this problem.
         t = _TABLE.c
         try:
             if create:
