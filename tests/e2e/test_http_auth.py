@@ -29,16 +29,12 @@ ROUTES: list[tuple[str, str, Any, str | None]] = [
 ]
 
 
-@pytest.fixture(scope="module")
-def known_prefixes(servers: dict[str, Server], keys: Keys) -> dict[str, str]:
-    """A prefix that exists on each backend, so that allowed reads answer 200."""
-    prefix = "AUTHMATRIX"
-    for server in servers.values():
-        response = httpx.post(
-            f"{server.url}/api/v1/prefixes/{prefix}/ids", headers=keys.header("admin")
-        )
-        assert response.status_code == 201, response.text
-    return dict.fromkeys(servers, prefix)
+@pytest.fixture
+def active_prefix(http: httpx.Client, keys: Keys, prefix: str) -> str:
+    """A registered, active prefix, so that allowed reads answer 200."""
+    response = http.put(f"/api/v1/prefixes/{prefix}", json={}, headers=keys.header("admin"))
+    assert response.status_code == 200, response.text
+    return prefix
 
 
 @pytest.mark.parametrize("credential", CREDENTIALS, ids=lambda c: c or "none")
@@ -48,15 +44,14 @@ def known_prefixes(servers: dict[str, Server], keys: Keys) -> dict[str, str]:
 def test_access(
     http: httpx.Client,
     keys: Keys,
-    backend: str,
-    known_prefixes: dict[str, str],
+    active_prefix: str,
     method: str,
     path: str,
     body: Any,
     needed: str | None,
     credential: str | None,
 ) -> None:
-    url = path.format(prefix=known_prefixes[backend])
+    url = path.format(prefix=active_prefix)
     headers = keys.header(credential)
     response = http.request(method, url, json=body, headers=headers)
     if needed is None:

@@ -6,18 +6,32 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from conftest import Keys, Server
+    from conftest import Keys, PostgresDatabases, Server
 
 # Bounded so the run takes seconds; raise it locally to search harder.
 MAX_EXAMPLES = os.environ.get("IDMANAGER_TEST_SCHEMATHESIS_EXAMPLES", "25")
 SEED = os.environ.get("IDMANAGER_TEST_SCHEMATHESIS_SEED", "1")
 
 
-def test_schemathesis_finds_nothing(server: Server, keys: Keys, workdir: Path) -> None:
+def test_schemathesis_finds_nothing(
+    backend: str,
+    start_server: Callable[..., Server],
+    pg_databases: PostgresDatabases,
+    keys: Keys,
+    workdir: Path,
+) -> None:
+    # A server of its own: the fuzzer deactivates and resets whatever prefixes it finds.
+    url = (
+        pg_databases.create()
+        if backend == "postgresql"
+        else f"sqlite+aiosqlite:///{workdir / 'schemathesis.db'}"
+    )
+    server = start_server(f"schemathesis-{backend}", url, keys)
     schemathesis = Path(sys.executable).with_name("schemathesis")
     command = [
         str(schemathesis),

@@ -34,6 +34,7 @@ logger = logging.getLogger("idmanager.api")
 
 PROBLEM_JSON = "application/problem+json"
 TYPE_PREFIX = "urn:idmanager:problem:"
+HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 STORAGE_DETAIL = "The database is unavailable or busy; try again shortly."
 
 # Most specific first: the first class an error is an instance of decides.
@@ -154,12 +155,12 @@ async def http_error(request: Request, exc: Exception) -> Response:
 
 
 def _allowed_methods(request: Request) -> list[str]:
-    methods: set[str] = set()
-    for route in request.app.routes:
-        match, _ = route.matches(request.scope)
-        if match is not Match.NONE:
-            methods |= getattr(route, "methods", None) or set()
-    return sorted(methods)
+    allowed = []
+    for method in HTTP_METHODS:
+        scope = {**request.scope, "method": method}
+        if any(route.matches(scope)[0] is Match.FULL for route in request.app.routes):
+            allowed.append(method)
+    return allowed
 
 
 async def internal_error(request: Request, exc: Exception) -> Response:
