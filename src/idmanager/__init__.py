@@ -1,5 +1,6 @@
 """IdManager: human-readable, sequential, never-repeating business IDs from a real database."""
 
+from .application.block_cache import BlockCache, CacheStats, SyncBlockCache
 from .application.service import IdManagerService, ResetResult, SyncIdManagerService
 from .application.use_cases import IdManagerUseCases, SyncIdManagerUseCases
 from .domain.entity import IdManager
@@ -35,6 +36,8 @@ from .infrastructure.repository import IdManagerRepositoryImpl
 
 __all__ = [
     "DEFAULT_FORMAT",
+    "BlockCache",
+    "CacheStats",
     "ConflictError",
     "FormatLockedError",
     "IdFormat",
@@ -58,6 +61,7 @@ __all__ = [
     "ResetRefusedError",
     "ResetResult",
     "StorageError",
+    "SyncBlockCache",
     "SyncIdManagerService",
     "SyncIdManagerUseCases",
     "create_async_engine",

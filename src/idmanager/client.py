@@ -15,9 +15,10 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Generic, TypeVar
 from urllib.parse import quote
 
 import httpx
@@ -50,6 +51,7 @@ __all__ = [
     "ServiceUnreachableError",
 ]
 
+T = TypeVar("T")
 DEFAULT_URL = "http://127.0.0.1:8000"
 # Failures worth another try: the request never reached the server, or its answer was lost.
 RETRY_ERRORS = (
@@ -171,8 +173,112 @@ def _error(response: httpx.Response) -> IdManagerError:
     return ApiError(f"HTTP {status}: {detail}", status, problem)
 
 
+@dataclass(frozen=True, slots=True)
+class _Call(Generic[T]):
+    """One request of the API and how to read its answer."""
+
+    method: str
+    url: str
+    decode: Callable[[Any], T]
+    params: dict[str, Any] = field(default_factory=dict)
+    body: Any = None
+    retry: bool = True
+    # Statuses whose JSON body is an answer, not an error (the health check's 503).
+    answers: frozenset[int] = frozenset()
+
+    def outcome(self, response: httpx.Response) -> T:
+        problem = "problem" in response.headers.get("content-type", "")
+        if response.status_code >= 400 and (problem or response.status_code not in self.answers):
+            raise _error(response)
+        return self.decode(response.json())
+
+
+def _prefix_url(prefix: str) -> str:
+    # Validated here: a prefix with a '/' or '?' would otherwise reach another route.
+    return "/api/v1/prefixes/" + normalize_prefix(prefix)
+
+
+def _allocate(prefix: str, count: int, scope: str) -> _Call[list[str]]:
+    return _Call(
+        "POST",
+        _prefix_url(prefix) + "/ids",
+        lambda data: list(data["ids"]),
+        {"count": count, "scope": scope},
+    )
+
+
+def _stats(prefix: str, scope: str) -> _Call[PrefixStats]:
+    return _Call("GET", _prefix_url(prefix), PrefixStats.from_json, {"scope": scope})
+
+
+def _list(skip: int, limit: int, active_only: bool, scope: str | None) -> _Call[list[PrefixStats]]:
+    params: dict[str, Any] = {"skip": skip, "limit": limit, "active_only": active_only}
+    if scope is not None:
+        params["scope"] = scope
+    return _Call(
+        "GET",
+        "/api/v1/prefixes",
+        lambda data: [PrefixStats.from_json(item) for item in data["items"]],
+        params,
+    )
+
+
+def _configure(
+    prefix: str,
+    scope: str,
+    fmt: IdFormat | None,
+    is_active: bool | None,
+    latest_id: str | None,
+    force: bool,
+) -> _Call[PrefixStats]:
+    body: dict[str, Any] = {"force": force}
+    if fmt is not None:
+        body["format"] = {
+            "separator": fmt.separator,
+            "letter_width": fmt.letter_width,
+            "digit_width": fmt.digit_width,
+        }
+    if is_active is not None:
+        body["is_active"] = is_active
+    if latest_id is not None:
+        body["latest_id"] = latest_id
+    return _Call("PUT", _prefix_url(prefix), PrefixStats.from_json, {"scope": scope}, body)
+
+
+def _reset(
+    prefix: str, reset_to: str | None, force: bool, scope: str, dry_run: bool
+) -> _Call[ResetResult]:
+    body = {"reset_to": reset_to, "force": force, "dry_run": dry_run}
+    url = _prefix_url(prefix) + "/reset"
+    return _Call("POST", url, lambda data: ResetResult(**data), {"scope": scope}, body)
+
+
+def _parse(text: str, scope: str, prefix: str | None) -> _Call[ParsedId]:
+    params: dict[str, Any] = {"scope": scope}
+    if prefix is not None:
+        params["prefix"] = prefix
+    fields = ("prefix", "letters", "number", "ordinal", "normalized")
+    return _Call(
+        "GET",
+        "/api/v1/ids/" + quote(text, safe="/"),
+        lambda data: ParsedId(*(data[name] for name in fields)),
+        params,
+    )
+
+
+def _health() -> _Call[HealthReport]:
+    names = HealthReport.__dataclass_fields__
+    return _Call(
+        "GET",
+        "/health",
+        lambda data: HealthReport(**{k: v for k, v in data.items() if k in names}),
+        retry=False,
+        answers=frozenset({503}),
+    )
+
+
 class _Base:
-    """What the sync and async clients share: requests, retry policy and decoding."""
+    """What the sync and async clients share: connection options and the retry policy."""
 
     def __init__(
         self, *, retries: int, backoff: float, max_backoff: float, api_key: str | None
@@ -186,6 +292,9 @@ class _Base:
         if api_key:
             self.headers["Authorization"] = f"Bearer {api_key}"
 
+    def _attempts(self, call: _Call[Any]) -> int:
+        return self.retries + 1 if call.retry else 1
+
     def _delay(self, attempt: int, response: httpx.Response | None) -> float:
         """Return how long to wait before retry ``attempt`` (0-based), with jitter."""
         delay: float = self.backoff * 2**attempt
@@ -195,55 +304,9 @@ class _Base:
         delay = min(delay, self.max_backoff)
         return delay / 2 + random.uniform(0, delay / 2)
 
-    @staticmethod
-    def _result(response: httpx.Response) -> Any:
-        if response.status_code >= 400:
-            raise _error(response)
-        return response.json()
 
-    @staticmethod
-    def _unreachable(exc: httpx.HTTPError) -> ServiceUnreachableError:
-        return ServiceUnreachableError(f"IdManager service unreachable: {exc}")
-
-
-def _path(prefix: str) -> str:
-    # Validated here: a prefix with a '/' or '?' would otherwise reach another route.
-    return "/api/v1/prefixes/" + normalize_prefix(prefix)
-
-
-def _id_path(text: str) -> str:
-    return "/api/v1/ids/" + quote(text, safe="/")
-
-
-def _health(response: httpx.Response) -> HealthReport:
-    content_type = response.headers.get("content-type", "")
-    if response.status_code not in (200, 503) or "problem" in content_type:
-        raise _error(response)
-    data = response.json()
-    return HealthReport(**{k: v for k, v in data.items() if k in HealthReport.__dataclass_fields__})
-
-
-def _configure_body(
-    fmt: IdFormat | None, is_active: bool | None, latest_id: str | None, force: bool
-) -> dict[str, Any]:
-    body: dict[str, Any] = {"force": force}
-    if fmt is not None:
-        body["format"] = {
-            "separator": fmt.separator,
-            "letter_width": fmt.letter_width,
-            "digit_width": fmt.digit_width,
-        }
-    if is_active is not None:
-        body["is_active"] = is_active
-    if latest_id is not None:
-        body["latest_id"] = latest_id
-    return body
-
-
-def _parsed(data: dict[str, Any]) -> ParsedId:
-    return ParsedId(
-        data["prefix"], data["letters"], data["number"], data["ordinal"], data["normalized"]
-    )
+def _unreachable(exc: httpx.HTTPError) -> ServiceUnreachableError:
+    return ServiceUnreachableError(f"IdManager service unreachable: {exc}")
 
 
 class IdManagerClient(_Base):
@@ -275,37 +338,36 @@ class IdManagerClient(_Base):
         """Close the connections."""
         self.http.close()
 
-    def _request(self, method: str, url: str, **kwargs: Any) -> Any:
-        attempts = self.retries + 1
+    def _send(self, call: _Call[T]) -> T:
+        attempts = self._attempts(call)
         for attempt in range(attempts):
             last = attempt == attempts - 1
             try:
-                response = self.http.request(method, url, **kwargs)
+                response = self.http.request(
+                    call.method, call.url, params=call.params, json=call.body
+                )
             except RETRY_ERRORS as exc:
                 if last:
-                    raise self._unreachable(exc) from exc
+                    raise _unreachable(exc) from exc
                 time.sleep(self._delay(attempt, None))
                 continue
-            if response.status_code != 503 or last:
-                return self._result(response)
-            time.sleep(self._delay(attempt, response))
+            if response.status_code == 503 and call.retry and not last:
+                time.sleep(self._delay(attempt, response))
+                continue
+            return call.outcome(response)
         raise AssertionError("unreachable")  # pragma: no cover
 
     def generate_id(self, prefix: str, *, scope: str = "") -> str:
         """Allocate the next ID of ``prefix``."""
-        return self.bulk_generate_ids(prefix, 1, scope=scope)[0]
+        return self._send(_allocate(prefix, 1, scope))[0]
 
     def bulk_generate_ids(self, prefix: str, count: int, *, scope: str = "") -> list[str]:
         """Allocate ``count`` consecutive IDs of ``prefix``."""
-        data = self._request(
-            "POST", _path(prefix) + "/ids", params={"count": count, "scope": scope}
-        )
-        ids: list[str] = data["ids"]
-        return ids
+        return self._send(_allocate(prefix, count, scope))
 
     def get_prefix_stats(self, prefix: str, *, scope: str = "") -> PrefixStats:
         """Return the statistics of ``prefix`` (``PrefixNotFoundError`` if unknown)."""
-        return PrefixStats.from_json(self._request("GET", _path(prefix), params={"scope": scope}))
+        return self._send(_stats(prefix, scope))
 
     def list_prefixes(
         self,
@@ -316,11 +378,7 @@ class IdManagerClient(_Base):
         scope: str | None = None,
     ) -> list[PrefixStats]:
         """Return a page of sequences, ordered by scope and prefix."""
-        params: dict[str, Any] = {"skip": skip, "limit": limit, "active_only": active_only}
-        if scope is not None:
-            params["scope"] = scope
-        data = self._request("GET", "/api/v1/prefixes", params=params)
-        return [PrefixStats.from_json(item) for item in data["items"]]
+        return self._send(_list(skip, limit, active_only, scope))
 
     def configure_prefix(
         self,
@@ -333,9 +391,7 @@ class IdManagerClient(_Base):
         force: bool = False,
     ) -> PrefixStats:
         """Register ``prefix`` or change its format, state or starting point (admin)."""
-        body = _configure_body(fmt, is_active, latest_id, force)
-        data = self._request("PUT", _path(prefix), params={"scope": scope}, json=body)
-        return PrefixStats.from_json(data)
+        return self._send(_configure(prefix, scope, fmt, is_active, latest_id, force))
 
     def reset_sequence(
         self,
@@ -347,24 +403,15 @@ class IdManagerClient(_Base):
         dry_run: bool = False,
     ) -> ResetResult:
         """Make ``reset_to`` the latest ID; ``ResetRefusedError`` if backwards unforced."""
-        body = {"reset_to": reset_to, "force": force, "dry_run": dry_run}
-        data = self._request("POST", _path(prefix) + "/reset", params={"scope": scope}, json=body)
-        return ResetResult(**data)
+        return self._send(_reset(prefix, reset_to, force, scope, dry_run))
 
     def parse_id(self, text: str, *, scope: str = "", prefix: str | None = None) -> ParsedId:
         """Parse ``text`` on the server, in its prefix's stored format."""
-        params: dict[str, Any] = {"scope": scope}
-        if prefix is not None:
-            params["prefix"] = prefix
-        return _parsed(self._request("GET", _id_path(text), params=params))
+        return self._send(_parse(text, scope, prefix))
 
     def health(self) -> HealthReport:
         """Return the service's health check (unhealthy is a report, not an exception)."""
-        try:
-            response = self.http.get("/health")
-        except RETRY_ERRORS as exc:
-            raise self._unreachable(exc) from exc
-        return _health(response)
+        return self._send(_health())
 
 
 class AsyncIdManagerClient(_Base):
@@ -396,38 +443,36 @@ class AsyncIdManagerClient(_Base):
         """Close the connections."""
         await self.http.aclose()
 
-    async def _request(self, method: str, url: str, **kwargs: Any) -> Any:
-        attempts = self.retries + 1
+    async def _send(self, call: _Call[T]) -> T:
+        attempts = self._attempts(call)
         for attempt in range(attempts):
             last = attempt == attempts - 1
             try:
-                response = await self.http.request(method, url, **kwargs)
+                response = await self.http.request(
+                    call.method, call.url, params=call.params, json=call.body
+                )
             except RETRY_ERRORS as exc:
                 if last:
-                    raise self._unreachable(exc) from exc
+                    raise _unreachable(exc) from exc
                 await asyncio.sleep(self._delay(attempt, None))
                 continue
-            if response.status_code != 503 or last:
-                return self._result(response)
-            await asyncio.sleep(self._delay(attempt, response))
+            if response.status_code == 503 and call.retry and not last:
+                await asyncio.sleep(self._delay(attempt, response))
+                continue
+            return call.outcome(response)
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def generate_id(self, prefix: str, *, scope: str = "") -> str:
         """Allocate the next ID of ``prefix``."""
-        return (await self.bulk_generate_ids(prefix, 1, scope=scope))[0]
+        return (await self._send(_allocate(prefix, 1, scope)))[0]
 
     async def bulk_generate_ids(self, prefix: str, count: int, *, scope: str = "") -> list[str]:
         """Allocate ``count`` consecutive IDs of ``prefix``."""
-        data = await self._request(
-            "POST", _path(prefix) + "/ids", params={"count": count, "scope": scope}
-        )
-        ids: list[str] = data["ids"]
-        return ids
+        return await self._send(_allocate(prefix, count, scope))
 
     async def get_prefix_stats(self, prefix: str, *, scope: str = "") -> PrefixStats:
         """Return the statistics of ``prefix`` (``PrefixNotFoundError`` if unknown)."""
-        data = await self._request("GET", _path(prefix), params={"scope": scope})
-        return PrefixStats.from_json(data)
+        return await self._send(_stats(prefix, scope))
 
     async def list_prefixes(
         self,
@@ -438,11 +483,7 @@ class AsyncIdManagerClient(_Base):
         scope: str | None = None,
     ) -> list[PrefixStats]:
         """Return a page of sequences, ordered by scope and prefix."""
-        params: dict[str, Any] = {"skip": skip, "limit": limit, "active_only": active_only}
-        if scope is not None:
-            params["scope"] = scope
-        data = await self._request("GET", "/api/v1/prefixes", params=params)
-        return [PrefixStats.from_json(item) for item in data["items"]]
+        return await self._send(_list(skip, limit, active_only, scope))
 
     async def configure_prefix(
         self,
@@ -455,9 +496,7 @@ class AsyncIdManagerClient(_Base):
         force: bool = False,
     ) -> PrefixStats:
         """Register ``prefix`` or change its format, state or starting point (admin)."""
-        body = _configure_body(fmt, is_active, latest_id, force)
-        data = await self._request("PUT", _path(prefix), params={"scope": scope}, json=body)
-        return PrefixStats.from_json(data)
+        return await self._send(_configure(prefix, scope, fmt, is_active, latest_id, force))
 
     async def reset_sequence(
         self,
@@ -469,23 +508,12 @@ class AsyncIdManagerClient(_Base):
         dry_run: bool = False,
     ) -> ResetResult:
         """Make ``reset_to`` the latest ID; ``ResetRefusedError`` if backwards unforced."""
-        body = {"reset_to": reset_to, "force": force, "dry_run": dry_run}
-        data = await self._request(
-            "POST", _path(prefix) + "/reset", params={"scope": scope}, json=body
-        )
-        return ResetResult(**data)
+        return await self._send(_reset(prefix, reset_to, force, scope, dry_run))
 
     async def parse_id(self, text: str, *, scope: str = "", prefix: str | None = None) -> ParsedId:
         """Parse ``text`` on the server, in its prefix's stored format."""
-        params: dict[str, Any] = {"scope": scope}
-        if prefix is not None:
-            params["prefix"] = prefix
-        return _parsed(await self._request("GET", _id_path(text), params=params))
+        return await self._send(_parse(text, scope, prefix))
 
     async def health(self) -> HealthReport:
         """Return the service's health check (unhealthy is a report, not an exception)."""
-        try:
-            response = await self.http.get("/health")
-        except RETRY_ERRORS as exc:
-            raise self._unreachable(exc) from exc
-        return _health(response)
+        return await self._send(_health())

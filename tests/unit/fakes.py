@@ -64,6 +64,14 @@ class FakeRepository(IdManagerRepository):
         row.updated_at = datetime.now(UTC)
         return _copy(row)
 
+    def release(self, scope: str, prefix: str, *, expected: int, new: int) -> bool:
+        self._call("release")
+        row = self.rows.get((scope, prefix))
+        if row is None or row.last_value != expected:
+            return False
+        row.last_value = new
+        return True
+
     def get(self, scope: str, prefix: str, *, for_update: bool = False) -> IdManager | None:
         self._call("get")
         row = self.rows.get((scope, prefix))

@@ -306,6 +306,22 @@ class SyncIdManagerService:
             }
         return manager.stats()
 
+    def release_range(self, prefix: str, first: int, last: int, *, scope: str = "") -> bool:
+        """Hand back the unissued IDs ``first..last`` if they are still the sequence's latest.
+
+        Only the block cache calls this, for IDs it reserved and never handed out. Nothing
+        moves if any allocation happened after ``last``.
+        """
+        scope, prefix = self._key(prefix, scope)
+        if not 1 <= first <= last:
+            raise InvalidInputError(f"Invalid range to hand back: {first}..{last}")
+        released = self.repository.release(scope, prefix, expected=last, new=first - 1)
+        if released:
+            self.repository.add_audit(
+                AuditEntry(scope, prefix, "release", last, first - 1, self.actor, "block cache")
+            )
+        return released
+
     def get_service_stats(self, *, scope: str | None = None) -> dict[str, int]:
         """Return how many prefixes exist and how many IDs they have issued in all."""
         prefix_count, total = self.repository.totals(scope=scope)

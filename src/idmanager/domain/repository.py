@@ -49,6 +49,14 @@ class IdManagerRepository(ABC):
         """
 
     @abstractmethod
+    def release(self, scope: str, prefix: str, *, expected: int, new: int) -> bool:
+        """Set ``last_value`` to ``new`` only if it is still ``expected`` (compare-and-set).
+
+        Returns whether it did: a block cache hands back its unused tail this way, and only
+        when no other allocation happened since.
+        """
+
+    @abstractmethod
     def get(self, scope: str, prefix: str, *, for_update: bool = False) -> IdManager | None:
         """Return the sequence, locking its row until the transaction ends if asked."""
 

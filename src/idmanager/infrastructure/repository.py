@@ -227,6 +227,15 @@ class IdManagerRepositoryImpl(IdManagerRepository):
         manager = self.get(scope, prefix, for_update=True)
         return manager if manager is not None and manager.is_active else None
 
+    def release(self, scope: str, prefix: str, *, expected: int, new: int) -> bool:
+        t = _TABLE.c
+        result = self._execute(
+            update(_TABLE)
+            .where(t.scope == scope, t.prefix == prefix, t.last_value == expected)
+            .values(last_value=new, updated_at=func.current_timestamp())
+        )
+        return bool(result.rowcount == 1)
+
     def get(self, scope: str, prefix: str, *, for_update: bool = False) -> IdManager | None:
         t = _TABLE.c
         statement = select(*_COLUMNS).where(t.scope == scope, t.prefix == prefix)

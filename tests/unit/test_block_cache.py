@@ -1,0 +1,131 @@
+"""The block cache over an in-memory repository: order, double buffer, sizes, hand-back."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable
+
+import pytest
+
+from idmanager import BlockCache, PrefixInactiveError, SyncBlockCache, SyncIdManagerService
+from idmanager.application.block_cache import Operation
+
+from .fakes import FakeRepository
+
+
+def runners(repo: FakeRepository) -> tuple[Callable[[Operation], object], list[int]]:
+    service = SyncIdManagerService(repo)
+    fetched: list[int] = []
+
+    def run(operation: Operation) -> object:
+        result = operation(service)
+        if hasattr(result, "size"):
+            fetched.append(result.size)
+        return result
+
+    return run, fetched
+
+
+async def test_ids_are_consecutive_and_blocks_are_fetched_ahead() -> None:
+    repo = FakeRepository()
+    run, fetched = runners(repo)
+
+    async def arun(operation: Operation) -> object:
+        await asyncio.sleep(0)
+        return run(operation)
+
+    cache = BlockCache(arun, initial_block=10, min_block=10, max_block=40)
+    ids = [await cache.generate_id("CUS") for _ in range(100)]
+    assert ids == [f"CUS-AAA{n:04d}" for n in range(1, 101)]
+    # Blocks double while they last less than grow_below, up to max_block.
+    assert fetched[:3] == [10, 20, 40] and set(fetched[3:]) == {40}
+    # Double buffer: a block was reserved before the previous one ran out.
+    assert repo.rows[("", "CUS")].last_value > 100
+    await cache.close()
+    assert repo.rows[("", "CUS")].last_value == 100
+    assert cache.stats.ids_lost == 0
+    assert cache.stats.ids_handed_back == cache.stats.ids_fetched - 100
+
+
+async def test_concurrent_tasks_get_distinct_ids() -> None:
+    repo = FakeRepository()
+    run, _ = runners(repo)
+
+    async def arun(operation: Operation) -> object:
+        await asyncio.sleep(0.001)
+        return run(operation)
+
+    cache = BlockCache(arun, initial_block=7, min_block=7, max_block=7)
+
+    async def worker() -> list[str]:
+        return [await cache.generate_id("INV") for _ in range(50)]
+
+    results = await asyncio.gather(*(worker() for _ in range(20)))
+    ids = [i for r in results for i in r]
+    assert len(ids) == len(set(ids)) == 1000
+    await cache.close()
+
+
+async def test_hand_back_is_refused_when_someone_allocated_after() -> None:
+    repo = FakeRepository()
+    run, _ = runners(repo)
+
+    async def arun(operation: Operation) -> object:
+        return run(operation)
+
+    cache = BlockCache(arun, initial_block=100)
+    await cache.generate_id("REC")
+    SyncIdManagerService(repo).generate_id("REC")  # another process, after our block
+    await cache.close()
+    assert repo.rows[("", "REC")].last_value == 101
+    assert cache.stats.ids_handed_back == 0
+    assert cache.stats.ids_lost == 99
+
+
+async def test_errors_reach_the_caller_and_the_cache_recovers() -> None:
+    repo = FakeRepository()
+    run, _ = runners(repo)
+
+    async def arun(operation: Operation) -> object:
+        return run(operation)
+
+    service = SyncIdManagerService(repo)
+    service.generate_id("VEN")
+    service.deactivate_prefix("VEN")
+    cache = BlockCache(arun, initial_block=5, min_block=5)
+    with pytest.raises(PrefixInactiveError):
+        await cache.generate_id("VEN")
+    service.activate_prefix("VEN")
+    assert await cache.generate_id("VEN") == "VEN-AAA0002"
+    await cache.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        await cache.generate_id("VEN")
+
+
+def test_threads_get_distinct_increasing_ids() -> None:
+    repo = FakeRepository()
+    run, _ = runners(repo)
+    lock = threading.Lock()
+
+    def locked_run(operation: Operation) -> object:
+        with lock:  # the fake is not thread-safe; a database is
+            return run(operation)
+
+    cache = SyncBlockCache(locked_run, initial_block=16, min_block=16, max_block=64)
+    results: list[list[str]] = [[] for _ in range(8)]
+
+    def worker(out: list[str]) -> None:
+        out.extend(cache.generate_id("PKG") for _ in range(500))
+
+    threads = [threading.Thread(target=worker, args=(out,)) for out in results]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    ids = [i for r in results for i in r]
+    assert len(ids) == len(set(ids)) == 4000
+    for out in results:
+        assert out == sorted(out)  # increasing per thread (and per process)
+    cache.close()
+    assert repo.rows[("", "PKG")].last_value == 4000
