@@ -27,13 +27,7 @@ from sqlalchemy.orm import Session
 import idmanager
 from idmanager import IdGeneratorUtil, parse_id
 
-URL_FIXTURES = {"sqlite": "sqlite_url", "postgresql": "postgres_url", "mariadb": "mariadb_url"}
 ALLOCATOR = Path(__file__).with_name("allocator.py")
-
-
-@pytest.fixture
-def url(backend: str, request: pytest.FixtureRequest) -> str:
-    return str(request.getfixturevalue(URL_FIXTURES[backend]))
 
 
 def ordinals(issued: list[str], prefix: str) -> list[int]:
