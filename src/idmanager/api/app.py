@@ -125,6 +125,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
         docs_url=None,
         redoc_url=None,
+        # Operation IDs are the route functions' names: 'allocate_ids', 'reset_sequence', ...
+        generate_unique_id_function=lambda route: route.name,
     )
     engine = build_engine(settings)
     app.state.settings = settings

@@ -14,6 +14,7 @@ router = APIRouter(tags=["operations"])
 
 @router.get(
     "/health",
+    summary="Health check",
     response_model=Health,
     responses={503: {"model": Health, "description": "The database is unavailable."}},
 )
@@ -23,7 +24,7 @@ async def health(use_cases: UseCases) -> JSONResponse:
     return JSONResponse(report, status_code=200 if report["status"] == "healthy" else 503)
 
 
-@router.get("/health/live", response_model=Liveness)
+@router.get("/health/live", summary="Liveness", response_model=Liveness)
 async def live() -> Liveness:
     """Report that the process answers, without touching the database."""
     return Liveness(status="alive")
@@ -31,6 +32,7 @@ async def live() -> Liveness:
 
 @router.get(
     "/metrics",
+    summary="Prometheus metrics",
     response_class=Response,
     responses={200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}}},
 )

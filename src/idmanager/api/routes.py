@@ -102,6 +102,7 @@ def _ids_body(ids: IdRange) -> Iterator[bytes]:
 
 @router.post(
     "/prefixes/{prefix}/ids",
+    summary="Allocate IDs",
     status_code=201,
     response_model=IdsResponse,
     responses=problems(404, 409, 422, 503),
@@ -126,6 +127,7 @@ async def allocate_ids(
 
 @router.get(
     "/prefixes",
+    summary="List prefixes",
     response_model=PrefixList,
     responses=problems(422, 503),
     tags=["prefixes"],
@@ -151,6 +153,7 @@ async def list_prefixes(
 
 @router.get(
     "/prefixes/{prefix}",
+    summary="Show a prefix",
     response_model=PrefixStats,
     responses=problems(404, 422, 503),
     tags=["prefixes"],
@@ -168,6 +171,7 @@ async def prefix_stats(
 
 @router.put(
     "/prefixes/{prefix}",
+    summary="Register or configure a prefix",
     response_model=PrefixStats,
     responses=problems(400, 404, 409, 422, 503),
     tags=["prefixes"],
@@ -192,6 +196,7 @@ async def configure_prefix(
 
 @router.post(
     "/prefixes/{prefix}/reset",
+    summary="Reset a sequence",
     response_model=ResetResponse,
     responses=problems(400, 404, 409, 422, 503),
     tags=["prefixes"],
@@ -230,6 +235,7 @@ def _read_id(service: SyncIdManagerService, text: str, scope: str, prefix: str |
 
 @router.get(
     "/ids/{id:text}",
+    summary="Parse an ID",
     response_model=ParsedIdResponse,
     responses=problems(404, 422, 503),
     tags=["ids"],
