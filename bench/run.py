@@ -109,7 +109,7 @@ async def postgres_runs(url: str) -> None:
             return await conn.fetchval(UPSERT, p)
 
     async def own(p: str) -> object:
-        return await use_cases.run(lambda s: s.generate_id(p))
+        return await use_cases.allocate(p)
 
     async def bare_session(p: str) -> object:
         async with AsyncSession(engine) as session:
@@ -198,7 +198,7 @@ def sqlite_runs() -> None:
     p, done, stop = prefix(), 0, time.perf_counter() + SECONDS
     start = time.perf_counter()
     while time.perf_counter() < stop:
-        use_cases.run(lambda s: s.generate_id(p))
+        use_cases.allocate(p)
         done += 1
     record(
         "sqlite",

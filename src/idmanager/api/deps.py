@@ -57,7 +57,7 @@ Scope = Annotated[
 async def _admin_use_cases(request: Request, principal: AdminAccess) -> IdManagerUseCases:
     # The same sessions, with the caller named in the audit trail of resets and changes.
     base: IdManagerUseCases = request.app.state.use_cases
-    return IdManagerUseCases(base.sessions, **{**base.service_options, "actor": principal.actor})
+    return IdManagerUseCases(base.bind, **{**base.service_options, "actor": principal.actor})
 
 
 AdminUseCases = Annotated[IdManagerUseCases, Depends(_admin_use_cases)]

@@ -8,12 +8,12 @@ from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from typing import Any, TypeVar, cast
 
-from sqlalchemy import ColumnElement, Row, Table, func, select, update
+from sqlalchemy import Connection, Executable, Row, Table, bindparam, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.mysql import insert as mysql_insert
 from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.orm import Session
 
 from ..domain.entity import HEALTH_CHECK_PREFIX, IdManager
@@ -47,6 +47,17 @@ def _entity(row: Row[Any]) -> IdManager:
         updated_at=_utc(m["updated_at"]),
         created_by=m["created_by"],
     )
+
+
+_NEW_ROW_KEYS = (
+    "scope",
+    "prefix",
+    "last_value",
+    "separator",
+    "letter_width",
+    "digit_width",
+    "created_by",
+)
 
 
 def _new_row(
@@ -103,10 +114,43 @@ def _fits(last_value: int, count: int) -> bool:
     return last_value <= MAX_ORDINAL - count
 
 
-def _has_room(count: int) -> ColumnElement[bool]:
+def _allocation_statements(dialect: str) -> dict[str, Executable]:
+    """Build the allocation statements of ``dialect`` once, with bound parameters.
+
+    Building a statement costs more than the database round trip it makes, so the
+    allocation path only binds values to these.
+    """
+    t = _TABLE.c
     # PostgreSQL would fail on a BIGINT overflow, but SQLite silently turns the sum into a
     # REAL and stores it: guard in the statement, on both.
-    return _TABLE.c.last_value <= MAX_ORDINAL - count
+    has_room = t.last_value <= bindparam("room")
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    stmt = insert(_TABLE).values({name: bindparam(name) for name in _NEW_ROW_KEYS})
+    allocate = stmt.on_conflict_do_update(
+        index_elements=[t.scope, t.prefix],
+        set_={
+            "last_value": t.last_value + stmt.excluded.last_value,
+            "updated_at": func.current_timestamp(),
+        },
+        where=t.is_active & has_room,
+    ).returning(*_COLUMNS)
+    allocate_existing = (
+        update(_TABLE)
+        .where(t.scope == bindparam("key_scope"), t.prefix == bindparam("key_prefix"))
+        .where(t.is_active, has_room)
+        .values(last_value=t.last_value + bindparam("count"), updated_at=func.current_timestamp())
+        .returning(*_COLUMNS)
+    )
+    return {"allocate": allocate, "allocate_existing": allocate_existing}
+
+
+_STATEMENTS: dict[str, dict[str, Executable]] = {}
+
+
+def _statement(dialect: str, name: str) -> Executable:
+    if dialect not in _STATEMENTS:
+        _STATEMENTS[dialect] = _allocation_statements(dialect)
+    return _STATEMENTS[dialect][name]
 
 
 def _exhausted(prefix: str, count: int) -> ConflictError:
@@ -125,55 +169,57 @@ def _driver_code(exc: BaseException) -> object:
 class IdManagerRepositoryImpl(IdManagerRepository):
     """Sequences stored in ``id_managers`` through the caller's session (sync or async).
 
-    The repository joins the session's transaction and never commits it.
+    The repository joins the transaction of the session (or connection) and never commits it.
     """
 
-    def __init__(self, session: Session | AsyncSession) -> None:
-        self._async = session if isinstance(session, AsyncSession) else None
-        self.session: Session = session.sync_session if self._async else session  # type: ignore[assignment,union-attr]
+    def __init__(self, session: Session | AsyncSession | Connection | AsyncConnection) -> None:
+        self._async = session if isinstance(session, AsyncSession | AsyncConnection) else None
+        sync: Session | Connection | None
+        if isinstance(session, AsyncSession):
+            sync = session.sync_session
+        elif isinstance(session, AsyncConnection):
+            sync = session.sync_connection
+        else:
+            sync = session
+        if sync is None:
+            raise ValueError("The async connection is not connected")
+        self.session: Session | Connection = sync
         self._dialect: str | None = None
 
     async def run(self, fn: Callable[[], T]) -> T:
         if self._async is None:
             return fn()
         with translate_errors():
-            return await self._async.run_sync(lambda _session: fn())
+            return await self._async.run_sync(lambda _sync: fn())
 
     @property
     def dialect(self) -> str:
         if self._dialect is None:
-            self._dialect = self.session.get_bind().dialect.name
+            bind = self.session.get_bind() if isinstance(self.session, Session) else self.session
+            self._dialect = bind.dialect.name
         return self._dialect
 
-    def _execute(self, statement: Any) -> Any:
+    def _execute(self, statement: Any, params: dict[str, Any] | None = None) -> Any:
+        # Through the session's Connection: same transaction, without the ORM's per-statement
+        # machinery, which a Core statement does not need.
         with translate_errors():
-            return self.session.execute(statement)
+            connection = (
+                self.session.connection() if isinstance(self.session, Session) else self.session
+            )
+            return connection.execute(statement, params)
 
     def allocate(
         self, scope: str, prefix: str, count: int, *, create: bool, fmt: IdFormat
     ) -> IdManager | None:
         if self.dialect in ("mysql", "mariadb"):
             return self._allocate_mysql(scope, prefix, count, create=create, fmt=fmt)
-        t = _TABLE.c
-        if not create:
-            statement: Any = (
-                update(_TABLE)
-                .where(t.scope == scope, t.prefix == prefix, t.is_active, _has_room(count))
-                .values(last_value=t.last_value + count, updated_at=func.current_timestamp())
-                .returning(*_COLUMNS)
-            )
+        room = MAX_ORDINAL - count
+        if create:
+            params = _new_row(scope, prefix, fmt, last_value=count) | {"room": room}
         else:
-            insert = postgresql.insert if self.dialect == "postgresql" else sqlite.insert
-            stmt = insert(_TABLE).values(_new_row(scope, prefix, fmt, last_value=count))
-            statement = stmt.on_conflict_do_update(
-                index_elements=[t.scope, t.prefix],
-                set_={
-                    "last_value": t.last_value + stmt.excluded.last_value,
-                    "updated_at": func.current_timestamp(),
-                },
-                where=t.is_active & _has_room(count),
-            ).returning(*_COLUMNS)
-        row = self._execute(statement).first()
+            params = {"key_scope": scope, "key_prefix": prefix, "count": count, "room": room}
+        statement = _statement(self.dialect, "allocate" if create else "allocate_existing")
+        row = self._execute(statement, params).first()
         if row is None:
             self._check_room(scope, prefix, count)
             return None
