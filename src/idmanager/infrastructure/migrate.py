@@ -5,20 +5,24 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from alembic import command
-from alembic.config import Config
 from sqlalchemy.engine import URL
 
 from ..domain.errors import StorageError
 from .database import DEFAULT_DATABASE_URL, sync_url
 from .repository import translate_errors
 
+if TYPE_CHECKING:
+    from alembic.config import Config
+
 MIGRATIONS = Path(__file__).with_name("migrations")
 
 
 def alembic_config(url: str | URL | None = None) -> Config:
     """Return an Alembic configuration for ``url`` (default: ``IDMANAGER_DATABASE_URL``)."""
+    from alembic.config import Config  # imported here: every CLI call would pay for it
+
     url = url or os.environ.get("IDMANAGER_DATABASE_URL") or DEFAULT_DATABASE_URL
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
@@ -30,6 +34,8 @@ def alembic_config(url: str | URL | None = None) -> Config:
 
 def migrate(url: str | URL | None = None, revision: str = "head") -> None:
     """Bring the database at ``url`` up to ``revision`` (safe to run again, and at once)."""
+    from alembic import command
+
     config = alembic_config(url)
     for attempt in range(1, _ATTEMPTS + 1):
         try:
