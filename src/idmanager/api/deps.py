@@ -37,6 +37,11 @@ def _use_cases(request: Request) -> IdManagerUseCases:
     return use_cases
 
 
+def _health(request: Request) -> IdManagerUseCases:
+    use_cases: IdManagerUseCases = request.app.state.health
+    return use_cases
+
+
 def _metrics(request: Request) -> Metrics:
     metrics: Metrics = request.app.state.metrics
     return metrics
@@ -47,6 +52,7 @@ GenerateAccess = Annotated[Principal, Depends(_access(Role.GENERATE))]
 AdminAccess = Annotated[Principal, Depends(_access(Role.ADMIN))]
 SettingsDep = Annotated[Settings, Depends(_settings)]
 UseCases = Annotated[IdManagerUseCases, Depends(_use_cases)]
+HealthUseCases = Annotated[IdManagerUseCases, Depends(_health)]
 MetricsDep = Annotated[Metrics, Depends(_metrics)]
 Scope = Annotated[
     str,

@@ -118,7 +118,7 @@ async def allocate_ids(
 ) -> Response:
     """Allocate the next `count` IDs of a prefix, committed before they are returned."""
     started = time.perf_counter()
-    ids = await use_cases.run(lambda s: s.generate_range(prefix, count, scope=scope))
+    ids = await use_cases.allocate(prefix, count, scope=scope)
     metrics.allocated(ids.prefix, len(ids), time.perf_counter() - started)
     if len(ids) > STREAM_ABOVE:
         return StreamingResponse(_ids_body(ids), status_code=201, media_type="application/json")
