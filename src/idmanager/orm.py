@@ -1,0 +1,311 @@
+"""IDs assigned by the ORM: a model declares its prefix, the session numbers new objects.
+
+    class Customer(Base):
+        __tablename__ = "customers"
+        id: Mapped[str] = mapped_column(String(300), primary_key=True, info=numbered("CUS"))
+
+    class Invoice(Base):
+        __tablename__ = "invoices"
+        id: Mapped[int] = mapped_column(primary_key=True)
+        issued_on: Mapped[date]
+        number: Mapped[str | None] = mapped_column(
+            String(300), info=numbered("INV{YYYY}", at_commit=True, date_from="issued_on")
+        )
+
+    Session = sessionmaker(engine)   # or async_sessionmaker(async_engine)
+    install(Session)
+
+New objects whose numbered column is None get their number when the session flushes (one
+allocation per ``(scope, prefix)`` per flush, however many objects), or with ``at_commit=True``
+in the session's last step before commit. Either way the allocation joins the session's
+transaction: committed numbers have no gaps, and the numbers of objects whose transaction rolls
+back are taken back from them and handed out again.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, TypeAlias
+
+from sqlalchemy import event, inspect, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.orm import Mapper, Session, SessionTransaction, scoped_session, sessionmaker
+from sqlalchemy.orm.attributes import set_committed_value
+
+from .application.service import SyncIdManagerService
+from .domain.errors import InvalidInputError
+from .domain.period import resolve_prefix
+from .infrastructure.repository import IdManagerRepositoryImpl
+
+__all__ = ["Numbering", "install", "numbered"]
+
+INFO_KEY = "idmanager"
+_SESSION_KEY = "idmanager.orm"
+
+# An attribute name of the object, or a function of the object.
+Source: TypeAlias = str | Callable[[Any], Any] | None
+Key: TypeAlias = tuple[str, str]  # (scope, resolved prefix)
+
+
+def _read(obj: object, source: Source) -> Any:
+    if source is None:
+        return None
+    return source(obj) if callable(source) else getattr(obj, source)
+
+
+@dataclass(frozen=True, slots=True)
+class Numbering:
+    """How a column is numbered: see :func:`numbered`."""
+
+    prefix: str
+    at_commit: bool = False
+    scope_from: Source = None
+    date_from: Source = None
+
+    def key(self, obj: object, fiscal_year_start: int) -> Key:
+        """Return the sequence that numbers ``obj``: its scope and its resolved prefix."""
+        on = _read(obj, self.date_from)
+        prefix = resolve_prefix(self.prefix, on, fiscal_year_start=fiscal_year_start)
+        return _read(obj, self.scope_from) or "", prefix
+
+
+def numbered(
+    prefix: str, *, at_commit: bool = False, scope_from: Source = None, date_from: Source = None
+) -> dict[str, Numbering]:
+    """Return the ``info=`` of a column that new objects get their ID in.
+
+    Args:
+        prefix: the prefix, or a period template such as ``INV{YYYY}``.
+        at_commit: assign the number just before commit instead of at flush, so that the
+            sequence's row is locked only while committing. Not for primary keys.
+        scope_from: the scope (tenant): an attribute name or a function of the object.
+        date_from: the document's date that resolves a period template: an attribute name or
+            a function of the object (None: today, UTC).
+
+    Raises:
+        InvalidPrefixError: the prefix or template is invalid.
+    """
+    resolve_prefix(prefix)  # refuse a bad prefix where the model is declared
+    return {INFO_KEY: Numbering(prefix, at_commit, scope_from, date_from)}
+
+
+_COLUMNS: weakref.WeakKeyDictionary[Mapper[Any], tuple[tuple[str, Numbering], ...]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _numbered_columns(mapper: Mapper[Any]) -> tuple[tuple[str, Numbering], ...]:
+    """Return the numbered attributes of a mapped class (cached)."""
+    found = _COLUMNS.get(mapper)
+    if found is None:
+        primary = set(mapper.primary_key)
+        pairs = []
+        for prop in mapper.column_attrs:
+            column = prop.columns[0]
+            numbering = column.info.get(INFO_KEY)
+            if not isinstance(numbering, Numbering):
+                continue
+            if numbering.at_commit and column in primary:
+                raise InvalidInputError(
+                    f"{mapper.class_.__name__}.{prop.key} is a primary key: the row is "
+                    "inserted with it, so it cannot be numbered at commit"
+                )
+            pairs.append((prop.key, numbering))
+        found = _COLUMNS[mapper] = tuple(pairs)
+    return found
+
+
+@dataclass
+class _Tracked:
+    """What the numberer did in the session's current transaction (held in ``session.info``)."""
+
+    # Values we assigned: taken back if the row they went to is rolled back.
+    assigned: list[tuple[object, str]] = field(default_factory=list)
+    # Flushed objects still waiting for their at-commit number. Held strongly: the session
+    # keeps only weak references to clean objects, and the number must not be lost.
+    at_commit: list[tuple[object, str, Numbering]] = field(default_factory=list)
+
+
+def _tracked(session: Session) -> _Tracked:
+    tracked = session.info.get(_SESSION_KEY)
+    if tracked is None:
+        tracked = session.info[_SESSION_KEY] = _Tracked()
+    return tracked
+
+
+Group: TypeAlias = dict[Key, list[tuple[object, str]]]
+
+
+class _Numberer:
+    """The session event handlers, with the service's options."""
+
+    def __init__(self, options: dict[str, Any]) -> None:
+        self.options = options
+
+    def _allocate(self, session: Session, groups: Group) -> Iterable[tuple[object, str, str]]:
+        """Yield ``(object, attribute, ID)``, one allocation statement per group."""
+        service = SyncIdManagerService(IdManagerRepositoryImpl(session), **self.options)
+        # Always in the same order, so two sessions never lock two sequences crosswise.
+        for (scope, prefix), items in sorted(groups.items()):
+            ids = service.generate_range(prefix, len(items), scope=scope)
+            for (obj, key), value in zip(items, ids, strict=True):
+                yield obj, key, value
+
+    def before_flush(self, session: Session, _context: Any, _instances: Any) -> None:
+        """Number the new objects (early), and remember those numbered at commit."""
+        if not session.new:
+            return
+        fiscal_year_start = self.options.get("fiscal_year_start", 1)
+        tracked = _tracked(session)
+        groups: Group = defaultdict(list)
+        for state in sorted(map(inspect, session.new), key=lambda s: s.insert_order):
+            for key, numbering in _numbered_columns(state.mapper):
+                if state.dict.get(key) is not None:
+                    continue  # given by the caller: an import or a migration
+                obj = state.obj()
+                if numbering.at_commit:
+                    tracked.at_commit.append((obj, key, numbering))
+                else:
+                    groups[numbering.key(obj, fiscal_year_start)].append((obj, key))
+        for obj, key, value in self._allocate(session, groups):
+            setattr(obj, key, value)
+            tracked.assigned.append((obj, key))
+
+    def before_commit(self, session: Session) -> None:
+        """Flush, then number the rows waiting for it and update them in bulk, last."""
+        if session.in_nested_transaction():
+            return  # releasing a savepoint: the transaction goes on
+        # Insert everything first, so the sequence's lock is taken at the very end.
+        session.flush()
+        tracked = session.info.get(_SESSION_KEY)
+        if tracked is None or not tracked.at_commit:
+            return
+        waiting, tracked.at_commit = tracked.at_commit, []
+        fiscal_year_start = self.options.get("fiscal_year_start", 1)
+        groups: Group = defaultdict(list)
+        for obj, key, numbering in waiting:
+            state = inspect(obj)
+            if state.persistent and state.dict.get(key) is None:
+                groups[numbering.key(obj, fiscal_year_start)].append((obj, key))
+        rows: dict[Mapper[Any], dict[tuple[Any, ...], dict[str, Any]]] = defaultdict(dict)
+        numbers = list(self._allocate(session, groups))
+        for obj, key, value in numbers:
+            state = inspect(obj)
+            identity = state.identity
+            assert identity is not None, "a persistent object has its primary key"
+            row = rows[state.mapper].get(identity)
+            if row is None:
+                row = rows[state.mapper][identity] = {
+                    state.mapper.get_property_by_column(column).key: part
+                    for column, part in zip(state.mapper.primary_key, identity, strict=True)
+                }
+            row[key] = value
+        for mapper, by_identity in rows.items():
+            # ORM bulk UPDATE by primary key: one executemany per model.
+            session.execute(update(mapper), list(by_identity.values()))
+        for obj, key, value in numbers:
+            set_committed_value(obj, key, value)
+            tracked.assigned.append((obj, key))
+
+    def after_commit(self, session: Session) -> None:
+        """Forget what the committed transaction assigned: it is permanent now."""
+        if not session.in_nested_transaction():
+            session.info.pop(_SESSION_KEY, None)
+
+    def after_soft_rollback(self, session: Session, _previous: SessionTransaction) -> None:
+        """Take the numbers back from objects whose INSERT a savepoint or flush undid."""
+        tracked = session.info.get(_SESSION_KEY)
+        if tracked is None:
+            return
+        tracked.assigned = _take_back(tracked.assigned, lambda obj: inspect(obj).transient)
+        tracked.at_commit = [item for item in tracked.at_commit if not inspect(item[0]).transient]
+
+    def after_transaction_end(self, session: Session, transaction: SessionTransaction) -> None:
+        """Take every number back if the session's transaction ended without committing."""
+        if transaction.parent is None:
+            tracked = session.info.pop(_SESSION_KEY, None)
+            if tracked is not None:
+                _take_back(tracked.assigned, lambda _obj: True)
+
+
+def _take_back(
+    assigned: list[tuple[object, str]], undone: Callable[[object], bool]
+) -> list[tuple[object, str]]:
+    """Set the numbers of undone objects back to None; return the others."""
+    kept = []
+    for obj, key in assigned:
+        if undone(obj):
+            set_committed_value(obj, key, None)
+        else:
+            kept.append((obj, key))
+    return kept
+
+
+_EVENTS = (
+    "before_flush",
+    "before_commit",
+    "after_commit",
+    "after_soft_rollback",
+    "after_transaction_end",
+)
+_INSTALLED: weakref.WeakKeyDictionary[Any, _Numberer] = weakref.WeakKeyDictionary()
+
+SessionTarget: TypeAlias = (
+    Session
+    | AsyncSession
+    | type[Session]
+    | type[AsyncSession]
+    | sessionmaker[Any]
+    | async_sessionmaker[Any]
+    | scoped_session[Any]
+)
+
+
+def _event_target(target: SessionTarget) -> Session | type[Session]:
+    """Return the sync session (class) that the events of ``target`` go to."""
+    if isinstance(target, scoped_session):
+        target = target.session_factory
+    if isinstance(target, sessionmaker):
+        return target.class_  # sessionmaker made this subclass for itself
+    if isinstance(target, AsyncSession):
+        return target.sync_session
+    if isinstance(target, async_sessionmaker):
+        # Give the factory a Session subclass of its own, as sessionmaker does, so that
+        # the events number its sessions and no others.
+        base = target.kw.get("sync_session_class") or target.class_.sync_session_class
+        if base not in _INSTALLED:
+            base = type(base.__name__, (base,), {})
+            target.configure(sync_session_class=base)
+        return base  # type: ignore[no-any-return]
+    if isinstance(target, type) and issubclass(target, AsyncSession):
+        return target.sync_session_class
+    if isinstance(target, Session) or (isinstance(target, type) and issubclass(target, Session)):
+        return target
+    raise TypeError(
+        f"Expected a SQLAlchemy session, session class or session factory, "
+        f"got {type(target).__name__}"
+    )
+
+
+def install(target: SessionTarget, **service_options: Any) -> None:
+    """Number the new objects of numbered models in the sessions of ``target``.
+
+    ``target`` is a ``sessionmaker`` or ``async_sessionmaker`` (its sessions only), a session
+    (that one only), or a session class (every session of that class: ``install(Session)``
+    numbers them all). Installing again replaces the options.
+
+    Args:
+        target: where to listen.
+        **service_options: options of :class:`SyncIdManagerService` (``fiscal_year_start``,
+            ``create_missing``, ``default_format``, ``max_count``, ``actor``).
+    """
+    listened = _event_target(target)
+    numberer = _INSTALLED.get(listened)
+    if numberer is None:
+        numberer = _INSTALLED[listened] = _Numberer(service_options)
+        for name in _EVENTS:
+            event.listen(listened, name, getattr(numberer, name))
+    numberer.options = service_options
