@@ -329,7 +329,7 @@ def _text(value: object) -> str | None:
 
 
 def read_legacy_rows(engine: Engine, table: str = DEFAULT_TABLE) -> list[LegacyRow]:
-    """Read the seed's table (``prefix``, ``latest_id``, ``is_active``), ordered by prefix.
+    """Read the seed's table (``prefix``, ``latest_id``, ``is_active``), sorted by prefix.
 
     ``table`` may be qualified by a schema (``legacy.id_managers``).
 
@@ -351,9 +351,7 @@ def read_legacy_rows(engine: Engine, table: str = DEFAULT_TABLE) -> list[LegacyR
     with connection:
         try:
             result = connection.execute(
-                sa.select(source.c.prefix, source.c.latest_id, source.c.is_active).order_by(
-                    source.c.prefix
-                )
+                sa.select(source.c.prefix, source.c.latest_id, source.c.is_active)
             ).all()
         except DBAPIError as exc:
             line = _first_line(exc)
@@ -367,7 +365,9 @@ def read_legacy_rows(engine: Engine, table: str = DEFAULT_TABLE) -> list[LegacyR
             raise InvalidInputError(
                 f"Cannot read the seed's table {table!r} in {where}: {line}{hint}"
             ) from exc
-    return [LegacyRow(_text(p), _text(latest), _flag(active)) for p, latest, active in result]
+    rows = [LegacyRow(_text(p), _text(latest), _flag(active)) for p, latest, active in result]
+    # Sorted here, not by the database: the same report whatever the source's collation.
+    return sorted(rows, key=lambda row: (row.prefix is None, row.prefix or ""))
 
 
 class _Discard(Exception):
