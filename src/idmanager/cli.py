@@ -589,10 +589,11 @@ def import_legacy(
             typer.echo(row.line())
         typer.echo(report.summary())
     if report.failed:
+        outcome = "a real run would write nothing" if dry_run else "nothing was written"
         fail(
             f"{len(report.refused)} of {len(report.rows)} rows cannot be imported (refused "
-            "above); nothing was written. Correct them in the source, or rerun with "
-            "--on-corrupt skip to import the others",
+            f"above); {outcome}. Correct them in the source, or rerun with --on-corrupt skip "
+            "to import the others",
             EXIT_INPUT,
         )
 

@@ -332,11 +332,15 @@ def test_errors_are_one_line_with_the_exit_code_of_their_kind(
         *(["import-legacy", *args, "--database-url", target] for args, _, _ in cases),
         ["import-legacy", "--from", seed_file, "--database-url", unmigrated],
         ["import-legacy", "--database-url", target],
+        ["import-legacy", "--from", seed_file, "--database-url", target, "--dry-run"],
     )
     for (args, code, start), result in zip(cases, results, strict=False):
         assert one_line_error(result, code).startswith(start), (args, result.stderr)
         assert result.stdout == ""
-    not_migrated, no_source = results[len(cases) :]
+    not_migrated, no_source, dry_fail = results[len(cases) :]
     assert "run `idmanager migrate` first" in one_line_error(not_migrated, EXIT_ERROR)
     assert no_source.returncode == EXIT_INPUT and "--from" in no_source.stderr
+    # A dry run in fail mode predicts the failure, with the same exit code.
+    assert "; a real run would write nothing. " in one_line_error(dry_fail, EXIT_INPUT)
+    assert dry_fail.stdout.splitlines()[:-1] == REPORT
     assert not missing.exists()  # a misspelt seed file is not created
