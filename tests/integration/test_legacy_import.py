@@ -81,6 +81,7 @@ def create_seed_table(
 ) -> None:
     """Create the seed's table (its TimeStampedModel columns, a unique prefix) and fill it."""
     metadata = sa.MetaData()
+    schema, _, name = name.rpartition(".")
     table = sa.Table(
         name,
         metadata,
@@ -91,6 +92,7 @@ def create_seed_table(
         sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.func.now()),
         sa.Column("updated_at", sa.DateTime(timezone=True), server_default=sa.func.now()),
         sa.Column("created_by", sa.String(255)),
+        schema=schema or None,
     )
     metadata.create_all(engine)
     with engine.begin() as connection:
@@ -431,3 +433,16 @@ def test_an_unreachable_source_is_a_storage_error(target: sa.Engine) -> None:
             import_legacy(source, target)
     finally:
         source.dispose()
+
+
+@pytest.mark.parametrize("backend", ["postgresql"])
+def test_a_table_qualified_by_its_schema(
+    seeds: Seeds, backend: str, source: sa.Engine, target: sa.Engine, scope: str
+) -> None:
+    schema = f"legacy_{uuid.uuid4().hex[:8]}"
+    with source.begin() as connection:
+        connection.exec_driver_sql(f"CREATE SCHEMA {schema}")
+    create_seed_table(source, f"{schema}.seed", CLEAN_ROWS)
+    report = import_legacy(source, target, table=f"{schema}.seed", scope=scope)
+    assert report.written and report.table == f"{schema}.seed"
+    assert state(target, scope) == {"CUS": (10_011, True), "PUR": (1, False)}
