@@ -14,7 +14,7 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from fastapi import FastAPI
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ..application.use_cases import IdManagerUseCases
 from ..domain.errors import StorageError
@@ -134,9 +134,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.use_cases = IdManagerUseCases(
         engine, max_count=settings.max_bulk, create_missing=settings.create_missing
     )
-    # On a session the health check connects inside the service call, so an unreachable
-    # database becomes the seed's "unhealthy" report rather than an error.
-    app.state.health = IdManagerUseCases(async_sessionmaker(engine, expire_on_commit=False))
     app.state.keys = KeyRing(settings.api_keys)
     app.state.metrics = Metrics(engine)
     install_error_handlers(app)

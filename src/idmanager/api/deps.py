@@ -37,11 +37,6 @@ def _use_cases(request: Request) -> IdManagerUseCases:
     return use_cases
 
 
-def _health(request: Request) -> IdManagerUseCases:
-    use_cases: IdManagerUseCases = request.app.state.health
-    return use_cases
-
-
 def _metrics(request: Request) -> Metrics:
     metrics: Metrics = request.app.state.metrics
     return metrics
@@ -52,7 +47,6 @@ GenerateAccess = Annotated[Principal, Depends(_access(Role.GENERATE))]
 AdminAccess = Annotated[Principal, Depends(_access(Role.ADMIN))]
 SettingsDep = Annotated[Settings, Depends(_settings)]
 UseCases = Annotated[IdManagerUseCases, Depends(_use_cases)]
-HealthUseCases = Annotated[IdManagerUseCases, Depends(_health)]
 MetricsDep = Annotated[Metrics, Depends(_metrics)]
 Scope = Annotated[
     str,
@@ -63,7 +57,7 @@ Scope = Annotated[
 async def _admin_use_cases(request: Request, principal: AdminAccess) -> IdManagerUseCases:
     # The same sessions, with the caller named in the audit trail of resets and changes.
     base: IdManagerUseCases = request.app.state.use_cases
-    return IdManagerUseCases(base.bind, **{**base.service_options, "actor": principal.actor})
+    return base.with_options(actor=principal.actor)
 
 
 AdminUseCases = Annotated[IdManagerUseCases, Depends(_admin_use_cases)]

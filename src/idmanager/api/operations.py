@@ -6,7 +6,7 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from .deps import HealthUseCases, MetricsDep
+from .deps import MetricsDep, UseCases
 from .schemas import Health, Liveness
 
 router = APIRouter(tags=["operations"])
@@ -18,7 +18,7 @@ router = APIRouter(tags=["operations"])
     response_model=Health,
     responses={503: {"model": Health, "description": "The database is unavailable."}},
 )
-async def health(use_cases: HealthUseCases) -> JSONResponse:
+async def health(use_cases: UseCases) -> JSONResponse:
     """Run the health check: a real allocation, rolled back; 503 when unhealthy."""
     report = await use_cases.run(lambda s: s.health_check(), commit=False)
     return JSONResponse(report, status_code=200 if report["status"] == "healthy" else 503)

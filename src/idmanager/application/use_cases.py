@@ -6,6 +6,7 @@ IDs it returns are already permanent.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from datetime import date
 from typing import Any, TypeVar
@@ -40,25 +41,30 @@ class IdManagerUseCases:
     def __init__(
         self, bind: AsyncEngine | async_sessionmaker[AsyncSession], **service_options: Any
     ) -> None:
-        self.bind = bind
         self.engine = bind if isinstance(bind, AsyncEngine) else None
-        self.sessions = bind if isinstance(bind, async_sessionmaker) else None
+        # A session connects on its first statement, inside the operation: a health check
+        # then reports an unreachable database instead of failing to start.
+        self.sessions = (
+            bind
+            if isinstance(bind, async_sessionmaker)
+            else async_sessionmaker(bind, expire_on_commit=False)
+        )
         autocommit = _autocommit(self.engine.sync_engine) if self.engine is not None else None
         self.autocommit = AsyncEngine(autocommit) if autocommit is not None else None
         self.service_options = service_options
 
+    def with_options(self, **service_options: Any) -> IdManagerUseCases:
+        """Return use cases on the same engine with other service options (say, the actor)."""
+        clone = copy.copy(self)
+        clone.service_options = {**self.service_options, **service_options}
+        return clone
+
     async def run(self, operation: Operation[T], *, commit: bool = True) -> T:
         """Run ``operation`` on a service in a new transaction; commit it, or roll it back."""
         with translate_errors():
-            if self.sessions is not None:
-                async with self.sessions() as session:
-                    result = await session.run_sync(self._call, operation)
-                    await (session.commit() if commit else session.rollback())
-                    return result
-            assert self.engine is not None
-            async with self.engine.connect() as connection:
-                result = await connection.run_sync(self._call, operation)
-                await (connection.commit() if commit else connection.rollback())
+            async with self.sessions() as session:
+                result = await session.run_sync(self._call, operation)
+                await (session.commit() if commit else session.rollback())
                 return result
 
     async def allocate(
@@ -91,19 +97,16 @@ class SyncIdManagerUseCases:
 
     def __init__(self, bind: Engine | sessionmaker[Session], **service_options: Any) -> None:
         self.engine = bind if isinstance(bind, Engine) else None
-        self.sessions = bind if isinstance(bind, sessionmaker) else None
+        self.sessions = (
+            bind if isinstance(bind, sessionmaker) else sessionmaker(bind, expire_on_commit=False)
+        )
         self.autocommit = _autocommit(self.engine) if self.engine is not None else None
         self.service_options = service_options
 
     def run(self, operation: Operation[T], *, commit: bool = True) -> T:
         """Run ``operation`` on a service in a new transaction; commit it, or roll it back."""
-        with translate_errors():
-            if self.sessions is not None:
-                with self.sessions() as session:
-                    return self._finish(session, operation, commit)
-            assert self.engine is not None
-            with self.engine.connect() as connection:
-                return self._finish(connection, operation, commit)
+        with translate_errors(), self.sessions() as session:
+            return self._finish(session, operation, commit)
 
     def allocate(
         self, prefix: str, count: int = 1, *, scope: str = "", on: date | None = None
