@@ -388,3 +388,16 @@ def test_forced_is_reported_only_when_the_reset_went_backwards(
     service.bulk_generate_ids("FRC", 5)
     assert service.reset_sequence("FRC", "FRC-AAA0009", force=True).forced is False
     assert service.reset_sequence("FRC", "FRC-AAA0002", force=True).forced is True
+
+
+def test_read_id_uses_the_stored_format_of_its_prefix(service: SyncIdManagerService) -> None:
+    service.configure_prefix("DOC", fmt=IdFormat(separator="", letter_width=0, digit_width=6))
+    assert service.read_id("doc42", prefix="DOC").normalized == "DOC000042"
+    assert service.read_id("cus-aab12").normalized == "CUS-AAB0012"  # unknown: default format
+    with pytest.raises(InvalidIdError):
+        service.read_id("DOC42")  # no separator: the prefix must be named
+
+
+def test_huge_skip_is_bad_input_not_a_crash(service: SyncIdManagerService) -> None:
+    with pytest.raises(InvalidInputError, match="skip and limit"):
+        service.get_all_prefixes(skip=2**70)

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
-import re
 import time
 from collections.abc import Iterator
 from dataclasses import asdict
@@ -14,9 +12,8 @@ from fastapi import APIRouter, Path, Query
 from fastapi.responses import Response, StreamingResponse
 from starlette.convertors import Convertor, register_url_convertor
 
-from ..application.service import SyncIdManagerService
-from ..domain.errors import InvalidPrefixError, PrefixNotFoundError
-from ..domain.format import DEFAULT_FORMAT, IdFormat, IdRange, ParsedId, parse_id
+from ..domain.errors import PrefixNotFoundError
+from ..domain.format import IdFormat, IdRange
 from .deps import AdminUseCases, GenerateAccess, MetricsDep, ReadAccess, Scope, UseCases
 from .schemas import (
     ConfigureRequest,
@@ -214,25 +211,6 @@ async def reset_sequence(
     return ResetResponse(**asdict(result))
 
 
-_LEADING_PREFIX = re.compile(r"[A-Z0-9_]*")
-
-
-def _read_id(service: SyncIdManagerService, text: str, scope: str, prefix: str | None) -> ParsedId:
-    """Parse ``text`` leniently, in the format of its prefix when that prefix is stored."""
-    stats: dict[str, Any] | None = None
-    if prefix is not None:
-        stats = service.get_prefix_stats(prefix, scope=scope)
-    else:
-        # Prefix characters never occur in a separator: the leading run is the prefix.
-        leading = _LEADING_PREFIX.match(text.strip().upper())
-        if leading and leading.group():
-            with contextlib.suppress(InvalidPrefixError):
-                stats = service.get_prefix_stats(leading.group(), scope=scope)
-    fmt = IdFormat(**stats["format"]) if stats and stats["exists"] else DEFAULT_FORMAT
-    expected = stats["prefix"] if stats and prefix is not None else None
-    return parse_id(text, lenient=True, fmt=fmt, prefix=expected)
-
-
 @router.get(
     "/ids/{id:text}",
     summary="Parse an ID",
@@ -251,5 +229,5 @@ async def read_id(
     ] = None,
 ) -> ParsedIdResponse:
     """Parse and validate an ID, correcting case, padding and `0000` where unambiguous."""
-    parsed = await use_cases.run(lambda s: _read_id(s, id, scope, prefix), commit=False)
+    parsed = await use_cases.run(lambda s: s.read_id(id, scope=scope, prefix=prefix), commit=False)
     return ParsedIdResponse(**asdict(parsed), corrected=parsed.normalized != id)

@@ -24,7 +24,16 @@ from ..domain.errors import (
     PrefixInactiveError,
     PrefixNotFoundError,
 )
-from ..domain.format import DEFAULT_FORMAT, IdFormat, IdRange, format_id
+from ..domain.format import (
+    DEFAULT_FORMAT,
+    MAX_ORDINAL,
+    IdFormat,
+    IdRange,
+    ParsedId,
+    format_id,
+    normalize_prefix,
+    parse_id,
+)
 from ..domain.period import resolve_prefix
 from ..domain.repository import AuditEntry, IdManagerRepository
 
@@ -35,6 +44,7 @@ T = TypeVar("T")
 DEFAULT_MAX_COUNT = 10_000_000
 MAX_SCOPE_LENGTH = 255
 _SCOPE_RE = re.compile(r"[A-Za-z0-9_.:@-]*")
+_LEADING_PREFIX = re.compile(r"[A-Z0-9_]{1,255}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,8 +224,8 @@ class SyncIdManagerService:
         active_only: bool = False,
     ) -> list[IdManager]:
         """Return the sequences, ordered by scope and prefix."""
-        if skip < 0 or limit < 0:
-            raise InvalidInputError("skip and limit cannot be negative")
+        if not (0 <= skip <= MAX_ORDINAL and 0 <= limit <= MAX_ORDINAL):
+            raise InvalidInputError(f"skip and limit must be between 0 and {MAX_ORDINAL}")
         if scope is not None:
             check_scope(scope)
         return self.repository.list(scope=scope, skip=skip, limit=limit, active_only=active_only)
@@ -322,6 +332,22 @@ class SyncIdManagerService:
             )
         return released
 
+    def read_id(self, text: str, *, scope: str = "", prefix: str | None = None) -> ParsedId:
+        """Parse ``text`` leniently, in the stored format of its prefix (default otherwise).
+
+        ``prefix`` is the expected prefix, needed for formats without a separator.
+        """
+        scope = check_scope(scope)
+        if prefix is None:
+            # Prefix characters never occur in a separator: the leading run is the prefix.
+            leading = _LEADING_PREFIX.match(text.strip().upper()) if isinstance(text, str) else None
+            candidate = leading.group() if leading else ""
+        else:
+            candidate = normalize_prefix(prefix)
+        manager = self.repository.get(scope, candidate) if candidate else None
+        fmt = manager.format if manager is not None else self.default_format
+        return parse_id(text, lenient=True, fmt=fmt, prefix=candidate if prefix else None)
+
     def get_service_stats(self, *, scope: str | None = None) -> dict[str, int]:
         """Return how many prefixes exist and how many IDs they have issued in all."""
         prefix_count, total = self.repository.totals(scope=scope)
@@ -386,4 +412,5 @@ class IdManagerService:
     configure_prefix = _bridged(SyncIdManagerService.configure_prefix)
     get_prefix_stats = _bridged(SyncIdManagerService.get_prefix_stats)
     get_service_stats = _bridged(SyncIdManagerService.get_service_stats)
+    read_id = _bridged(SyncIdManagerService.read_id)
     health_check = _bridged(SyncIdManagerService.health_check)
