@@ -42,6 +42,7 @@ class CacheStats:
 class _Reservation:
     """The IDs reserved for one ``(scope, prefix)``: the block in use and the one fetched ahead."""
 
+    key: Key
     size: int
     lock: threading.Lock = field(default_factory=threading.Lock)
     current: IdRange | None = None
@@ -49,22 +50,31 @@ class _Reservation:
     chunks: Iterator[list[str]] = field(default_factory=lambda: iter(()))
     chunk: list[str] = field(default_factory=list)
     pos: int = 0
-    left: int = 0
+    # IDs of the current block after ``chunk``.
+    after: int = 0
+    # The fast path takes ``chunk[pos]`` while ``pos < ready``: no chunk to change, no fetch
+    # to start. Recomputed by ``arm`` whenever anything it depends on changes.
+    ready: int = 0
     installed_at: float = 0.0
     # The fetch of the next block in flight: an asyncio task, or an event for threads.
     fetch: asyncio.Task[None] | threading.Event | None = None
 
+    @property
+    def left(self) -> int:
+        """Return how many IDs of the current block are still unissued."""
+        return len(self.chunk) - self.pos + self.after
+
     def take(self) -> str | None:
         """Return the next reserved ID, or None when both blocks are used up (hold the lock)."""
         while True:
-            if self.pos < len(self.chunk):
-                value = self.chunk[self.pos]
-                self.pos += 1
-                self.left -= 1
-                return value
+            pos = self.pos
+            if pos < len(self.chunk):
+                self.pos = pos + 1
+                return self.chunk[pos]
             chunk = next(self.chunks, None)
             if chunk is not None:
                 self.chunk, self.pos = chunk, 0
+                self.after -= len(chunk)
                 continue
             if self.spare is None:
                 return None
@@ -75,15 +85,28 @@ class _Reservation:
         """Return True when the next block should be fetched now (hold the lock)."""
         return self.fetch is None and self.spare is None and self.left <= self.size // 2
 
+    def arm(self) -> None:
+        """Set how far the fast path may go: the chunk's end, or where a fetch falls due."""
+        end = len(self.chunk)
+        if self.fetch is None and self.spare is None:
+            # Taking chunk[p] leaves end - p - 1 + after IDs; a fetch is due at size // 2.
+            end = min(end, end + self.after - 1 - self.size // 2)
+        self.ready = max(end, 0)
+
     def install(self, block: IdRange) -> None:
         self.current, self.chunks, self.chunk, self.pos = block, block.chunks(), [], 0
-        self.left, self.installed_at = block.size, time.monotonic()
+        self.after, self.installed_at = block.size, time.monotonic()
+
+    def empty(self) -> None:
+        self.current = self.spare = None
+        self.chunk, self.chunks, self.pos, self.after, self.ready = [], iter(()), 0, 0, 0
 
     def unused(self) -> list[tuple[int, int]]:
         """Return the reserved but unissued ordinals as ``(first, last)`` ranges."""
         ranges = []
-        if self.current is not None and self.left:
-            ranges.append((self.current.last - self.left + 1, self.current.last))
+        left = self.left
+        if self.current is not None and left:
+            ranges.append((self.current.last - left + 1, self.current.last))
         if self.spare is not None:
             ranges.append((self.spare.first, self.spare.last))
         return ranges
@@ -111,27 +134,35 @@ class _Blocks:
         self.fiscal_year_start = fiscal_year_start
         self.stats = CacheStats()
         self._reservations: dict[Key, _Reservation] = {}
-        self._keys: dict[Key, Key] = {}
+        # (scope, prefix) as the caller wrote it -> its reservation; periods resolve each time.
+        self._known: dict[Key, _Reservation] = {}
         self._closed = False
 
-    def _reservation(self, prefix: str, scope: str) -> tuple[Key, _Reservation]:
+    def _reservation(self, prefix: str, scope: str) -> _Reservation:
         if self._closed:
             raise RuntimeError("The block cache is closed")
-        key = self._keys.get((scope, prefix))
-        if key is None:
-            key = (
-                check_scope(scope),
-                resolve_prefix(prefix, fiscal_year_start=self.fiscal_year_start),
-            )
-            if "{" not in prefix:  # a period template resolves anew each time: the date moves
-                self._keys[(scope, prefix)] = key
+        reservation = self._known.get((scope, prefix))
+        if reservation is not None:
+            return reservation
+        key = (
+            check_scope(scope),
+            resolve_prefix(prefix, fiscal_year_start=self.fiscal_year_start),
+        )
         reservation = self._reservations.get(key)
         if reservation is None:
-            reservation = self._reservations.setdefault(key, _Reservation(self.initial_block))
-        return key, reservation
+            reservation = self._reservations.setdefault(key, _Reservation(key, self.initial_block))
+        if "{" not in prefix:  # a period template resolves anew each time: the date moves
+            self._known[(scope, prefix)] = reservation
+        return reservation
 
-    def _fetch_operation(self, key: Key, reservation: _Reservation) -> tuple[int, Operation]:
-        scope, prefix = key
+    def _take(self, reservation: _Reservation) -> str | None:
+        """Take an ID the slow way (hold the lock): change chunk or block, note a fetch due."""
+        if self._closed:
+            raise RuntimeError("The block cache is closed")
+        return reservation.take()
+
+    def _fetch_operation(self, reservation: _Reservation) -> tuple[int, Operation]:
+        scope, prefix = reservation.key
         size = reservation.size
         if reservation.current is not None:
             lasted = time.monotonic() - reservation.installed_at
@@ -151,15 +182,22 @@ class _Blocks:
                 reservation.install(block)
             else:
                 reservation.spare = block
+            reservation.arm()
+
+    @staticmethod
+    def _fetched(reservation: _Reservation) -> None:
+        with reservation.lock:
+            reservation.fetch = None
+            reservation.arm()
 
     def _releases(self) -> Iterator[tuple[int, Operation | None]]:
         """Yield, per prefix, the unused count and the operation that hands back its tail."""
         self._closed = True
+        self._known.clear()
         for (scope, prefix), reservation in list(self._reservations.items()):
             with reservation.lock:
                 ranges = sorted(reservation.unused())
-                reservation.current = reservation.spare = None
-                reservation.left, reservation.chunk, reservation.chunks = 0, [], iter(())
+                reservation.empty()
             if not ranges:
                 continue
             # Only the top of the sequence can go back, and only as one contiguous run.
@@ -196,12 +234,23 @@ class BlockCache(_Blocks):
 
     async def generate_id(self, prefix: str, *, scope: str = "") -> str:
         """Return the next ID of ``prefix`` from the reserved block, fetching one if needed."""
-        key, reservation = self._reservation(prefix, scope)
+        # The fast path: a known prefix, an ID ready in the chunk in use, nothing else to do.
+        reservation = self._known.get((scope, prefix))
+        if reservation is not None:
+            with reservation.lock:
+                pos = reservation.pos
+                if pos < reservation.ready:
+                    reservation.pos = pos + 1
+                    return reservation.chunk[pos]
+        return await self._generate(self._reservation(prefix, scope))
+
+    async def _generate(self, reservation: _Reservation) -> str:
         while True:
             with reservation.lock:
-                value = reservation.take()
+                value = self._take(reservation)
                 if reservation.wants_block():
-                    reservation.fetch = asyncio.ensure_future(self._fetch(key, reservation))
+                    reservation.fetch = asyncio.ensure_future(self._fetch(reservation))
+                reservation.arm()
                 fetch = reservation.fetch
             if value is not None:
                 return value
@@ -210,14 +259,21 @@ class BlockCache(_Blocks):
 
     async def bulk_generate_ids(self, prefix: str, count: int, *, scope: str = "") -> list[str]:
         """Return ``count`` IDs of ``prefix`` (increasing; consecutive within a block)."""
+        reservation = self._known.get((scope, prefix))
+        if reservation is not None:
+            with reservation.lock:
+                pos = reservation.pos
+                if 0 < count and pos + count <= reservation.ready:
+                    reservation.pos = pos + count
+                    return reservation.chunk[pos : pos + count]
         return [await self.generate_id(prefix, scope=scope) for _ in range(count)]
 
-    async def _fetch(self, key: Key, reservation: _Reservation) -> None:
+    async def _fetch(self, reservation: _Reservation) -> None:
         try:
-            size, operation = self._fetch_operation(key, reservation)
+            size, operation = self._fetch_operation(reservation)
             self._store(reservation, size, await self._run(operation))
         finally:
-            reservation.fetch = None
+            self._fetched(reservation)
 
     async def close(self) -> None:
         """Stop, and hand back each prefix's unused tail where nobody allocated since."""
@@ -242,21 +298,32 @@ class SyncBlockCache(_Blocks):
 
     def generate_id(self, prefix: str, *, scope: str = "") -> str:
         """Return the next ID of ``prefix`` from the reserved block, fetching one if needed."""
-        key, reservation = self._reservation(prefix, scope)
+        # The fast path: a known prefix, an ID ready in the chunk in use, nothing else to do.
+        reservation = self._known.get((scope, prefix))
+        if reservation is not None:
+            with reservation.lock:
+                pos = reservation.pos
+                if pos < reservation.ready:
+                    reservation.pos = pos + 1
+                    return reservation.chunk[pos]
+        return self._generate(self._reservation(prefix, scope))
+
+    def _generate(self, reservation: _Reservation) -> str:
         while True:
             with reservation.lock:
-                value = reservation.take()
+                value = self._take(reservation)
                 mine = reservation.wants_block()
                 if mine:
                     reservation.fetch = threading.Event()
+                reservation.arm()
                 fetch = reservation.fetch
             assert fetch is None or isinstance(fetch, threading.Event)
             if mine and fetch is not None:
                 try:
-                    size, operation = self._fetch_operation(key, reservation)
+                    size, operation = self._fetch_operation(reservation)
                     self._store(reservation, size, self._run(operation))
                 finally:
-                    reservation.fetch = None
+                    self._fetched(reservation)
                     fetch.set()
             if value is not None:
                 return value
@@ -265,6 +332,13 @@ class SyncBlockCache(_Blocks):
 
     def bulk_generate_ids(self, prefix: str, count: int, *, scope: str = "") -> list[str]:
         """Return ``count`` IDs of ``prefix`` (increasing; consecutive within a block)."""
+        reservation = self._known.get((scope, prefix))
+        if reservation is not None:
+            with reservation.lock:
+                pos = reservation.pos
+                if 0 < count and pos + count <= reservation.ready:
+                    reservation.pos = pos + count
+                    return reservation.chunk[pos : pos + count]
         return [self.generate_id(prefix, scope=scope) for _ in range(count)]
 
     def close(self) -> None:
