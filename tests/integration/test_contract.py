@@ -626,9 +626,9 @@ async def test_migrate_is_idempotent(fresh_db: Db, prefix: str) -> None:
     idmanager.migrate(fresh_db.url)
     idmanager.migrate(fresh_db.url)
     with fresh_db.reader.connect() as connection:
-        assert connection.execute(sa.text("SELECT version_num FROM alembic_version")).all() == [
-            ("001",)
-        ]
+        assert connection.execute(
+            sa.text("SELECT version_num FROM idmanager_alembic_version")
+        ).all() == [("001",)]
     assert fresh_db.peek(prefix) == 3
     assert await issue(fresh_db, prefix) == [f"{prefix}-AAA0004"]
 
@@ -640,7 +640,7 @@ async def test_the_migration_is_reversible(fresh_db: Db) -> None:
     from idmanager.infrastructure.migrate import alembic_config
 
     command.downgrade(alembic_config(fresh_db.url), "base")
-    assert sa.inspect(fresh_db.reader).get_table_names() == ["alembic_version"]
+    assert sa.inspect(fresh_db.reader).get_table_names() == ["idmanager_alembic_version"]
     idmanager.migrate(fresh_db.url)
     assert {"id_managers", "id_manager_audit"} <= set(sa.inspect(fresh_db.reader).get_table_names())
     assert await issue(fresh_db, "REV") == ["REV-AAA0001"]
@@ -654,7 +654,9 @@ async def test_the_migrations_match_the_models(db: Db) -> None:
     from idmanager.infrastructure.models import Base
 
     with db.sync_engine.connect() as connection:
-        context = MigrationContext.configure(connection, opts={"compare_type": True})
+        context = MigrationContext.configure(
+            connection, opts={"compare_type": True, "version_table": "idmanager_alembic_version"}
+        )
         assert compare_metadata(context, Base.metadata) == []
 
 

@@ -298,7 +298,9 @@ def test_4_processes_migrating_one_database_at_once(backend: str, databases: Any
     engine = idmanager.create_engine(url, poolclass=sa.pool.NullPool)
     try:
         with engine.connect() as connection:
-            version = connection.execute(sa.text("SELECT version_num FROM alembic_version"))
+            version = connection.execute(
+                sa.text("SELECT version_num FROM idmanager_alembic_version")
+            )
             assert version.all() == [("001",)]
         assert IdGeneratorUtil.generate_id("MIG", engine) == "MIG-AAA0001"
     finally:

@@ -35,12 +35,16 @@ def alembic_config(url: str | URL | None = None) -> Config:
 def migrate(url: str | URL | None = None, revision: str = "head") -> None:
     """Bring the database at ``url`` up to ``revision`` (safe to run again, and at once)."""
     from alembic import command
+    from alembic.util import CommandError
 
     config = alembic_config(url)
     for attempt in range(1, _ATTEMPTS + 1):
         try:
             with translate_errors():
-                command.upgrade(config, revision)
+                try:
+                    command.upgrade(config, revision)
+                except CommandError as exc:
+                    raise StorageError(f"Migration failed: {exc}") from exc
             return
         except StorageError as exc:
             if attempt == _ATTEMPTS or not _lost_race(exc):

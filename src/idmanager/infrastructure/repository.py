@@ -76,6 +76,7 @@ def _new_row(
 
 # Failures of the connection or the server, as opposed to a statement the database refused.
 _UNAVAILABLE = (OperationalError, InterfaceError, PoolTimeoutError, OSError, TimeoutError)
+_REFUSED = ("already exists", "syntax error", "no such column")
 _MISSING_TABLE = ("does not exist", "doesn't exist", "no such table")
 
 
@@ -103,7 +104,9 @@ def translate_errors() -> Iterator[None]:
                 "Database not migrated: the id_managers table does not exist; "
                 "run `idmanager migrate` first"
             ) from exc
-        kind = "unavailable" if isinstance(exc, _UNAVAILABLE) else "error"
+        # SQLite reports refused statements as OperationalError too: those are not outages.
+        refused = any(marker in text for marker in _REFUSED)
+        kind = "unavailable" if isinstance(exc, _UNAVAILABLE) and not refused else "error"
         raise StorageError(f"Database {kind}: {type(orig).__name__}: {text}") from exc
 
 
