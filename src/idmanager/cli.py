@@ -13,6 +13,7 @@ import os
 import sys
 from collections.abc import Callable
 from dataclasses import asdict
+from datetime import datetime
 from importlib.metadata import PackageNotFoundError, version
 from typing import Annotated, Any, NoReturn, TextIO, TypeVar
 
@@ -86,7 +87,19 @@ Prefix = Annotated[
     typer.Argument(
         metavar="PREFIX",
         help="The sequence's prefix, e.g. CUS: trimmed and upper-cased, then letters A-Z, "
-        "digits and underscores, at most 255 characters.",
+        "digits and underscores, at most 255 characters. A period template such as "
+        "INV{YYYY} (tokens {YYYY} {YY} {MM} {DD} {FY}) is resolved from --date.",
+        show_default=False,
+    ),
+]
+Day = Annotated[
+    datetime | None,
+    typer.Option(
+        "--date",
+        formats=["%Y-%m-%d"],
+        metavar="YYYY-MM-DD",
+        help="The document's date, for a period template such as INV{YYYY} "
+        "(default: today, UTC). Each period is its own sequence.",
         show_default=False,
     ),
 ]
@@ -200,6 +213,7 @@ def next_ids(
         ),
     ] = 1,
     scope: Scope = "",
+    day: Day = None,
     database_url: DatabaseUrl = DEFAULT_DATABASE_URL,
     as_json: Json = False,
 ) -> None:
@@ -208,7 +222,8 @@ def next_ids(
     The IDs are committed before they are printed. With --json: {"prefix", "scope",
     "count", "ids"}. An unknown prefix is created on first use.
     """
-    ids = _run(database_url, lambda s: s.generate_range(prefix, count, scope=scope))
+    on = day.date() if day else None
+    ids = _run(database_url, lambda s: s.generate_range(prefix, count, scope=scope, on=on))
     _write_ids(ids, scope, as_json)
 
 
@@ -281,6 +296,7 @@ def reset(
         typer.Option("--dry-run", help="Show what the reset would do and change nothing."),
     ] = False,
     scope: Scope = "",
+    day: Day = None,
     database_url: DatabaseUrl = DEFAULT_DATABASE_URL,
     as_json: Json = False,
 ) -> None:
@@ -292,7 +308,9 @@ def reset(
     """
     result = _run(
         database_url,
-        lambda s: s.reset_sequence(prefix, to, force, scope=scope, dry_run=dry_run),
+        lambda s: s.reset_sequence(
+            prefix, to, force, scope=scope, on=day.date() if day else None, dry_run=dry_run
+        ),
         commit=not dry_run,
     )
     if as_json:
@@ -379,11 +397,15 @@ def _list_table(managers: list[IdManager]) -> Table:
 def show(
     prefix: Prefix,
     scope: Scope = "",
+    day: Day = None,
     database_url: DatabaseUrl = DEFAULT_DATABASE_URL,
     as_json: Json = False,
 ) -> None:
     """Show the statistics of PREFIX: latest and next ID, count issued, state and format."""
-    stats = _run(database_url, lambda s: s.get_prefix_stats(prefix, scope=scope), commit=False)
+    on = day.date() if day else None
+    stats = _run(
+        database_url, lambda s: s.get_prefix_stats(prefix, scope=scope, on=on), commit=False
+    )
     if not stats["exists"]:
         fail(
             f"Prefix {stats['prefix']}{_where(scope)} does not exist; "

@@ -175,6 +175,16 @@ def test_scopes_are_separate_sequences(db: Db) -> None:
     assert ok("next", "SCP", url=db.url) == "SCP-AAA0001\n"
 
 
+def test_period_templates_number_each_period_from_the_date(db: Db) -> None:
+    assert ok("next", "PER{YYYY}", "--date", "2026-12-31", url=db.url) == "PER2026-AAA0001\n"
+    assert ok("next", "PER{YYYY}", "--date", "2027-01-01", url=db.url) == "PER2027-AAA0001\n"
+    assert ok("next", "PER{YYYY}", "--date", "2026-06-30", url=db.url) == "PER2026-AAA0002\n"
+    shown = json.loads(ok("show", "PER{YYYY}", "--date", "2026-01-01", "--json", url=db.url))
+    assert (shown["prefix"], shown["latest_id"]) == ("PER2026", "PER2026-AAA0002")
+    message = one_line_error(idm("next", "PER{XX}", url=db.url), 2)
+    assert "Unknown date token {XX}" in message
+
+
 def test_database_url_from_the_environment(sqlite_url: str, tmp_path: Path) -> None:
     result = idm("next", "ENV", env=clean_env(IDMANAGER_DATABASE_URL=sqlite_url), cwd=tmp_path)
     assert (result.returncode, result.stdout) == (0, "ENV-AAA0001\n"), result.stderr
