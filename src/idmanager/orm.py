@@ -69,7 +69,8 @@ class Numbering:
         """Return the sequence that numbers ``obj``: its scope and its resolved prefix."""
         on = _read(obj, self.date_from)
         prefix = resolve_prefix(self.prefix, on, fiscal_year_start=fiscal_year_start)
-        return _read(obj, self.scope_from) or "", prefix
+        scope = _read(obj, self.scope_from)
+        return "" if scope is None else str(scope), prefix  # a tenant id may be a number
 
 
 def numbered(
@@ -81,7 +82,8 @@ def numbered(
         prefix: the prefix, or a period template such as ``INV{YYYY}``.
         at_commit: assign the number just before commit instead of at flush, so that the
             sequence's row is locked only while committing. Not for primary keys.
-        scope_from: the scope (tenant): an attribute name or a function of the object.
+        scope_from: the scope (tenant): an attribute name or a function of the object
+            (None: the default scope ``""``; other values are turned into strings).
         date_from: the document's date that resolves a period template: an attribute name or
             a function of the object (None: today, UTC).
 
@@ -319,8 +321,9 @@ def install(target: SessionTarget, **service_options: Any) -> None:
     """Number the new objects of numbered models in the sessions of ``target``.
 
     ``target`` is a ``sessionmaker`` or ``async_sessionmaker`` (its sessions only), a session
-    (that one only), or a session class (every session of that class: ``install(Session)``
-    numbers them all). Installing again replaces the options.
+    or ``AsyncSession`` (that one only), or a session class (every session of that class:
+    ``install(Session)`` numbers them all; an ``AsyncSession`` class stands for its
+    ``sync_session_class``). Installing again replaces the options.
 
     Args:
         target: where to listen.

@@ -58,6 +58,22 @@ class Invoice(Base):
     )
 
 
+class Order(Base):
+    """Numbered at flush beside a surrogate key; scope and date from functions."""
+
+    __tablename__ = "orm_orders"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    company_id: Mapped[int] = mapped_column(sa.BigInteger)
+    ordered_at: Mapped[datetime]
+    number: Mapped[str | None] = mapped_column(
+        String(300),
+        info=numbered(
+            "SO{YY}{MM}", scope_from=lambda o: o.company_id, date_from=lambda o: o.ordered_at
+        ),
+    )
+
+
 class Vendor(Base):
     """The spec's example: a literal prefix on a single-column primary key."""
 
@@ -184,6 +200,21 @@ async def test_each_scope_is_its_own_sequence(orm: Db, tenant: str) -> None:
         await h.commit()
     assert [c.id for c in customers] == ["CUS-AAA0001", "CUS-AAA0001", "CUS-AAA0002"]
     assert len(touching_sequences(seen)) == 2 * one_statement(orm)
+
+
+async def test_scope_and_date_from_functions(orm: Db) -> None:
+    company = random.getrandbits(48)
+    async with orm.session() as h:
+        orders = [
+            Order(company_id=company, ordered_at=datetime(2026, 1, 31, 23, 59)),
+            Order(company_id=company, ordered_at=datetime(2026, 2, 1)),
+            Order(company_id=company, ordered_at=datetime(2026, 1, 2)),
+        ]
+        h.session.add_all(orders)
+        await resolve(h.session.flush())
+        await h.commit()
+    assert [o.number for o in orders] == ["SO2601-AAA0001", "SO2602-AAA0001", "SO2601-AAA0002"]
+    assert orm.peek("SO2601", str(company)) == 2
 
 
 # --- at commit --------------------------------------------------------------------------------
