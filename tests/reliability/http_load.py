@@ -93,18 +93,23 @@ class ServerProcess:
         self.workdir = workdir
         self.log_path = self.workdir / f"{name}.log"
         self.env = env
-        self.command = command or [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "idmanager.api.app:create_app",
-            "--factory",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(self.port),
-            "--log-level",
-            log_level,
+        # ``command`` may name the port as "{port}".
+        self.command = [
+            part.format(port=self.port)
+            for part in command
+            or [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "idmanager.api.app:create_app",
+                "--factory",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "{port}",
+                "--log-level",
+                log_level,
+            ]
         ]
         self.process: subprocess.Popen[bytes] | None = None
         self.starts = 0
