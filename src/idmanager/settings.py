@@ -5,7 +5,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from .infrastructure.database import DEFAULT_DATABASE_URL
@@ -47,6 +47,23 @@ class Settings(BaseSettings):
         5000, ge=0, description="How long an allocation waits for a locked sequence (0: forever)."
     )
     migrate_on_start: bool = Field(True, description="Apply migrations when the server starts.")
+    block_cache: bool = Field(
+        False,
+        description="Serve small allocations from blocks of IDs reserved ahead by each process: "
+        "unique, increasing per process only, gaps after a crash (opt-in).",
+    )
+    block_cache_max_count: int = Field(
+        100, ge=1, le=10_000, description="Largest count served from the block cache."
+    )
+    block_cache_initial_block: int = Field(
+        100, ge=1, le=1_000_000, description="IDs in a prefix's first block."
+    )
+    block_cache_min_block: int = Field(
+        10, ge=1, le=1_000_000, description="Smallest block, for a prefix in slow use."
+    )
+    block_cache_max_block: int = Field(
+        10_000, ge=1, le=1_000_000, description="Largest block, for a prefix in heavy use."
+    )
 
     @field_validator("api_keys", mode="before")
     @classmethod
@@ -65,6 +82,18 @@ class Settings(BaseSettings):
                     raise ValueError("API keys must look like 'key:role', separated by commas")
                 keys[key] = role
             return keys
+        return value
+
+    @field_validator("block_cache_max_block")
+    @classmethod
+    def _check_blocks(cls, value: int, info: ValidationInfo) -> int:
+        smallest = info.data.get("block_cache_min_block", 1)
+        initial = info.data.get("block_cache_initial_block", smallest)
+        if not smallest <= initial <= value:
+            raise ValueError(
+                "block sizes must satisfy IDMANAGER_BLOCK_CACHE_MIN_BLOCK <= "
+                "IDMANAGER_BLOCK_CACHE_INITIAL_BLOCK <= IDMANAGER_BLOCK_CACHE_MAX_BLOCK"
+            )
         return value
 
     @property

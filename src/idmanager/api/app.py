@@ -16,6 +16,7 @@ from typing import Any
 from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from ..application.block_cache import BlockCache
 from ..application.use_cases import IdManagerUseCases
 from ..domain.errors import StorageError
 from ..infrastructure.database import async_url, create_async_engine
@@ -37,7 +38,8 @@ MIGRATE_RETRY_MAX_S = 30.0
 DESCRIPTION = """Human-readable, sequential, never-repeating business IDs (`CUS-AAA0001`).
 
 Every allocation is one SQL statement in its own short transaction, committed before the
-response is sent. Errors are RFC 9457 problem details (`application/problem+json`).
+response is sent (unless the server runs the opt-in block cache: see `IDMANAGER_BLOCK_CACHE`).
+Errors are RFC 9457 problem details (`application/problem+json`).
 Send an API key as `Authorization: Bearer <key>`; roles: `read` < `generate` < `admin`.
 """
 
@@ -96,6 +98,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             # Serve anyway: /health reports the outage, and the service resumes by itself.
             logger.error("could not migrate the database at start: %s; retrying", exc)
             pending = asyncio.create_task(_migrate_until_done(settings.database_url))
+    if settings.block_cache:
+        app.state.block_cache = app.state.metrics.block_cache = _block_cache(app)
     try:
         yield
     finally:
@@ -103,8 +107,51 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             pending.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await pending
+        await _close_block_cache(app)
         engine: AsyncEngine = app.state.engine
         await engine.dispose()
+
+
+def _block_cache(app: FastAPI) -> BlockCache:
+    """Create the process's block cache; its fetches are ordinary committed allocations."""
+    settings: Settings = app.state.settings
+    fetches = IdManagerUseCases(
+        app.state.engine,
+        max_count=settings.block_cache_max_block,
+        create_missing=settings.create_missing,
+    )
+    logger.info(
+        "block cache on: up to %d IDs per request served from blocks of %d to %d IDs",
+        settings.block_cache_max_count,
+        settings.block_cache_min_block,
+        settings.block_cache_max_block,
+    )
+    return BlockCache(
+        fetches.run,
+        initial_block=settings.block_cache_initial_block,
+        min_block=settings.block_cache_min_block,
+        max_block=settings.block_cache_max_block,
+    )
+
+
+async def _close_block_cache(app: FastAPI) -> None:
+    """Hand back the unused tails of the blocks; new requests go to the database meanwhile."""
+    cache: BlockCache | None = app.state.block_cache
+    if cache is None:
+        return
+    app.state.block_cache = None
+    try:
+        await cache.close()
+    except Exception as exc:  # the process is stopping: report, never hang or crash
+        logger.error("block cache: could not hand back the unused IDs: %s", exc)
+        return
+    stats = cache.stats
+    logger.info(
+        "block cache closed: %d blocks fetched, %d IDs handed back, %d IDs lost (gaps)",
+        stats.blocks_fetched,
+        stats.ids_handed_back,
+        stats.ids_lost,
+    )
 
 
 def _version() -> str:
@@ -135,7 +182,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         engine, max_count=settings.max_bulk, create_missing=settings.create_missing
     )
     app.state.keys = KeyRing(settings.api_keys)
-    app.state.metrics = Metrics(engine)
+    app.state.metrics = Metrics(engine, block_cache=settings.block_cache)
+    # Created and closed by the lifespan when IDMANAGER_BLOCK_CACHE is on.
+    app.state.block_cache = None
     install_error_handlers(app)
     app.include_router(routes.router)
     app.include_router(operations.router)

@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import Depends, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from ..application.block_cache import BlockCache
 from ..application.use_cases import IdManagerUseCases
 from ..settings import Role, Settings
 from .metrics import Metrics
@@ -27,19 +28,25 @@ def _access(needed: Role) -> Callable[[Request, Credentials], Awaitable[Principa
     return authorize
 
 
-def _settings(request: Request) -> Settings:
+# Async, every one: FastAPI would run a plain ``def`` in a worker thread on every request.
+async def _settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
-def _use_cases(request: Request) -> IdManagerUseCases:
+async def _use_cases(request: Request) -> IdManagerUseCases:
     use_cases: IdManagerUseCases = request.app.state.use_cases
     return use_cases
 
 
-def _metrics(request: Request) -> Metrics:
+async def _metrics(request: Request) -> Metrics:
     metrics: Metrics = request.app.state.metrics
     return metrics
+
+
+async def _block_cache(request: Request) -> BlockCache | None:
+    cache: BlockCache | None = request.app.state.block_cache
+    return cache
 
 
 ReadAccess = Annotated[Principal, Depends(_access(Role.READ))]
@@ -48,6 +55,7 @@ AdminAccess = Annotated[Principal, Depends(_access(Role.ADMIN))]
 SettingsDep = Annotated[Settings, Depends(_settings)]
 UseCases = Annotated[IdManagerUseCases, Depends(_use_cases)]
 MetricsDep = Annotated[Metrics, Depends(_metrics)]
+BlockCacheDep = Annotated[BlockCache | None, Depends(_block_cache)]
 Scope = Annotated[
     str,
     Query(max_length=255, description="The tenant or company; '' (the default) for none."),

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from sqlalchemy.ext.asyncio import AsyncEngine
+
+from ..application.block_cache import BlockCache, CacheStats
 
 # Allocation is one statement: most requests take milliseconds, a lock wait up to seconds.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -12,8 +17,13 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 class Metrics:
     """The service's metrics."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, *, block_cache: bool = False) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        # Set by the app while its block cache serves; the collector reads its statistics.
+        self.block_cache: BlockCache | None = None
+        self.ids_from_cache = 0
+        if block_cache:
+            self.registry.register(_BlockCacheCollector(self))
         self.ids_allocated = Counter(
             "idmanager_ids_allocated",
             "IDs allocated, by prefix.",
@@ -46,6 +56,53 @@ class Metrics:
         self.ids_allocated.labels(prefix).inc(count)
         self.allocation_latency.observe(seconds)
 
+    def served_from_cache(self, count: int) -> None:
+        """Record IDs handed out from the block cache (already counted by ``allocated``)."""
+        self.ids_from_cache += count
+
     def render(self) -> bytes:
         """Return the metrics in the Prometheus text format."""
         return generate_latest(self.registry)
+
+
+class _BlockCacheCollector:
+    """The block cache's statistics, read when Prometheus scrapes."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def describe(self) -> list[Metric]:
+        return list(self._families(CacheStats(), 0))
+
+    def collect(self) -> Iterator[Metric]:
+        cache = self.metrics.block_cache
+        stats = cache.stats if cache is not None else CacheStats()
+        return self._families(stats, self.metrics.ids_from_cache)
+
+    @staticmethod
+    def _families(stats: CacheStats, served: int) -> Iterator[Metric]:
+        yield CounterMetricFamily(
+            "idmanager_block_cache_blocks_fetched",
+            "Blocks of IDs reserved from the database by this process's block cache.",
+            value=stats.blocks_fetched,
+        )
+        yield CounterMetricFamily(
+            "idmanager_block_cache_ids_fetched",
+            "IDs reserved from the database by the block cache.",
+            value=stats.ids_fetched,
+        )
+        yield CounterMetricFamily(
+            "idmanager_block_cache_ids_handed_back",
+            "Reserved IDs returned to the sequence at shutdown (nobody had allocated since).",
+            value=stats.ids_handed_back,
+        )
+        yield CounterMetricFamily(
+            "idmanager_block_cache_ids_lost",
+            "Reserved IDs that could not be handed back at shutdown: gaps in the sequence.",
+            value=stats.ids_lost,
+        )
+        yield GaugeMetricFamily(
+            "idmanager_block_cache_ids_reserved",
+            "IDs reserved and not yet handed out: the gap a crash would leave now.",
+            value=stats.ids_fetched - served - stats.ids_handed_back - stats.ids_lost,
+        )

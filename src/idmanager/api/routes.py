@@ -8,13 +8,24 @@ from collections.abc import Iterator
 from dataclasses import asdict
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import Response, StreamingResponse
 from starlette.convertors import Convertor, register_url_convertor
 
+from ..application.block_cache import BlockCache
 from ..domain.errors import PrefixNotFoundError
 from ..domain.format import IdFormat, IdRange
-from .deps import AdminUseCases, GenerateAccess, MetricsDep, ReadAccess, Scope, UseCases
+from ..domain.period import resolve_prefix
+from .deps import (
+    AdminUseCases,
+    BlockCacheDep,
+    GenerateAccess,
+    MetricsDep,
+    ReadAccess,
+    Scope,
+    SettingsDep,
+    UseCases,
+)
 from .schemas import (
     ConfigureRequest,
     IdsResponse,
@@ -106,20 +117,47 @@ def _ids_body(ids: IdRange) -> Iterator[bytes]:
     tags=["ids"],
 )
 async def allocate_ids(
+    request: Request,
     prefix: PrefixPath,
     use_cases: UseCases,
     metrics: MetricsDep,
+    settings: SettingsDep,
+    cache: BlockCacheDep,
     _: GenerateAccess,
     count: Annotated[int, Query(ge=1, description="How many IDs to allocate.")] = 1,
     scope: Scope = "",
 ) -> Response:
     """Allocate the next `count` IDs of a prefix, committed before they are returned."""
     started = time.perf_counter()
+    if cache is not None and count <= min(settings.block_cache_max_count, settings.max_bulk):
+        cached = await _from_cache(request, cache, prefix, count, scope)
+        if cached is not None:
+            name = resolve_prefix(prefix)
+            metrics.allocated(name, count, time.perf_counter() - started)
+            metrics.served_from_cache(count)
+            body = json.dumps(
+                {"prefix": name, "ids": cached, "count": count}, separators=(",", ":")
+            )
+            return Response(body.encode(), status_code=201, media_type="application/json")
     ids = await use_cases.allocate(prefix, count, scope=scope)
     metrics.allocated(ids.prefix, len(ids), time.perf_counter() - started)
     if len(ids) > STREAM_ABOVE:
         return StreamingResponse(_ids_body(ids), status_code=201, media_type="application/json")
     return Response(b"".join(_ids_body(ids)), status_code=201, media_type="application/json")
+
+
+async def _from_cache(
+    request: Request, cache: BlockCache, prefix: str, count: int, scope: str
+) -> list[str] | None:
+    """Return IDs from the block cache; None when it closed meanwhile (shutting down)."""
+    try:
+        if count == 1:
+            return [await cache.generate_id(prefix, scope=scope)]
+        return await cache.bulk_generate_ids(prefix, count, scope=scope)
+    except RuntimeError:
+        if request.app.state.block_cache is not None:
+            raise
+        return None  # the database serves the last requests while the tails are handed back
 
 
 @router.get(

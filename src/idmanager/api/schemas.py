@@ -44,7 +44,10 @@ class IdsResponse(BaseModel):
     )
 
     prefix: str = Field(description="The normalised prefix.")
-    ids: list[str] = Field(description="The IDs, consecutive and in order.")
+    ids: list[str] = Field(
+        description="The IDs, in order and consecutive (with the block cache on, consecutive "
+        "unless a reserved block ends among them)."
+    )
     count: int = Field(description="How many IDs were allocated.")
 
 
