@@ -28,7 +28,7 @@ import weakref
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, TypeAlias, cast
+from typing import Any, TypeAlias, TypeVar, cast
 
 from sqlalchemy import Table, Update, bindparam, event, inspect, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -48,6 +48,7 @@ _SESSION_KEY = "idmanager.orm"
 # An attribute name of the object, or a function of the object.
 Source: TypeAlias = str | Callable[[Any], Any] | None
 Key: TypeAlias = tuple[str, str]  # (scope, resolved prefix)
+T = TypeVar("T")
 
 
 def _read(obj: object, source: Source) -> Any:
@@ -105,11 +106,9 @@ class _Numbered:
     update: Update | None = None
     pk_positions: tuple[int, ...] = ()
 
-    def row(self, identity: tuple[Any, ...], value: str) -> dict[str, Any]:
-        """Return the parameters of :attr:`update` for one object."""
-        row = {f"_idm_pk{i}": identity[p] for i, p in enumerate(self.pk_positions)}
-        row["_idm_value"] = value
-        return row
+    def row(self, identity: tuple[Any, ...]) -> dict[str, Any]:
+        """Return the parameters of :attr:`update` for one object, but its number."""
+        return {f"_idm_pk{i}": identity[p] for i, p in enumerate(self.pk_positions)}
 
 
 def _discover(mapper: Mapper[Any]) -> Iterator[_Numbered]:
@@ -162,6 +161,8 @@ class _Tracked:
     # Flushed objects still waiting for their at-commit number. Held strongly: the session
     # keeps only weak references to clean objects, and the number must not be lost.
     at_commit: list[tuple[object, _Numbered]] = field(default_factory=list)
+    # At-commit numbers written to the database, set on the objects once the commit is done.
+    written: list[tuple[object, str, str]] = field(default_factory=list)
 
 
 def _tracked(session: Session) -> _Tracked:
@@ -169,9 +170,6 @@ def _tracked(session: Session) -> _Tracked:
     if tracked is None:
         tracked = session.info[_SESSION_KEY] = _Tracked()
     return tracked
-
-
-Group: TypeAlias = dict[Key, list[tuple[object, _Numbered]]]
 
 
 class _Numberer:
@@ -183,21 +181,20 @@ class _Numberer:
     def _key(self, obj: object, numbered: _Numbered) -> Key:
         return numbered.numbering.key(obj, self.options.get("fiscal_year_start", 1))
 
-    def _allocate(self, session: Session, groups: Group) -> Iterator[tuple[object, _Numbered, str]]:
-        """Yield ``(object, attribute, ID)``, one allocation statement per group."""
+    def _allocate(self, session: Session, groups: dict[Key, list[T]]) -> Iterator[tuple[T, str]]:
+        """Yield each item of each group with its ID, one allocation statement per group."""
         service = SyncIdManagerService(IdManagerRepositoryImpl(session), **self.options)
         # Always in the same order, so two sessions never lock two sequences crosswise.
         for (scope, prefix), items in sorted(groups.items()):
             ids = service.generate_range(prefix, len(items), scope=scope)
-            for (obj, numbered), value in zip(items, ids, strict=True):
-                yield obj, numbered, value
+            yield from zip(items, ids, strict=True)
 
     def before_flush(self, session: Session, _context: Any, _instances: Any) -> None:
         """Number the new objects (early), and remember those numbered at commit."""
         if not session.new:
             return
         tracked = _tracked(session)
-        groups: Group = defaultdict(list)
+        groups: dict[Key, list[tuple[object, _Numbered]]] = defaultdict(list)
         for state in sorted(map(inspect, session.new), key=lambda s: s.insert_order):
             for numbered in _numbered_columns(state.mapper):
                 if state.dict.get(numbered.key) is not None:
@@ -207,7 +204,7 @@ class _Numberer:
                     tracked.at_commit.append((obj, numbered))
                 else:
                     groups[self._key(obj, numbered)].append((obj, numbered))
-        for obj, numbered, value in self._allocate(session, groups):
+        for (obj, numbered), value in self._allocate(session, groups):
             setattr(obj, numbered.key, value)
             tracked.assigned.append((obj, numbered.key))
 
@@ -221,26 +218,30 @@ class _Numberer:
         if tracked is None or not tracked.at_commit:
             return
         waiting, tracked.at_commit = tracked.at_commit, []
-        groups: Group = defaultdict(list)
+        # Prepare all that does not need the numbers before the sequences are locked.
+        groups: dict[Key, list[tuple[object, str, dict[str, Any]]]] = defaultdict(list)
+        rows: dict[_Numbered, list[dict[str, Any]]] = defaultdict(list)
         for obj, numbered in waiting:
             state = inspect(obj)
             if state.persistent and state.dict.get(numbered.key) is None:
-                groups[self._key(obj, numbered)].append((obj, numbered))
-        numbers = list(self._allocate(session, groups))
-        rows: dict[_Numbered, list[dict[str, Any]]] = defaultdict(list)
-        for obj, numbered, value in numbers:
-            rows[numbered].append(numbered.row(inspect(obj).identity, value))
+                row = numbered.row(state.identity)
+                rows[numbered].append(row)
+                groups[self._key(obj, numbered)].append((obj, numbered.key, row))
+        for (obj, key, row), value in self._allocate(session, groups):
+            row["_idm_value"] = value
+            tracked.written.append((obj, key, value))
         for numbered, parameters in rows.items():
             assert numbered.update is not None, "only columns numbered at commit wait for it"
             session.execute(numbered.update, parameters)  # one executemany per column
-        for obj, numbered, value in numbers:
-            set_committed_value(obj, numbered.key, value)
-            tracked.assigned.append((obj, numbered.key))
 
     def after_commit(self, session: Session) -> None:
-        """Forget what the committed transaction assigned: it is permanent now."""
-        if not session.in_nested_transaction():
-            session.info.pop(_SESSION_KEY, None)
+        """Show the at-commit numbers on the objects; the rest is permanent now."""
+        if session.in_nested_transaction():
+            return
+        tracked = session.info.pop(_SESSION_KEY, None)
+        if tracked is not None:
+            for obj, key, value in tracked.written:
+                set_committed_value(obj, key, value)
 
     def after_soft_rollback(self, session: Session, _previous: SessionTransaction) -> None:
         """Take the numbers back from objects whose INSERT a savepoint or flush undid."""

@@ -342,7 +342,8 @@ async def test_a_commit_that_fails_after_numbering_hands_the_numbers_on(
         h.session.add(invoice)
 
         def fail(session: Session) -> None:  # runs after the numbering: fails the commit
-            assert invoice.number == "INV2026-AAA0001"
+            written = session.execute(sa.select(Invoice.number).where(Invoice.id == invoice.id))
+            assert written.scalar_one() == "INV2026-AAA0001"
             raise RuntimeError("commit failed")
 
         sa.event.listen(sync_session, "before_commit", fail)
