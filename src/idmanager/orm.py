@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeAlias, TypeVar, cast
 
 from sqlalchemy import Table, Update, bindparam, event, inspect, update
+from sqlalchemy.exc import PendingRollbackError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Mapper, Session, SessionTransaction, scoped_session, sessionmaker
 from sqlalchemy.orm.attributes import set_committed_value
@@ -163,6 +164,9 @@ class _Tracked:
     at_commit: list[tuple[object, _Numbered]] = field(default_factory=list)
     # At-commit numbers written to the database, set on the objects once the commit is done.
     written: list[tuple[object, str, str]] = field(default_factory=list)
+    # Numbering at commit failed, perhaps after drawing numbers: committing now would lose
+    # them (a gap), so the transaction must be rolled back.
+    failed: bool = False
 
 
 def _tracked(session: Session) -> _Tracked:
@@ -215,8 +219,20 @@ class _Numberer:
         # Insert everything first, so the sequence's lock is taken at the very end.
         session.flush()
         tracked = session.info.get(_SESSION_KEY)
-        if tracked is None or not tracked.at_commit:
+        if tracked is None or not (tracked.at_commit or tracked.failed):
             return
+        if tracked.failed:
+            raise PendingRollbackError(
+                "Numbering at commit failed in this transaction; roll it back, or the numbers "
+                "it already drew would be lost"
+            )
+        try:
+            self._number_at_commit(session, tracked)
+        except BaseException:
+            tracked.failed = True
+            raise
+
+    def _number_at_commit(self, session: Session, tracked: _Tracked) -> None:
         waiting, tracked.at_commit = tracked.at_commit, []
         # Prepare all that does not need the numbers before the sequences are locked.
         groups: dict[Key, list[tuple[object, str, dict[str, Any]]]] = defaultdict(list)

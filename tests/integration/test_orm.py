@@ -17,10 +17,11 @@ import pytest
 import sqlalchemy as sa
 from harness import Db, resolve
 from sqlalchemy import String, UniqueConstraint
+from sqlalchemy.exc import PendingRollbackError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-from idmanager import InvalidInputError, InvalidPrefixError
+from idmanager import InvalidInputError, InvalidPrefixError, PrefixInactiveError
 from idmanager.infrastructure.database import sync_url
 from idmanager.orm import install, numbered
 
@@ -356,6 +357,29 @@ async def test_a_commit_that_fails_after_numbering_hands_the_numbers_on(
         h.session.add(retried)
         await h.commit()
     assert retried.number == "INV2026-AAA0001"
+
+
+async def test_a_failed_numbering_at_commit_must_be_rolled_back(orm: Db, tenant: str) -> None:
+    async with orm.session() as h:
+        await h.service.configure_prefix("INV2026", scope=tenant, is_active=False)
+        await h.commit()
+    async with orm.session() as h:
+        h.session.add_all(
+            [
+                Invoice(tenant=tenant, issued_on=date(2025, 5, 1)),
+                Invoice(tenant=tenant, issued_on=DAY),
+            ]
+        )
+        with pytest.raises(PrefixInactiveError):  # after drawing INV2025-AAA0001
+            await h.commit()
+        with pytest.raises(PendingRollbackError, match="roll it back"):
+            await h.commit()
+        await h.rollback()
+    async with orm.session() as h:
+        invoice = Invoice(tenant=tenant, issued_on=date(2025, 5, 1))
+        h.session.add(invoice)
+        await h.commit()
+    assert invoice.number == "INV2025-AAA0001"
 
 
 # --- concurrency ------------------------------------------------------------------------------
