@@ -54,7 +54,8 @@ class IdsResponse(BaseModel):
 class FormatModel(BaseModel):
     """How a prefix's IDs are written. The defaults give ``PREFIX-AAA0001``."""
 
-    model_config = ConfigDict(extra="forbid")
+    # Strict: JSON true is not a width, nor 1 a yes (a "force": 1 must not force a reset).
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     separator: str = Field(
         "-", max_length=1, description="Between prefix and letters: '-', '.', '/', ':', '#' or ''."
@@ -116,6 +117,7 @@ class ConfigureRequest(BaseModel):
 
     model_config = ConfigDict(
         extra="forbid",
+        strict=True,
         json_schema_extra={
             "examples": [
                 {"format": {"separator": "-", "letter_width": 3, "digit_width": 4}},
@@ -142,6 +144,7 @@ class ResetRequest(BaseModel):
 
     model_config = ConfigDict(
         extra="forbid",
+        strict=True,
         json_schema_extra={
             "examples": [
                 {"reset_to": "TEST-ZZZ9999", "force": False, "dry_run": False},
