@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import random
 import threading
+import uuid
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, date, datetime
 from typing import Any
@@ -115,7 +116,7 @@ async def orm(backend: str, mode: str, databases: Any) -> AsyncIterator[Db]:
 @pytest.fixture
 def tenant() -> str:
     """A tenant (scope) no other test uses: its sequences start at AAA0001."""
-    return f"t-{random.getrandbits(48):012x}"
+    return f"t-{uuid.uuid4().hex[:12]}"
 
 
 def committed(db: Db, model: type[Base], column: str, tenant: str) -> list[Any]:
@@ -204,7 +205,7 @@ async def test_each_scope_is_its_own_sequence(orm: Db, tenant: str) -> None:
 
 
 async def test_scope_and_date_from_functions(orm: Db) -> None:
-    company = random.getrandbits(48)
+    company = uuid.uuid4().int >> 80  # fits a BIGINT
     async with orm.session() as h:
         orders = [
             Order(company_id=company, ordered_at=datetime(2026, 1, 31, 23, 59)),
