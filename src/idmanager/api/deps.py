@@ -8,7 +8,6 @@ from typing import Annotated
 from fastapi import Depends, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from ..application.block_cache import BlockCache
 from ..application.use_cases import IdManagerUseCases
 from ..settings import Role, Settings
 from .metrics import Metrics
@@ -44,18 +43,12 @@ async def _metrics(request: Request) -> Metrics:
     return metrics
 
 
-async def _block_cache(request: Request) -> BlockCache | None:
-    cache: BlockCache | None = request.app.state.block_cache
-    return cache
-
-
 ReadAccess = Annotated[Principal, Depends(_access(Role.READ))]
 GenerateAccess = Annotated[Principal, Depends(_access(Role.GENERATE))]
 AdminAccess = Annotated[Principal, Depends(_access(Role.ADMIN))]
 SettingsDep = Annotated[Settings, Depends(_settings)]
 UseCases = Annotated[IdManagerUseCases, Depends(_use_cases)]
 MetricsDep = Annotated[Metrics, Depends(_metrics)]
-BlockCacheDep = Annotated[BlockCache | None, Depends(_block_cache)]
 Scope = Annotated[
     str,
     Query(max_length=255, description="The tenant or company; '' (the default) for none."),

@@ -13,19 +13,13 @@ from fastapi.responses import Response, StreamingResponse
 from starlette.convertors import Convertor, register_url_convertor
 
 from ..application.block_cache import BlockCache
+from ..application.use_cases import IdManagerUseCases
 from ..domain.errors import PrefixNotFoundError
 from ..domain.format import IdFormat, IdRange
 from ..domain.period import resolve_prefix
-from .deps import (
-    AdminUseCases,
-    BlockCacheDep,
-    GenerateAccess,
-    MetricsDep,
-    ReadAccess,
-    Scope,
-    SettingsDep,
-    UseCases,
-)
+from ..settings import Settings
+from .deps import AdminUseCases, GenerateAccess, ReadAccess, Scope, UseCases
+from .metrics import Metrics
 from .schemas import (
     ConfigureRequest,
     IdsResponse,
@@ -119,16 +113,18 @@ def _ids_body(ids: IdRange) -> Iterator[bytes]:
 async def allocate_ids(
     request: Request,
     prefix: PrefixPath,
-    use_cases: UseCases,
-    metrics: MetricsDep,
-    settings: SettingsDep,
-    cache: BlockCacheDep,
     _: GenerateAccess,
     count: Annotated[int, Query(ge=1, description="How many IDs to allocate.")] = 1,
     scope: Scope = "",
 ) -> Response:
     """Allocate the next `count` IDs of a prefix, committed before they are returned."""
     started = time.perf_counter()
+    # The hot route reads the app's state itself: each dependency FastAPI solves costs about
+    # a tenth of the throughput of an allocation served from the block cache.
+    state = request.app.state
+    settings: Settings = state.settings
+    metrics: Metrics = state.metrics
+    cache: BlockCache | None = state.block_cache
     if cache is not None and count <= min(settings.block_cache_max_count, settings.max_bulk):
         cached = await _from_cache(request, cache, prefix, count, scope)
         if cached is not None:
@@ -139,6 +135,7 @@ async def allocate_ids(
                 {"prefix": name, "ids": cached, "count": count}, separators=(",", ":")
             )
             return Response(body.encode(), status_code=201, media_type="application/json")
+    use_cases: IdManagerUseCases = state.use_cases
     ids = await use_cases.allocate(prefix, count, scope=scope)
     metrics.allocated(ids.prefix, len(ids), time.perf_counter() - started)
     if len(ids) > STREAM_ABOVE:
