@@ -1,0 +1,195 @@
+"""The rows `make bench` measures, and docs/benchmarks.md and docs/throughput.png made of them."""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DOC = ROOT / "docs" / "benchmarks.md"
+PLOT = ROOT / "docs" / "throughput.png"
+BUSY = 2.0  # load average above which the figures are suspect on this machine
+
+
+@dataclass
+class Row:
+    section: str
+    name: str
+    value: float
+    unit: str
+    baseline: str = ""
+    ratio: float | None = None
+    note: str = ""
+    series: str = ""
+    clients: int | None = None
+
+
+ROWS: list[Row] = []
+NOTES: dict[str, str] = {}
+LOAD: list[float] = []
+
+
+def record(
+    section: str,
+    name: str,
+    value: float,
+    unit: str,
+    base: Row | None = None,
+    *,
+    note: str = "",
+    series: str = "",
+    clients: int | None = None,
+) -> Row:
+    """Keep and print one figure, with its ratio to ``base`` (same run) if given."""
+    row = Row(section, name, value, unit, note=note, series=series, clients=clients)
+    if base is not None:
+        row.baseline, row.ratio = base.name, value / base.value
+    ROWS.append(row)
+    ratio = f"{row.ratio:6.2f}x {row.baseline}" if row.ratio is not None else ""
+    print(f"  {name:<66} {value:>12,.0f} {unit:<7} {ratio}", flush=True)
+    if note:
+        print(f"  {'':<66} ({note})", flush=True)
+    LOAD.append(os.getloadavg()[0])
+    return row
+
+
+def start() -> None:
+    LOAD.append(os.getloadavg()[0])
+    print(f"load average at start: {LOAD[0]:.2f} on {os.cpu_count()} cores")
+
+
+def find(name: str) -> Row | None:
+    return next((row for row in ROWS if row.name == name), None)
+
+
+def _targets() -> list[str]:
+    """Return the issue's targets as table lines: target, measured, met."""
+    lines = ["| target | measured | met |", "| --- | --- | --- |"]
+
+    def ratio(target: str, name: str, least: float) -> None:
+        row = find(name)
+        if row is None or row.ratio is None:
+            lines.append(f"| {target} | not measured | |")
+            return
+        met = "yes" if row.ratio >= least else f"no ({row.ratio / least:.0%} of the target)"
+        lines.append(
+            f"| {target} | {row.ratio:.2f}x ({row.value:,.0f} vs {row.value / row.ratio:,.0f}) "
+            f"| {met} |"
+        )
+
+    ratio(
+        "own transaction, hot prefix, 32 clients ≥ 0.8x raw asyncpg upsert",
+        "library, own transaction, hot prefix, 32 clients",
+        0.8,
+    )
+    for n in (1, 32):
+        ratio(
+            f"caller's transaction ≥ 0.9x bare SQLAlchemy session ({n} clients)",
+            f"library in caller's session, {n} clients",
+            0.9,
+        )
+    bulk = find("library bulk_generate_ids(1,000,000) (ms)")
+    if bulk is not None and bulk.ratio is not None:
+        met = "yes" if bulk.value <= 150 and bulk.ratio <= 0.2 else "no"
+        lines.append(
+            f"| bulk of 1,000,000 ≤ 150 ms and ≤ 0.2x naive formatting | {bulk.value:,.0f} ms, "
+            f"{bulk.ratio:.2f}x | {met} |"
+        )
+    cache = find("block cache, asyncio, hot prefix, 1 tasks")
+    if cache is not None:
+        met = "yes" if cache.value >= 1e6 else f"no ({cache.value / 1e6:.0%} of the target)"
+        lines.append(f"| block cache, one process ≥ 1M IDs/s | {cache.value:,.0f} IDs/s | {met} |")
+    for workers in ("1 worker", "2 workers"):
+        ratio(
+            f"HTTP with the block cache ≥ 0.7x the bare endpoint ({workers}, 32 clients)",
+            f"HTTP IdManager, block cache, hot prefix, {workers}, 32 clients",
+            0.7,
+        )
+        ratio(
+            f"HTTP own transaction ≥ 0.7x the raw statement rate ({workers}, 32 clients)",
+            f"HTTP IdManager, own transaction, hot prefix, {workers}, 32 clients",
+            0.7,
+        )
+    return lines
+
+
+def _plot() -> bool:
+    """Draw throughput against clients, one line per series; return False without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    series: dict[str, list[tuple[int, float]]] = defaultdict(list)
+    for row in ROWS:
+        if row.series and row.clients is not None:
+            series[row.series].append((row.clients, row.value))
+    fig, ax = plt.subplots(figsize=(9, 6))
+    for name, points in series.items():
+        xs, ys = zip(*sorted(points), strict=True)
+        style = "--" if name.startswith(("raw", "HTTP bare")) else "-"
+        ax.plot(xs, ys, style, marker="o", label=name)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xticks([1, 8, 32], labels=["1", "8", "32"])
+    ax.set_xlabel("concurrent clients (tasks, or HTTP connections)")
+    ax.set_ylabel("IDs per second (log scale)")
+    ax.set_title(f"IdManager throughput, PostgreSQL on {os.cpu_count()} cores")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    fig.savefig(PLOT, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def write(elapsed: float) -> None:
+    """Write docs/benchmarks.md (and the plot) from the rows of this run."""
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    busiest = max(LOAD)
+    lines = [
+        "# Benchmarks",
+        "",
+        f"Measured by `make bench` on {platform.node()} ({os.cpu_count()} cores, Python "
+        f"{platform.python_version()}), {when}, in {elapsed / 60:.1f} minutes. Every ratio "
+        "compares with a baseline measured in the same run, on the same machine. The benchmark "
+        "is not part of `make test` (nor of CI): it asserts nothing and wants a quiet machine.",
+        "",
+    ]
+    if busiest > BUSY:
+        lines += [
+            f"**The machine was busy during this run**: load average up to {busiest:.1f} on "
+            f"{os.cpu_count()} cores (other processes were running). Absolute figures are low "
+            "and noisy; the ratios, whose two sides ran seconds apart, are the better guide.",
+            "",
+        ]
+    else:
+        lines += [f"Load average during the run: at most {busiest:.1f}.", ""]
+    lines += ["## Targets", "", *_targets(), ""]
+    if _plot():
+        lines += ["## Throughput against clients", "", f"![throughput]({PLOT.name})", ""]
+    lines += [
+        "## All figures",
+        "",
+        "PostgreSQL runs on loopback with its default settings (fsync on). Clients are asyncio "
+        "tasks in one process, or, for HTTP, keep-alive connections of the load generator.",
+        "",
+    ]
+    lines += [f"{note}" for note in NOTES.values()]
+    lines += [
+        "",
+        "| backend | measurement | value | unit | ratio | baseline | notes |",
+        "| --- | --- | ---: | --- | ---: | --- | --- |",
+    ]
+    for row in ROWS:
+        ratio = f"{row.ratio:.2f}x" if row.ratio is not None else ""
+        cells = [row.section, row.name, f"{row.value:,.0f}", row.unit, ratio, row.baseline]
+        lines.append("| " + " | ".join([*cells, row.note]) + " |")
+    DOC.write_text("\n".join(lines) + "\n")
+    print(f"wrote {DOC.relative_to(ROOT)}" + (f" and {PLOT.relative_to(ROOT)}" if PLOT else ""))
