@@ -1,0 +1,362 @@
+"""Commands on sequences: next, reset, list, show, activate, deactivate, health, migrate."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import asdict
+from typing import Annotated, TextIO
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from ..domain.entity import IdManager
+from ..domain.errors import (
+    IdManagerError,
+)
+from ..domain.format import IdRange
+from ..infrastructure.database import DEFAULT_DATABASE_URL
+from ..infrastructure.migrate import migrate as apply_migrations
+from .base import (
+    EXIT_CODES,
+    EXIT_ERROR,
+    EXIT_NOT_FOUND,
+    PROGRESS_THRESHOLD,
+    DatabaseUrl,
+    Day,
+    Json,
+    Prefix,
+    Scope,
+    _checked_url,
+    _console,
+    _print_json,
+    _report,
+    _run,
+    _where,
+    app,
+    fail,
+)
+
+
+@app.command("next", epilog=EXIT_CODES)
+def next_ids(
+    prefix: Prefix,
+    count: Annotated[
+        int,
+        typer.Option(
+            "--count",
+            "-n",
+            metavar="N",
+            help="How many consecutive IDs to allocate: one statement whatever N is. "
+            f"A progress bar shows on stderr from {PROGRESS_THRESHOLD:,} IDs when stderr is "
+            "a terminal and stdout is not.",
+        ),
+    ] = 1,
+    scope: Scope = "",
+    day: Day = None,
+    database_url: DatabaseUrl = DEFAULT_DATABASE_URL,
+    as_json: Json = False,
+) -> None:
+    """Allocate the next ID of PREFIX (or N consecutive ones) and print them, one per line.
+
+    The IDs are committed before they are printed. With --json: {"prefix", "scope",
+    "count", "ids"}. An unknown prefix is created on first use.
+    """
+    on = day.date() if day else None
+    ids = _run(database_url, lambda s: s.generate_range(prefix, count, scope=scope, on=on))
+    _write_ids(ids, scope, as_json)
+
+
+def _write_ids(ids: IdRange, scope: str, as_json: bool) -> None:
+    """Stream the IDs to stdout a letter block at a time, never as one huge string."""
+    out: TextIO = sys.stdout
+    stderr = Console(stderr=True)
+    progress = Progress(
+        TextColumn("printing IDs"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=stderr,
+        transient=True,
+        # The IDs go to our own stdout, untouched: the bar must not capture it.
+        redirect_stdout=False,
+        redirect_stderr=False,
+        disable=len(ids) < PROGRESS_THRESHOLD or not stderr.is_terminal or out.isatty(),
+    )
+    try:
+        with progress:
+            task = progress.add_task("ids", total=len(ids))
+            if as_json:
+                head = {"prefix": ids.prefix, "scope": scope, "count": len(ids)}
+                out.write(json.dumps(head)[:-1] + ', "ids": [')
+            separator = ""
+            for chunk in ids.chunks():
+                if as_json:
+                    out.write(separator + json.dumps(chunk)[1:-1])
+                    separator = ", "
+                else:
+                    out.write("\n".join(chunk) + "\n")
+                progress.advance(task, len(chunk))
+            if as_json:
+                out.write("]}\n")
+            out.flush()
+    except BrokenPipeError:
+        # The reader went away (`| head`): keep the interpreter's final flush quiet.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), out.fileno())
+        fail(
+            f"output closed before every ID was printed; {ids[0]} to {ids[-1]} "
+            f"({len(ids):,} IDs) were allocated"
+        )
+
+
+@app.command(epilog=EXIT_CODES)
+def reset(
+    prefix: Prefix,
+    to: Annotated[
+        str | None,
+        typer.Option(
+            "--to",
+            metavar="ID",
+            help="The new latest ID of PREFIX: the next ID is its successor "
+            "(--to CUS-ZZZ9999 makes the next CUS-AAAA0001). Case, white space and zero "
+            "padding are corrected. Omit it to start over at PREFIX-AAA0001.",
+            show_default=False,
+        ),
+    ] = None,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="Allow moving the sequence backwards. Dangerous: the IDs after the new "
+            "latest one will be issued a second time.",
+        ),
+    ] = False,
+    dry_run: Annotated[
+        bool,
+        typer.Option("--dry-run", help="Show what the reset would do and change nothing."),
+    ] = False,
+    scope: Scope = "",
+    day: Day = None,
+    database_url: DatabaseUrl = DEFAULT_DATABASE_URL,
+    as_json: Json = False,
+) -> None:
+    """Make --to the latest ID of PREFIX, refusing to move backwards without --force.
+
+    Resetting an unknown prefix creates it. Every reset is recorded in the audit table.
+    With --json: {"prefix", "scope", "previous_id", "latest_id", "next_id", "forced",
+    "dry_run"}.
+    """
+    result = _run(
+        database_url,
+        lambda s: s.reset_sequence(
+            prefix, to, force, scope=scope, on=day.date() if day else None, dry_run=dry_run
+        ),
+        commit=not dry_run,
+    )
+    if as_json:
+        _print_json(asdict(result))
+        return
+    moved = f"latest ID {result.previous_id or '(none)'} -> {result.latest_id or '(none)'}"
+    subject = f"{result.prefix}{_where(result.scope)}"
+    if dry_run:
+        typer.echo(
+            f"dry run, nothing changed: {subject} would go from {moved}, next ID {result.next_id}"
+        )
+    else:
+        forced = " (forced)" if result.forced else ""
+        typer.echo(f"reset {subject}{forced}: {moved}, next ID {result.next_id}")
+
+
+@app.command("list", epilog=EXIT_CODES)
+def list_prefixes(
+    scope: Annotated[
+        str | None,
+        typer.Option(
+            "--scope",
+            metavar="SCOPE",
+            help="Only the sequences of this scope ('' for the default scope). "
+            "Default: every scope.",
+            show_default=False,
+        ),
+    ] = None,
+    active_only: Annotated[
+        bool, typer.Option("--active-only", help="Leave out deactivated prefixes.")
+    ] = False,
+    skip: Annotated[
+        int, typer.Option("--skip", metavar="N", help="Leave out the first N sequences.")
+    ] = 0,
+    limit: Annotated[
+        int, typer.Option("--limit", metavar="N", help="Show at most N sequences.")
+    ] = 100,
+    database_url: DatabaseUrl = DEFAULT_DATABASE_URL,
+    as_json: Json = False,
+) -> None:
+    """List the sequences, ordered by scope and prefix.
+
+    With --json: an array of the statistics objects that `show --json` prints.
+    """
+    managers = _run(
+        database_url,
+        lambda s: s.get_all_prefixes(scope=scope, skip=skip, limit=limit, active_only=active_only),
+        commit=False,
+    )
+    if as_json:
+        _print_json([manager.stats() for manager in managers])
+        return
+    if not managers:
+        typer.echo("no prefixes yet: `idmanager next PREFIX` creates one")
+        return
+    _console().print(_list_table(managers))
+
+
+def _list_table(managers: list[IdManager]) -> Table:
+    with_scope = any(manager.scope for manager in managers)
+    table = Table(box=None, pad_edge=False)
+    if with_scope:
+        table.add_column("Scope", overflow="fold")
+    table.add_column("Prefix", no_wrap=True)
+    table.add_column("Latest ID", no_wrap=True)
+    table.add_column("Next ID", no_wrap=True)
+    table.add_column("Issued", justify="right", no_wrap=True)
+    table.add_column("Active", no_wrap=True)
+    table.add_column("Updated (UTC)", no_wrap=True)
+    for manager in managers:
+        row = [
+            manager.prefix,
+            manager.latest_id or "-",
+            manager.next_id,
+            f"{manager.last_value:,}",
+            "yes" if manager.is_active else "no",
+            manager.updated_at.strftime("%Y-%m-%d %H:%M:%S") if manager.updated_at else "-",
+        ]
+        table.add_row(*([manager.scope] if with_scope else []), *row)
+    return table
+
+
+@app.command(epilog=EXIT_CODES)
+def show(
+    prefix: Prefix,
+    scope: Scope = "",
+    day: Day = None,
+    database_url: DatabaseUrl = DEFAULT_DATABASE_URL,
+    as_json: Json = False,
+) -> None:
+    """Show the statistics of PREFIX: latest and next ID, count issued, state and format."""
+    on = day.date() if day else None
+    stats = _run(
+        database_url, lambda s: s.get_prefix_stats(prefix, scope=scope, on=on), commit=False
+    )
+    if not stats["exists"]:
+        fail(
+            f"Prefix {stats['prefix']}{_where(scope)} does not exist; "
+            f"its first ID would be {stats['next_id']}",
+            EXIT_NOT_FOUND,
+        )
+    if as_json:
+        _print_json(stats)
+        return
+    fmt = stats["format"]
+    rows = [
+        ("Prefix", stats["prefix"]),
+        ("Scope", stats["scope"] or "(default)"),
+        ("Latest ID", stats["latest_id"] or "(none issued)"),
+        ("Next ID", stats["next_id"]),
+        ("Issued", f"{stats['count_issued']:,}"),
+        ("Active", "yes" if stats["is_active"] else "no"),
+        (
+            "Format",
+            f"separator {fmt['separator']!r}, {fmt['letter_width']} letters, "
+            f"{fmt['digit_width']} digits",
+        ),
+        ("Letter width used", f"{stats['width_usage']:.2%}"),
+        ("Created", stats["created_at"] or "-"),
+        ("Updated", stats["updated_at"] or "-"),
+    ]
+    if stats["warning"]:
+        rows.append(("Warning", stats["warning"]))
+    table = Table(box=None, show_header=False, pad_edge=False)
+    table.add_column(style="bold", no_wrap=True)
+    table.add_column(overflow="fold")
+    for name, value in rows:
+        table.add_row(name, value)
+    _console().print(table)
+
+
+def _set_active(prefix: str, scope: str, database_url: str, as_json: bool, active: bool) -> None:
+    manager = _run(
+        database_url,
+        lambda s: (s.activate_prefix if active else s.deactivate_prefix)(prefix, scope=scope),
+    )
+    if as_json:
+        _print_json(manager.stats())
+    elif active:
+        typer.echo(f"{manager.prefix}{_where(scope)} is active: next ID {manager.next_id}")
+    else:
+        typer.echo(
+            f"{manager.prefix}{_where(scope)} is inactive: it issues no new IDs until "
+            f"`idmanager activate {manager.prefix}`"
+        )
+
+
+@app.command(epilog=EXIT_CODES)
+def activate(
+    prefix: Prefix,
+    scope: Scope = "",
+    database_url: DatabaseUrl = DEFAULT_DATABASE_URL,
+    as_json: Json = False,
+) -> None:
+    """Let PREFIX issue IDs again (audited). With --json: its statistics."""
+    _set_active(prefix, scope, database_url, as_json, True)
+
+
+@app.command(epilog=EXIT_CODES)
+def deactivate(
+    prefix: Prefix,
+    scope: Scope = "",
+    database_url: DatabaseUrl = DEFAULT_DATABASE_URL,
+    as_json: Json = False,
+) -> None:
+    """Make PREFIX refuse new IDs; its history is kept (audited). With --json: its statistics."""
+    _set_active(prefix, scope, database_url, as_json, False)
+
+
+@app.command(epilog=EXIT_CODES)
+def health(database_url: DatabaseUrl = DEFAULT_DATABASE_URL, as_json: Json = False) -> None:
+    """Check the database with a real allocation that is rolled back; exit 0 healthy, 1 not.
+
+    Leaves nothing behind, so it can run every few seconds. With --json: the seed's report
+    {"status", "message", "prefix_count", "test_id_generated", "timestamp"} and, when
+    unhealthy, "error_type".
+    """
+    report = _run(database_url, lambda s: s.health_check(), commit=False)
+    healthy = report["status"] == "healthy"
+    if as_json:
+        _print_json(report)
+    elif healthy:
+        typer.echo(
+            f"healthy: {report['message']} ({report['prefix_count']} prefixes, "
+            f"test ID {report['test_id_generated']})"
+        )
+    else:
+        typer.echo(f"unhealthy: {' '.join(report['message'].split())}", err=True)
+    raise typer.Exit(0 if healthy else EXIT_ERROR)
+
+
+@app.command(epilog=EXIT_CODES)
+def migrate(database_url: DatabaseUrl = DEFAULT_DATABASE_URL, as_json: Json = False) -> None:
+    """Create or upgrade the database schema with the Alembic migrations (safe to run again).
+
+    With --json: {"status": "up to date"}.
+    """
+    _checked_url(database_url)
+    try:
+        apply_migrations(database_url)
+    except IdManagerError as exc:
+        _report(exc)
+    if as_json:
+        _print_json({"status": "up to date"})
+    else:
+        typer.echo("database is up to date")
