@@ -29,6 +29,7 @@ import httpx
 BENCH = Path(__file__).resolve().parent
 KEY = "bench-key"
 TICK = os.sysconf("SC_CLK_TCK")
+STAGGER_S = 0.25
 
 
 @dataclass(frozen=True)
@@ -163,37 +164,59 @@ class Server:
         return Path(self.log.name).read_text(errors="replace")[-4000:]
 
     def drive(self, path: str, connections: int, seconds: float) -> Load:
-        """POST ``path`` from ``connections`` keep-alive connections for ``seconds``."""
+        """POST ``path`` from ``connections`` keep-alive connections for ``seconds``.
+
+        With several workers the connections open in one batch per worker, a moment apart:
+        the first worker to wake accepts a whole burst of connections (asyncio accepts up to
+        the backlog at once), so a single burst would all land on one worker.
+        """
         assert self.process is not None
         server, postgres = _cpu(_tree(self.process.pid)), _cpu(_postgres())
-        rate, errors, generator_cpu = _run_generator(self.url + path, connections, seconds)
+        batches = min(self.workers, connections)
+        with tempfile.TemporaryDirectory() as folder:
+            runs = []
+            for i in range(batches):
+                share = connections // batches + (i < connections % batches)
+                runs.append(_start(Path(folder), i, self.url + path, share, seconds))
+                if i + 1 < batches:
+                    time.sleep(STAGGER_S)
+            results = [_finish(*run) for run in runs]
         return Load(
-            rate=rate,
-            errors=errors,
-            generator_cpu=generator_cpu / seconds,
+            rate=sum(r[0] for r in results),
+            errors=sum(r[1] for r in results),
+            generator_cpu=sum(r[2] for r in results) / seconds,
             server_cpu=_used(server, _cpu(_tree(self.process.pid))) / seconds,
             postgres_cpu=_used(postgres, _cpu(_postgres())) / seconds,
         )
 
 
-def _run_generator(url: str, connections: int, seconds: float) -> tuple[float, int, float]:
-    """Return requests per second, failed requests, and the generator's CPU seconds."""
+Started = tuple[subprocess.Popen[bytes], list[str], Path]
+
+
+def _start(folder: Path, i: int, url: str, connections: int, seconds: float) -> Started:
+    """Start the load generator on ``url``; its output goes to a file in ``folder``."""
     header = f"Authorization: Bearer {KEY}"
-    with tempfile.TemporaryDirectory() as folder:
-        out_path = Path(folder) / "out"
-        if shutil.which("wrk"):
-            script = Path(folder) / "post.lua"
-            script.write_text('wrk.method = "POST"\n')
-            command = ["wrk", "-t1", f"-c{connections}", f"-d{round(seconds)}s"]
-            command += ["-s", str(script), "-H", header, url]
-        else:
-            command = [sys.executable, str(BENCH / "load.py"), url, str(connections)]
-            command += [str(seconds), header]
-        with out_path.open("wb") as out:
-            process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
-            _, status, usage = os.wait4(process.pid, 0)
-            process.returncode = os.waitstatus_to_exitcode(status)
-        text = out_path.read_text()
+    if shutil.which("wrk"):
+        script = folder / "post.lua"
+        script.write_text('wrk.method = "POST"\n')
+        command = ["wrk", "-t1", f"-c{connections}", f"-d{round(seconds)}s"]
+        command += ["-s", str(script), "-H", header, url]
+    else:
+        command = [sys.executable, str(BENCH / "load.py"), url, str(connections)]
+        command += [str(seconds), header]
+    out_path = folder / f"out-{i}"
+    with out_path.open("wb") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+    return process, command, out_path
+
+
+def _finish(
+    process: subprocess.Popen[bytes], command: list[str], out_path: Path
+) -> tuple[float, int, float]:
+    """Wait for a load generator; return requests per second, failures, its CPU seconds."""
+    _, status, usage = os.wait4(process.pid, 0)
+    process.returncode = os.waitstatus_to_exitcode(status)
+    text = out_path.read_text()
     if process.returncode != 0:
         raise RuntimeError(f"{command[0]} failed:\n{text}")
     cpu = usage.ru_utime + usage.ru_stime

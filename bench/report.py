@@ -130,11 +130,15 @@ def _plot() -> bool:
     for row in ROWS:
         if row.series and row.clients is not None:
             series[row.series].append((row.clients, row.value))
-    fig, ax = plt.subplots(figsize=(9, 6))
-    for name, points in series.items():
+    fig, ax = plt.subplots(figsize=(11, 6))
+    colors = plt.get_cmap("tab20").colors
+    for i, (name, points) in enumerate(series.items()):
         xs, ys = zip(*sorted(points), strict=True)
         style = "--" if name.startswith(("raw", "HTTP bare")) else "-"
-        ax.plot(xs, ys, style, marker="o", label=name)
+        marker = "s" if "2 workers" in name else "o"
+        ax.plot(
+            xs, ys, style, marker=marker, color=colors[i * 2 % 20 + i * 2 // 20 % 2], label=name
+        )
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     ax.set_xticks([1, 8, 32], labels=["1", "8", "32"])
@@ -142,7 +146,7 @@ def _plot() -> bool:
     ax.set_ylabel("IDs per second (log scale)")
     ax.set_title(f"IdManager throughput, PostgreSQL on {os.cpu_count()} cores")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     fig.savefig(PLOT, dpi=100)
     plt.close(fig)

@@ -289,8 +289,10 @@ def http(url: str, raw: dict[int, report.Row]) -> None:
     report.NOTES["http"] = (
         f"HTTP: {http_bench.server_stack()}, access log off, an API key checked per request, "
         "workers started by `idmanager.api.serving.run` (TCP_NODELAY in every worker); "
-        f"load generator: {load}, keep-alive, POST, one connection per client. The CPU "
-        "columns are cores used during the run (1.00 = one core busy)."
+        f"load generator: {load}, keep-alive, POST, one connection per client (with 2 "
+        "workers, in two batches 0.25 s apart: a single burst of connections all lands on "
+        "the first worker to wake). CPU in the notes: cores used during the run (1.00 = one "
+        "core busy); postgres counts every backend on the machine."
     )
     print(f"HTTP: POST one ID per request, load generator {load} (IDs/s = requests/s)")
     last_bare: dict[int, report.Row] = {}
