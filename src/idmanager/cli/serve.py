@@ -90,8 +90,7 @@ def serve(
     override them.
     """
     try:
-        import uvicorn
-
+        from ..api.serving import run
         from ..settings import Settings
     except ImportError as exc:
         fail(
@@ -126,4 +125,4 @@ def serve(
     typer.echo(f"IdManager serving on {url} — docs at {url}/docs")
     if settings.loopback_only:
         typer.echo("No API keys configured (IDMANAGER_API_KEYS): serving loopback only.")
-    uvicorn.run(APP_FACTORY, factory=True, host=settings.host, port=settings.port, workers=workers)
+    run(APP_FACTORY, factory=True, host=settings.host, port=settings.port, workers=workers)
