@@ -6,6 +6,7 @@ import concurrent.futures
 import json
 from collections.abc import Callable
 from typing import TYPE_CHECKING
+from urllib.parse import quote
 
 import httpx
 
@@ -112,6 +113,29 @@ def test_scopes_are_separate_sequences(http: httpx.Client, keys: Keys, prefix: s
         "/api/v1/prefixes", params={"scope": "tenant-a"}, headers=keys.header("read")
     ).json()
     assert [(p["prefix"], p["scope"]) for p in listed["items"]] == [(prefix, "tenant-a")]
+
+
+def test_period_templates_resolve_from_the_date(
+    http: httpx.Client, keys: Keys, prefix: str
+) -> None:
+    template = quote(prefix + "{YYYY}")
+    url = f"/api/v1/prefixes/{template}/ids"
+    generate = keys.header("generate")
+    december = http.post(url, params={"date": "2026-12-31"}, headers=generate).json()
+    january = http.post(url, params={"date": "2027-01-01"}, headers=generate).json()
+    back_dated = http.post(url, params={"date": "2026-05-01"}, headers=generate).json()
+    assert december == {"prefix": f"{prefix}2026", "ids": [f"{prefix}2026-AAA0001"], "count": 1}
+    assert january["ids"] == [f"{prefix}2027-AAA0001"]
+    assert back_dated["ids"] == [f"{prefix}2026-AAA0002"]
+    stats = http.get(
+        f"/api/v1/prefixes/{template}", params={"date": "2026-01-01"}, headers=keys.header("read")
+    ).json()
+    assert (stats["prefix"], stats["latest_id"]) == (f"{prefix}2026", f"{prefix}2026-AAA0002")
+    bad = http.post(f"/api/v1/prefixes/{quote(prefix + '{XX}')}/ids", headers=generate)
+    assert bad.status_code == 422
+    assert "Unknown date token {XX}" in bad.json()["detail"]
+    not_a_date = http.post(url, params={"date": "2026-13-01"}, headers=generate)
+    assert not_a_date.status_code == 422
 
 
 def test_stats_of_a_prefix(http: httpx.Client, keys: Keys, prefix: str) -> None:

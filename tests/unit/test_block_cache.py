@@ -129,3 +129,20 @@ def test_threads_get_distinct_increasing_ids() -> None:
         assert out == sorted(out)  # increasing per thread (and per process)
     cache.close()
     assert repo.rows[("", "PKG")].last_value == 4000
+
+
+async def test_period_templates_resolve_from_the_date() -> None:
+    repo = FakeRepository()
+    run, _ = runners(repo)
+
+    async def arun(operation: Operation) -> object:
+        return run(operation)
+
+    from datetime import date
+
+    cache = BlockCache(arun, initial_block=10, min_block=10)
+    assert await cache.generate_id("INV{YYYY}", on=date(2026, 12, 31)) == "INV2026-AAA0001"
+    assert await cache.generate_id("INV{YYYY}", on=date(2027, 1, 1)) == "INV2027-AAA0001"
+    assert await cache.generate_id("INV{YYYY}", on=date(2026, 6, 1)) == "INV2026-AAA0002"
+    await cache.close()
+    assert repo.rows[("", "INV2026")].last_value == 2

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from datetime import date
 from typing import Annotated
 
 from fastapi import Depends, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from ..application.use_cases import IdManagerUseCases
+from ..domain.errors import InvalidInputError
 from ..settings import Role, Settings
 from .metrics import Metrics
 from .security import KeyRing, Principal
@@ -53,6 +55,26 @@ Scope = Annotated[
     str,
     Query(max_length=255, description="The tenant or company; '' (the default) for none."),
 ]
+OnDate = Annotated[
+    str | None,
+    Query(
+        alias="date",
+        pattern=r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$",
+        description="The document's date (YYYY-MM-DD), for a period template such as "
+        "INV{YYYY}; default today (UTC).",
+        examples=["2026-12-31"],
+    ),
+]
+
+
+def document_date(text: str | None) -> date | None:
+    """Read the ``date`` parameter (already shaped YYYY-MM-DD) as a calendar date."""
+    if text is None:
+        return None
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise InvalidInputError(f"Invalid date {text!r}: not a calendar date") from None
 
 
 async def _admin_use_cases(request: Request, principal: AdminAccess) -> IdManagerUseCases:

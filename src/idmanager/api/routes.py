@@ -6,6 +6,7 @@ import json
 import time
 from collections.abc import Iterator
 from dataclasses import asdict
+from datetime import date
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request
@@ -18,7 +19,15 @@ from ..domain.errors import PrefixNotFoundError
 from ..domain.format import IdFormat, IdRange
 from ..domain.period import resolve_prefix
 from ..settings import Settings
-from .deps import AdminUseCases, GenerateAccess, ReadAccess, Scope, UseCases
+from .deps import (
+    AdminUseCases,
+    GenerateAccess,
+    OnDate,
+    ReadAccess,
+    Scope,
+    UseCases,
+    document_date,
+)
 from .metrics import Metrics
 from .schemas import (
     ConfigureRequest,
@@ -56,10 +65,11 @@ register_url_convertor("text", _Text())
 PrefixPath = Annotated[
     str,
     Path(
-        description="The prefix: letters, digits and underscores (lower case is upper-cased).",
+        description="The prefix: letters, digits and underscores (lower case is upper-cased), "
+        "or a period template such as INV{YYYY} resolved from `date`.",
         examples=["CUS"],
         # Documented, not enforced here: the domain's checks give the seed's error messages.
-        json_schema_extra={"pattern": r"^\s*[A-Za-z0-9_]{1,255}\s*$"},
+        json_schema_extra={"pattern": r"^\s*[A-Za-z0-9_{}]{1,255}\s*$"},
     ),
 ]
 
@@ -116,9 +126,11 @@ async def allocate_ids(
     _: GenerateAccess,
     count: Annotated[int, Query(ge=1, description="How many IDs to allocate.")] = 1,
     scope: Scope = "",
+    on: OnDate = None,
 ) -> Response:
     """Allocate the next `count` IDs of a prefix, committed before they are returned."""
     started = time.perf_counter()
+    day = document_date(on)
     # The hot route reads the app's state itself: each dependency FastAPI solves costs about
     # a tenth of the throughput of an allocation served from the block cache.
     state = request.app.state
@@ -126,9 +138,9 @@ async def allocate_ids(
     metrics: Metrics = state.metrics
     cache: BlockCache | None = state.block_cache
     if cache is not None and count <= min(settings.block_cache_max_count, settings.max_bulk):
-        cached = await _from_cache(request, cache, prefix, count, scope)
+        cached = await _from_cache(request, cache, prefix, count, scope, day)
         if cached is not None:
-            name = resolve_prefix(prefix)
+            name = resolve_prefix(prefix, day)
             metrics.allocated(name, count, time.perf_counter() - started)
             metrics.served_from_cache(count)
             body = json.dumps(
@@ -136,7 +148,7 @@ async def allocate_ids(
             )
             return Response(body.encode(), status_code=201, media_type="application/json")
     use_cases: IdManagerUseCases = state.use_cases
-    ids = await use_cases.allocate(prefix, count, scope=scope)
+    ids = await use_cases.allocate(prefix, count, scope=scope, on=day)
     metrics.allocated(ids.prefix, len(ids), time.perf_counter() - started)
     if len(ids) > STREAM_ABOVE:
         return StreamingResponse(_ids_body(ids), status_code=201, media_type="application/json")
@@ -144,13 +156,13 @@ async def allocate_ids(
 
 
 async def _from_cache(
-    request: Request, cache: BlockCache, prefix: str, count: int, scope: str
+    request: Request, cache: BlockCache, prefix: str, count: int, scope: str, on: date | None
 ) -> list[str] | None:
     """Return IDs from the block cache; None when it closed meanwhile (shutting down)."""
     try:
         if count == 1:
-            return [await cache.generate_id(prefix, scope=scope)]
-        return await cache.bulk_generate_ids(prefix, count, scope=scope)
+            return [await cache.generate_id(prefix, scope=scope, on=on)]
+        return await cache.bulk_generate_ids(prefix, count, scope=scope, on=on)
     except RuntimeError:
         if request.app.state.block_cache is not None:
             raise
@@ -191,10 +203,13 @@ async def list_prefixes(
     tags=["prefixes"],
 )
 async def prefix_stats(
-    prefix: PrefixPath, use_cases: UseCases, _: ReadAccess, scope: Scope = ""
+    prefix: PrefixPath, use_cases: UseCases, _: ReadAccess, scope: Scope = "", on: OnDate = None
 ) -> PrefixStats:
     """Show the state and statistics of one prefix."""
-    stats = await use_cases.run(lambda s: s.get_prefix_stats(prefix, scope=scope), commit=False)
+    day = document_date(on)
+    stats = await use_cases.run(
+        lambda s: s.get_prefix_stats(prefix, scope=scope, on=day), commit=False
+    )
     if not stats["exists"]:
         where = f" in scope {scope!r}" if scope else ""
         raise PrefixNotFoundError(f"Prefix {stats['prefix']}{where} does not exist")
@@ -209,14 +224,20 @@ async def prefix_stats(
     tags=["prefixes"],
 )
 async def configure_prefix(
-    prefix: PrefixPath, body: ConfigureRequest, use_cases: AdminUseCases, scope: Scope = ""
+    prefix: PrefixPath,
+    body: ConfigureRequest,
+    use_cases: AdminUseCases,
+    scope: Scope = "",
+    on: OnDate = None,
 ) -> PrefixStats:
     """Register a prefix, or change its format, state or starting point (admin)."""
     fmt = IdFormat(**body.format.model_dump()) if body.format else None
+    day = document_date(on)
     manager = await use_cases.run(
         lambda s: s.configure_prefix(
             prefix,
             scope=scope,
+            on=day,
             fmt=fmt,
             is_active=body.is_active,
             latest_id=body.latest_id,
@@ -234,12 +255,17 @@ async def configure_prefix(
     tags=["prefixes"],
 )
 async def reset_sequence(
-    prefix: PrefixPath, body: ResetRequest, use_cases: AdminUseCases, scope: Scope = ""
+    prefix: PrefixPath,
+    body: ResetRequest,
+    use_cases: AdminUseCases,
+    scope: Scope = "",
+    on: OnDate = None,
 ) -> ResetResponse:
     """Make `reset_to` the latest ID; refused (409) backwards unless `force` (admin)."""
+    day = document_date(on)
     result = await use_cases.run(
         lambda s: s.reset_sequence(
-            prefix, body.reset_to, body.force, scope=scope, dry_run=body.dry_run
+            prefix, body.reset_to, body.force, scope=scope, on=day, dry_run=body.dry_run
         ),
         commit=not body.dry_run,
     )

@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import date
 from functools import partial
 from typing import Any
 
@@ -138,7 +139,7 @@ class _Blocks:
         self._known: dict[Key, _Reservation] = {}
         self._closed = False
 
-    def _reservation(self, prefix: str, scope: str) -> _Reservation:
+    def _reservation(self, prefix: str, scope: str, on: date | None) -> _Reservation:
         if self._closed:
             raise RuntimeError("The block cache is closed")
         reservation = self._known.get((scope, prefix))
@@ -146,7 +147,7 @@ class _Blocks:
             return reservation
         key = (
             check_scope(scope),
-            resolve_prefix(prefix, fiscal_year_start=self.fiscal_year_start),
+            resolve_prefix(prefix, on, fiscal_year_start=self.fiscal_year_start),
         )
         reservation = self._reservations.get(key)
         if reservation is None:
@@ -232,8 +233,11 @@ class BlockCache(_Blocks):
         super().__init__(**options)
         self._run = run
 
-    async def generate_id(self, prefix: str, *, scope: str = "") -> str:
-        """Return the next ID of ``prefix`` from the reserved block, fetching one if needed."""
+    async def generate_id(self, prefix: str, *, scope: str = "", on: date | None = None) -> str:
+        """Return the next ID of ``prefix`` from the reserved block, fetching one if needed.
+
+        A period template resolves from ``on``, the document's date (default: today, UTC).
+        """
         # The fast path: a known prefix, an ID ready in the chunk in use, nothing else to do.
         reservation = self._known.get((scope, prefix))
         if reservation is not None:
@@ -242,7 +246,7 @@ class BlockCache(_Blocks):
                 if pos < reservation.ready:
                     reservation.pos = pos + 1
                     return reservation.chunk[pos]
-        return await self._generate(self._reservation(prefix, scope))
+        return await self._generate(self._reservation(prefix, scope, on))
 
     async def _generate(self, reservation: _Reservation) -> str:
         while True:
@@ -257,16 +261,18 @@ class BlockCache(_Blocks):
             assert isinstance(fetch, asyncio.Task)
             await asyncio.shield(fetch)
 
-    async def bulk_generate_ids(self, prefix: str, count: int, *, scope: str = "") -> list[str]:
+    async def bulk_generate_ids(
+        self, prefix: str, count: int, *, scope: str = "", on: date | None = None
+    ) -> list[str]:
         """Return ``count`` IDs of ``prefix`` (increasing; consecutive within a block)."""
         reservation = self._known.get((scope, prefix))
         if reservation is not None:
             with reservation.lock:
                 pos = reservation.pos
-                if 0 < count and pos + count <= reservation.ready:
+                if count > 0 and pos + count <= reservation.ready:
                     reservation.pos = pos + count
                     return reservation.chunk[pos : pos + count]
-        return [await self.generate_id(prefix, scope=scope) for _ in range(count)]
+        return [await self.generate_id(prefix, scope=scope, on=on) for _ in range(count)]
 
     async def _fetch(self, reservation: _Reservation) -> None:
         try:
@@ -296,8 +302,11 @@ class SyncBlockCache(_Blocks):
         super().__init__(**options)
         self._run = run
 
-    def generate_id(self, prefix: str, *, scope: str = "") -> str:
-        """Return the next ID of ``prefix`` from the reserved block, fetching one if needed."""
+    def generate_id(self, prefix: str, *, scope: str = "", on: date | None = None) -> str:
+        """Return the next ID of ``prefix`` from the reserved block, fetching one if needed.
+
+        A period template resolves from ``on``, the document's date (default: today, UTC).
+        """
         # The fast path: a known prefix, an ID ready in the chunk in use, nothing else to do.
         reservation = self._known.get((scope, prefix))
         if reservation is not None:
@@ -306,7 +315,7 @@ class SyncBlockCache(_Blocks):
                 if pos < reservation.ready:
                     reservation.pos = pos + 1
                     return reservation.chunk[pos]
-        return self._generate(self._reservation(prefix, scope))
+        return self._generate(self._reservation(prefix, scope, on))
 
     def _generate(self, reservation: _Reservation) -> str:
         while True:
@@ -330,16 +339,18 @@ class SyncBlockCache(_Blocks):
             if fetch is not None:
                 fetch.wait()
 
-    def bulk_generate_ids(self, prefix: str, count: int, *, scope: str = "") -> list[str]:
+    def bulk_generate_ids(
+        self, prefix: str, count: int, *, scope: str = "", on: date | None = None
+    ) -> list[str]:
         """Return ``count`` IDs of ``prefix`` (increasing; consecutive within a block)."""
         reservation = self._known.get((scope, prefix))
         if reservation is not None:
             with reservation.lock:
                 pos = reservation.pos
-                if 0 < count and pos + count <= reservation.ready:
+                if count > 0 and pos + count <= reservation.ready:
                     reservation.pos = pos + count
                     return reservation.chunk[pos : pos + count]
-        return [self.generate_id(prefix, scope=scope) for _ in range(count)]
+        return [self.generate_id(prefix, scope=scope, on=on) for _ in range(count)]
 
     def close(self) -> None:
         """Stop, and hand back each prefix's unused tail where nobody allocated since."""
