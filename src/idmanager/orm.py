@@ -323,7 +323,7 @@ def _event_target(target: SessionTarget) -> Session | type[Session]:
         if base not in _INSTALLED:
             base = type(base.__name__, (base,), {})
             target.configure(sync_session_class=base)
-        return base  # type: ignore[no-any-return]
+        return cast(type[Session], base)
     if isinstance(target, type) and issubclass(target, AsyncSession):
         return target.sync_session_class
     if isinstance(target, Session) or (isinstance(target, type) and issubclass(target, Session)):

@@ -143,7 +143,7 @@ def stop(server: Server) -> list[tuple[int, int, int]]:
     # uvicorn shuts down cleanly, then re-raises the signal: -15 (or 0 from a supervisor).
     assert server.process.wait(timeout=30) in (0, -signal.SIGTERM), server.log()
     server.process = None
-    return [tuple(map(int, m)) for m in CLOSED.findall(server.log())]  # type: ignore[misc]
+    return [tuple(map(int, m)) for m in CLOSED.findall(server.log())]
 
 
 def metric(server: Server, name: str) -> float:

@@ -99,8 +99,8 @@ class Db:
     def use_cases(self, **service_options: Any) -> Any:
         """Return the use cases of this mode, with coroutine methods either way."""
         if self.is_async:
-            return idmanager.IdManagerUseCases(self.engine, **service_options)  # type: ignore[arg-type]
-        return _Awaiting(idmanager.SyncIdManagerUseCases(self.engine, **service_options))  # type: ignore[arg-type]
+            return idmanager.IdManagerUseCases(self.engine, **service_options)
+        return _Awaiting(idmanager.SyncIdManagerUseCases(self.engine, **service_options))
 
     @contextmanager
     def statements(self) -> Iterator[list[str]]:

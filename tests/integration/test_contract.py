@@ -577,7 +577,7 @@ async def test_id_generator_util_refuses_other_objects() -> None:
     from idmanager import IdGeneratorUtil
 
     with pytest.raises(TypeError, match="session, engine or session factory"):
-        IdGeneratorUtil.generate_id("CUS", "sqlite:///x.db")  # type: ignore[call-overload]
+        IdGeneratorUtil.generate_id("CUS", "sqlite:///x.db")
 
 
 async def test_use_cases_own_and_commit_their_transaction(db: Db, prefix: str) -> None:

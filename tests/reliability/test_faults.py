@@ -204,12 +204,12 @@ class KillRun:
         worker.wait_ready()
         worker.send("go")
         self.active.append(worker)
-        self.selector.register(worker.process.stdout, selectors.EVENT_READ, worker)  # type: ignore[arg-type]
+        self.selector.register(worker.process.stdout, selectors.EVENT_READ, worker)
         if len(self.spares) < 2:  # start the next replacement while this one works
             self.spares.append(Worker(self.url, self.prefix, self.log))
 
     def _discharge(self, worker: Worker) -> None:
-        self.selector.unregister(worker.process.stdout)  # type: ignore[arg-type]
+        self.selector.unregister(worker.process.stdout)
         self.active.remove(worker)
 
 

@@ -179,7 +179,7 @@ def snapshot(engine: sa.Engine) -> Snapshot:
                 "digit_width FROM id_managers ORDER BY scope, prefix"
             )
         ).all()
-    return Snapshot(tables, (int(rows[0]), int(rows[1])), tuple(tuple(s) for s in sequences))  # type: ignore[misc]
+    return Snapshot(tables, (int(rows[0]), int(rows[1])), tuple(tuple(s) for s in sequences))
 
 
 STATUSES: Counter[int] = Counter()

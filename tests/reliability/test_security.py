@@ -226,7 +226,7 @@ def test_no_command_line_option_takes_a_secret() -> None:
     ]
     assert found == [], found
     # The one option that can carry a password inside a URL has an environment variable.
-    serve = command.commands["serve"]  # type: ignore[attr-defined]
+    serve = command.commands["serve"]
     database = next(p for p in serve.params if p.name == "database_url")
     assert "IDMANAGER_DATABASE_URL" in (database.help or "")
 

@@ -112,7 +112,7 @@ def test_reset_to_a_bad_id_of_the_prefix_names_the_value() -> None:
 
 def test_reset_to_a_non_string_is_an_invalid_id() -> None:
     with pytest.raises(InvalidIdError):
-        IdManager("RST").reset_target(42, force=True)  # type: ignore[arg-type]
+        IdManager("RST").reset_target(42, force=True)
 
 
 def test_reset_uses_the_prefix_format() -> None:
@@ -204,4 +204,4 @@ def test_count_above_the_maximum_names_the_limit() -> None:
 @pytest.mark.parametrize("count", [True, False, 1.0, "3", None])
 def test_count_must_be_an_integer(count: object) -> None:
     with pytest.raises(InvalidCountError, match="must be an integer"):
-        check_count(count, 1000)  # type: ignore[arg-type]
+        check_count(count, 1000)

@@ -316,7 +316,7 @@ def test_expected_prefix_is_enforced() -> None:
 
 def test_non_string_id_is_an_invalid_id() -> None:
     with pytest.raises(InvalidIdError, match="must be a string"):
-        parse_id(12345)  # type: ignore[arg-type]
+        parse_id(12345)
 
 
 # --- prefixes ---------------------------------------------------------------------------------
@@ -347,7 +347,7 @@ def test_prefix_errors_use_the_seed_messages(value: str, message: str) -> None:
 
 def test_non_string_prefix_is_an_invalid_prefix() -> None:
     with pytest.raises(InvalidPrefixError):
-        normalize_prefix(None)  # type: ignore[arg-type]
+        normalize_prefix(None)
 
 
 @settings(max_examples=300)
@@ -400,7 +400,7 @@ def test_parse_id_only_raises_its_own_errors(
 )
 def test_invalid_format_options(options: dict[str, object]) -> None:
     with pytest.raises(InvalidFormatError):
-        IdFormat(**options)  # type: ignore[arg-type]
+        IdFormat(**options)
 
 
 def test_default_format_is_the_seeds() -> None:

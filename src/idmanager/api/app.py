@@ -25,6 +25,7 @@ from ..settings import Settings
 from . import operations, routes
 from .docs import install_docs, install_openapi
 from .errors import install_error_handlers
+from .limits import BodyLimit
 from .logs import configure_logging
 from .metrics import Metrics
 from .security import KeyRing
@@ -186,6 +187,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Created and closed by the lifespan when IDMANAGER_BLOCK_CACHE is on.
     app.state.block_cache = None
     install_error_handlers(app)
+    app.add_middleware(BodyLimit)
     app.include_router(routes.router)
     app.include_router(operations.router)
     install_docs(app)
