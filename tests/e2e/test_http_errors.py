@@ -283,3 +283,18 @@ def test_without_keys_everything_is_allowed_and_it_says_so(
     assert allocated.json()["ids"] == [f"{prefix}-AAA0001"]
     access = [json.loads(line) for line in server.log().splitlines() if line.startswith("{")]
     assert any(f"POST /api/v1/prefixes/{prefix}/ids" in r["message"] for r in access)
+
+
+def test_a_body_over_the_limit_is_413_before_it_is_read(
+    http: httpx.Client, keys: Keys, prefix: str
+) -> None:
+    response = http.put(
+        f"/api/v1/prefixes/{prefix}",
+        content=b'{"latest_id": "' + b"A" * 70_000 + b'"}',
+        headers={**keys.header("admin"), "content-type": "application/json"},
+    )
+    assert response.status_code == 413
+    assert response.headers["content-type"] == "application/problem+json"
+    assert "65,536 bytes" in response.json()["detail"]
+    stats = http.get(f"/api/v1/prefixes/{prefix}", headers=keys.header("read"))
+    assert stats.status_code == 404  # nothing was created
