@@ -2,15 +2,38 @@
 
 from __future__ import annotations
 
+import json
 from enum import StrEnum
+from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from .infrastructure.database import DEFAULT_DATABASE_URL
 
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
+def _parse_keys(text: str) -> dict[str, str]:
+    """Read ``key:role,key:role`` (or a JSON object) into a mapping; never echo a key."""
+    text = text.strip()
+    if text.startswith("{"):
+        loaded = json.loads(text)
+        if not isinstance(loaded, dict):
+            raise ValueError("API keys in JSON must be an object of key: role")
+        return {str(k): str(v) for k, v in loaded.items()}
+    keys: dict[str, str] = {}
+    for pair in (item.strip() for item in text.split(",")):
+        if not pair:
+            continue
+        key, sep, role = pair.rpartition(":")
+        if not sep or not key:
+            raise ValueError("API keys must look like 'key:role', separated by commas")
+        if role not in {r.value for r in Role}:
+            raise ValueError(f"unknown role {role!r}: use read, generate or admin")
+        keys[key] = role
+    return keys
 
 
 class Role(StrEnum):
@@ -29,7 +52,12 @@ class Settings(BaseSettings):
     """Service configuration. Every field can be set as ``IDMANAGER_<NAME>``."""
 
     model_config = SettingsConfigDict(
-        env_prefix="IDMANAGER_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+        env_prefix="IDMANAGER_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        # A refused value may be a secret (a key, a database password): never print it.
+        hide_input_in_errors=True,
     )
 
     database_url: str = Field(DEFAULT_DATABASE_URL, description="SQLAlchemy database URL.")
@@ -37,6 +65,11 @@ class Settings(BaseSettings):
     api_keys: Annotated[dict[str, Role], NoDecode] = Field(
         default_factory=dict,
         description="API keys and roles: 'key1:admin,key2:read' (or a JSON object).",
+    )
+    api_keys_file: Path | None = Field(
+        None,
+        description="A file holding more API keys in the same form, one or more per line "
+        "(for secrets mounted as files); its keys join IDMANAGER_API_KEYS.",
     )
     max_bulk: int = Field(10_000, ge=1, le=10_000_000, description="Most IDs per request.")
     create_missing: bool = Field(True, description="Create unknown prefixes on first use.")
@@ -68,21 +101,19 @@ class Settings(BaseSettings):
     @field_validator("api_keys", mode="before")
     @classmethod
     def _parse_keys(cls, value: object) -> object:
-        if isinstance(value, str):
-            text = value.strip()
-            if text.startswith("{"):
-                import json
+        return _parse_keys(value) if isinstance(value, str) else value
 
-                return json.loads(text)
-            pairs = [item.strip() for item in text.split(",") if item.strip()]
-            keys: dict[str, str] = {}
-            for pair in pairs:
-                key, sep, role = pair.rpartition(":")
-                if not sep or not key:
-                    raise ValueError("API keys must look like 'key:role', separated by commas")
-                keys[key] = role
-            return keys
-        return value
+    @model_validator(mode="after")
+    def _read_keys_file(self) -> Settings:
+        if self.api_keys_file is not None:
+            try:
+                text = self.api_keys_file.read_text(encoding="utf-8")
+            except OSError as exc:
+                raise ValueError(f"cannot read the API keys file: {exc.strerror}") from None
+            lines = [line.strip() for line in text.splitlines()]
+            found = _parse_keys(",".join(line for line in lines if line and line[0] != "#"))
+            self.api_keys = {**self.api_keys, **{k: Role(r) for k, r in found.items()}}
+        return self
 
     @field_validator("block_cache_max_block")
     @classmethod
