@@ -198,9 +198,10 @@ def write(elapsed: float) -> None:
         "cost) plus the library's allocation (SQLAlchemy Core on asyncpg, about twice the CPU "
         "of the raw statement); one worker is CPU-bound well below the database's rate, so run "
         "one worker per core.",
-        "- `uvicorn --workers N` as shipped leaves Nagle's algorithm on (uvicorn issue #3149): "
-        "about 40 ms per keep-alive request. `idmanager.api.serving.run` fixes it; the row "
-        "'plain uvicorn.run' shows the difference.",
+        "- `uvicorn --workers N` on asyncio's own event loop leaves Nagle's algorithm on "
+        "(uvicorn issue #3149): about 40 ms per keep-alive request. uvloop (installed with the "
+        "server extra) sets TCP_NODELAY itself, and `idmanager.api.serving.run` fixes it for "
+        "either loop; the row 'plain uvicorn.run' shows which applies on this machine.",
         "",
         "## All figures",
         "",

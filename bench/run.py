@@ -330,8 +330,7 @@ def http(url: str, raw: dict[int, report.Row]) -> None:
             server,
             "/bare/HOT/ids",
             32,
-            "HTTP bare endpoint, 2 workers by plain uvicorn.run: Nagle on (uvicorn #3149), "
-            "32 clients",
+            "HTTP bare endpoint, 2 workers by plain uvicorn.run (uvicorn #3149), 32 clients",
             base=last_bare[32],
         )
 
