@@ -21,45 +21,10 @@ import sqlalchemy as sa
 import idmanager
 from idmanager import IdManager, SyncIdManagerUseCases
 from idmanager.infrastructure.database import sync_url
+from legacy_seed import SEED_ROWS, create_seed_table
 
 EXIT_ERROR, EXIT_INPUT, EXIT_CONFLICT = 1, 2, 3
 
-SEED_DDL = """
-CREATE TABLE {table} (
-    id {id_type},
-    prefix VARCHAR(255) NOT NULL UNIQUE,
-    latest_id VARCHAR(255),
-    is_active BOOLEAN NOT NULL DEFAULT {true},
-    created_at {timestamp},
-    updated_at {timestamp},
-    created_by VARCHAR(255)
-)
-"""
-DIALECT = {
-    "sqlite": {
-        "id_type": "INTEGER PRIMARY KEY AUTOINCREMENT",
-        "true": "1",
-        "timestamp": "DATETIME",
-    },
-    "postgresql": {"id_type": "SERIAL PRIMARY KEY", "true": "TRUE", "timestamp": "TIMESTAMPTZ"},
-}
-# (prefix, latest_id, is_active) as the seed left them.
-SEED_ROWS: list[tuple[str, str | None, bool]] = [
-    ("INV", "INV-AAC0500", True),
-    ("REC", "REC-ZZZ9999", True),
-    ("VEN", "VEN-AAA0007", False),
-    ("PUR", "PUR-AAA001", True),
-    ("CUS", "cus-aab12", True),
-    ("SAL", " SAL-AAB0000 ", True),
-    ("INVY", "invy-aaa0002 ", False),
-    ("WH", "", True),
-    ("PKG", None, True),
-    ("UOM", "UOM-AAA0000", True),
-    ("BAD", "BAD-invalidID", True),
-    ("OLD", "OLD-AAA12345", True),
-    ("CUS-EU", "CUS-EU-AAA0001", True),
-    ("_HEALTH_CHECK_", "_HEALTH_CHECK_-AAA0001", True),
-]
 REFUSED = [
     "refused BAD: 'BAD-invalidID' — Invalid ID 'BAD-invalidID': expected letters A-Z then "
     "digits after the prefix",
@@ -126,19 +91,11 @@ def one_line_error(result: CompletedProcess[str], code: int) -> str:
     return result.stderr.strip()
 
 
-def seed(url: str, backend: str, table: str = "id_managers", rows: Any = SEED_ROWS) -> str:
-    """Create the seed's table in ``url`` with SQL and fill it; return ``url``."""
+def seed(url: str, table: str = "id_managers", rows: Any = SEED_ROWS) -> str:
+    """Create the seed's table in ``url`` and fill it; return ``url``."""
     engine = sa.create_engine(sync_url(url))
     try:
-        with engine.begin() as connection:
-            connection.exec_driver_sql(SEED_DDL.format(table=table, **DIALECT[backend]))
-            connection.execute(
-                sa.text(
-                    f"INSERT INTO {table} (prefix, latest_id, is_active, created_by) "
-                    "VALUES (:prefix, :latest, :active, 'seed')"
-                ),
-                [{"prefix": p, "latest": latest, "active": active} for p, latest, active in rows],
-            )
+        create_seed_table(engine, table, rows)
     finally:
         engine.dispose()
     return url
@@ -147,7 +104,7 @@ def seed(url: str, backend: str, table: str = "id_managers", rows: Any = SEED_RO
 @pytest.fixture(scope="module")
 def seed_file(tmp_path_factory: pytest.TempPathFactory) -> str:
     """The seed's SQLite database, as its application left it."""
-    return seed(f"sqlite:///{tmp_path_factory.mktemp('seed') / 'seed.db'}", "sqlite")
+    return seed(f"sqlite:///{tmp_path_factory.mktemp('seed') / 'seed.db'}")
 
 
 @pytest.fixture(params=["sqlite", "postgresql", "mariadb"])
@@ -276,7 +233,7 @@ def test_reset_restarts_unreadable_rows_and_warns_loudly(seed_file: str, databas
 
 def test_a_postgresql_seed_into_a_scope_of_a_sqlite_target(databases: Any) -> None:
     rows = [("CUS", "CUS-AAB0012", True), ("PUR", "PUR-AAA001", True)]
-    source = seed(databases.create("postgresql", migrate=False), "postgresql", "seed_ids", rows)
+    source = seed(databases.create("postgresql", migrate=False), "seed_ids", rows)
     target = databases.create("sqlite")
     result = idm(
         "import-legacy",
