@@ -297,6 +297,8 @@ class SyncIdManagerService:
                     f"active={manager.is_active} format={manager.format}",
                 )
             )
+            # Read back what the database now holds (its updated_at among it).
+            return self.repository.get(scope, prefix) or manager
         return manager
 
     def get_prefix_stats(
