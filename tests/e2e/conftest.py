@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import secrets
 import socket
 import subprocess
 import sys
@@ -26,6 +25,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
 import idmanager
+from api_keys import Keys
 
 POSTGRES_ADMIN_URL = os.environ.get(
     "IDMANAGER_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -47,25 +47,6 @@ def free_port() -> int:
 def unique_prefix(stem: str = "E") -> str:
     """Return a prefix no other test uses."""
     return stem + uuid.uuid4().hex[:10].upper()
-
-
-class Keys:
-    """Random API keys for this test session, one per role."""
-
-    def __init__(self) -> None:
-        self.read = "r-" + secrets.token_urlsafe(16)
-        self.generate = "g-" + secrets.token_urlsafe(16)
-        self.admin = "a-" + secrets.token_urlsafe(16)
-
-    def env(self) -> str:
-        return f"{self.read}:read,{self.generate}:generate,{self.admin}:admin"
-
-    def header(self, role: str | None) -> dict[str, str]:
-        """Return the Authorization header of a role (None: no header; 'wrong': a bad key)."""
-        if role is None:
-            return {}
-        key = "wrong-" + secrets.token_urlsafe(8) if role == "wrong" else getattr(self, role)
-        return {"Authorization": f"Bearer {key}"}
 
 
 class Server:

@@ -13,7 +13,6 @@ import bisect
 import json
 import os
 import random
-import secrets
 import signal
 import subprocess
 import sys
@@ -30,6 +29,7 @@ import httpx
 import sqlalchemy as sa
 
 import idmanager
+from api_keys import Keys
 from idmanager import parse_id
 
 from .throwaway import free_port
@@ -38,29 +38,6 @@ PROBLEM = "application/problem+json"
 # A request that takes longer than this is a hang: every call is bounded by it.
 CLIENT_TIMEOUT_S = 5.0
 FIGURES_ENV = "IDMANAGER_RELIABILITY_FIGURES"
-
-
-class Keys:
-    """Random API keys, one per role, that no other run shares."""
-
-    def __init__(self) -> None:
-        self.read = "rel-r-" + secrets.token_urlsafe(18)
-        self.generate = "rel-g-" + secrets.token_urlsafe(18)
-        self.admin = "rel-a-" + secrets.token_urlsafe(18)
-
-    @property
-    def all(self) -> tuple[str, str, str]:
-        return (self.read, self.generate, self.admin)
-
-    def env(self) -> str:
-        return f"{self.read}:read,{self.generate}:generate,{self.admin}:admin"
-
-    def header(self, role: str | None) -> dict[str, str]:
-        """Return the Authorization header of a role (None: none; 'wrong': an unknown key)."""
-        if role is None:
-            return {}
-        key = "wrong-" + secrets.token_urlsafe(12) if role == "wrong" else getattr(self, role)
-        return {"Authorization": f"Bearer {key}"}
 
 
 def server_env(database_url: str, keys: Keys | None, **settings: str) -> dict[str, str]:
