@@ -26,20 +26,12 @@ import httpx
 from .application.service import ResetResult
 from .domain.errors import (
     ConflictError,
-    FormatLockedError,
     IdManagerError,
-    InvalidCountError,
-    InvalidFormatError,
-    InvalidIdError,
     InvalidInputError,
-    InvalidPrefixError,
-    InvalidScopeError,
-    PrefixInactiveError,
-    PrefixNotFoundError,
-    ResetRefusedError,
     StorageError,
 )
 from .domain.format import IdFormat, ParsedId, normalize_prefix
+from .problems import DOMAIN_PROBLEMS, TYPE_PREFIX
 
 __all__ = [
     "AccessDeniedError",
@@ -61,18 +53,9 @@ RETRY_ERRORS = (
     httpx.ReadError,
     httpx.WriteError,
 )
-_TYPE_PREFIX = "urn:idmanager:problem:"
+# A problem's ``type`` names the library's exception (the server's own table).
 _PROBLEM_TYPES: dict[str, type[IdManagerError]] = {
-    "invalid-prefix": InvalidPrefixError,
-    "invalid-scope": InvalidScopeError,
-    "invalid-id": InvalidIdError,
-    "invalid-count": InvalidCountError,
-    "invalid-format": InvalidFormatError,
-    "prefix-not-found": PrefixNotFoundError,
-    "prefix-inactive": PrefixInactiveError,
-    "reset-refused": ResetRefusedError,
-    "format-locked": FormatLockedError,
-    "storage-unavailable": StorageError,
+    kind: error for error, _, kind, _ in DOMAIN_PROBLEMS
 }
 
 
@@ -159,7 +142,7 @@ def _error(response: httpx.Response) -> IdManagerError:
         problem = {}
     status = response.status_code
     detail = str(problem.get("detail") or problem.get("title") or response.reason_phrase)
-    kind = str(problem.get("type", "")).removeprefix(_TYPE_PREFIX)
+    kind = str(problem.get("type", "")).removeprefix(TYPE_PREFIX)
     if status in (401, 403):
         return AccessDeniedError(detail, status, problem)
     if kind in _PROBLEM_TYPES:

@@ -11,7 +11,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.staticfiles import StaticFiles
 from swagger_ui_bundle import swagger_ui_path  # type: ignore[import-untyped]
 
-from .errors import PROBLEM_JSON
+from ..problems import PROBLEM_JSON
 
 ASSETS = "/docs/assets"
 UI_SCHEMA = "/docs/openapi-3.0.json"

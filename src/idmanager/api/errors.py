@@ -14,45 +14,13 @@ from starlette.exceptions import HTTPException
 from starlette.responses import Response
 from starlette.routing import Match
 
-from ..domain.errors import (
-    ConflictError,
-    FormatLockedError,
-    IdManagerError,
-    InvalidCountError,
-    InvalidFormatError,
-    InvalidIdError,
-    InvalidInputError,
-    InvalidPrefixError,
-    InvalidScopeError,
-    PrefixInactiveError,
-    PrefixNotFoundError,
-    ResetRefusedError,
-    StorageError,
-)
+from ..domain.errors import IdManagerError
+from ..problems import DOMAIN_PROBLEMS, PROBLEM_JSON, TYPE_PREFIX
 
 logger = logging.getLogger("idmanager.api")
 
-PROBLEM_JSON = "application/problem+json"
-TYPE_PREFIX = "urn:idmanager:problem:"
 HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 STORAGE_DETAIL = "The database is unavailable or busy; try again shortly."
-
-# Most specific first: the first class an error is an instance of decides.
-# (class, status, kind, title); ``type`` is TYPE_PREFIX + kind.
-DOMAIN_PROBLEMS: tuple[tuple[type[IdManagerError], int, str, str], ...] = (
-    (InvalidPrefixError, 422, "invalid-prefix", "Invalid prefix"),
-    (InvalidScopeError, 422, "invalid-scope", "Invalid scope"),
-    (InvalidIdError, 422, "invalid-id", "Invalid ID"),
-    (InvalidCountError, 422, "invalid-count", "Invalid count"),
-    (InvalidFormatError, 422, "invalid-format", "Invalid format"),
-    (InvalidInputError, 422, "invalid-input", "Invalid input"),
-    (PrefixNotFoundError, 404, "prefix-not-found", "Prefix not found"),
-    (PrefixInactiveError, 409, "prefix-inactive", "Prefix inactive"),
-    (ResetRefusedError, 409, "reset-refused", "Reset refused"),
-    (FormatLockedError, 409, "format-locked", "Format locked"),
-    (ConflictError, 409, "conflict", "Conflict"),
-    (StorageError, 503, "storage-unavailable", "Database unavailable"),
-)
 
 
 class AuthError(Exception):

@@ -6,7 +6,7 @@ import json
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from .errors import PROBLEM_JSON, TYPE_PREFIX
+from ..problems import PROBLEM_JSON, TYPE_PREFIX
 
 # The largest valid body (a configuration or a reset) is a few hundred bytes.
 MAX_BODY_BYTES = 64 * 1024
