@@ -6,8 +6,12 @@
 
 Errors arrive as the library's own exceptions (``PrefixNotFoundError``, ``ResetRefusedError``,
 ``InvalidPrefixError``, ...). A 503 or a connection failure is retried with exponential backoff
-a bounded number of times, then raised as ``StorageError``; a 4xx is never retried. An
-allocation retried after a lost response may leave a gap in the sequence, never a duplicate.
+a bounded number of times, then raised as ``StorageError`` (or ``BusyError``); a 4xx is never
+retried. Needs only ``httpx`` (``pip install 'idmanager[client]'``): no database driver, no
+SQLAlchemy.
+
+Each request is described once (``_generate_id``, ``_get_prefix_stats``, ...); the two
+clients differ only in how they send it.
 """
 
 from __future__ import annotations
@@ -15,23 +19,26 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Generic, TypeVar
+from typing import Any, Concatenate, Generic, ParamSpec, TypeVar
 from urllib.parse import quote
 
 import httpx
 
-from .application.service import ResetResult
-from .domain.errors import (
-    ConflictError,
-    IdManagerError,
-    InvalidInputError,
-    StorageError,
+from .application.results import (
+    AuditPage,
+    HealthReport,
+    ResetResult,
+    SequenceStats,
+    from_json,
+    to_json,
 )
-from .domain.format import IdFormat, ParsedId, normalize_prefix
-from .problems import DOMAIN_PROBLEMS, TYPE_PREFIX
+from .domain.errors import AccessDeniedError, IdManagerError, StorageError
+from .domain.format import IdFormat, ParsedId
+from .domain.repository import AuditAction
+from .problems import error_for
 
 __all__ = [
     "AccessDeniedError",
@@ -39,11 +46,12 @@ __all__ = [
     "AsyncIdManagerClient",
     "HealthReport",
     "IdManagerClient",
-    "PrefixStats",
+    "SequenceStats",
     "ServiceUnreachableError",
 ]
 
 T = TypeVar("T")
+P = ParamSpec("P")
 DEFAULT_URL = "http://127.0.0.1:8000"
 # Failures worth another try: the request never reached the server, or its answer was lost.
 RETRY_ERRORS = (
@@ -53,10 +61,6 @@ RETRY_ERRORS = (
     httpx.ReadError,
     httpx.WriteError,
 )
-# A problem's ``type`` names the library's exception (the server's own table).
-_PROBLEM_TYPES: dict[str, type[IdManagerError]] = {
-    kind: error for error, _, kind, _ in DOMAIN_PROBLEMS
-}
 
 
 class ApiError(IdManagerError):
@@ -68,68 +72,8 @@ class ApiError(IdManagerError):
         self.problem = problem or {}
 
 
-class AccessDeniedError(ApiError, PermissionError):
-    """The API key is missing or wrong (401), or its role is too low (403)."""
-
-
 class ServiceUnreachableError(StorageError):
     """The service could not be reached, even after the retries."""
-
-
-@dataclass(frozen=True, slots=True)
-class PrefixStats:
-    """The state and statistics of one sequence."""
-
-    prefix: str
-    scope: str
-    exists: bool
-    latest_id: str | None
-    next_id: str
-    count_issued: int
-    is_active: bool
-    format: IdFormat
-    created_at: datetime | None
-    updated_at: datetime | None
-    width_usage: float
-    warning: str | None
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> PrefixStats:
-        """Build from the service's JSON."""
-        return cls(
-            prefix=data["prefix"],
-            scope=data.get("scope", ""),
-            exists=data.get("exists", True),
-            latest_id=data.get("latest_id"),
-            next_id=data["next_id"],
-            count_issued=data["count_issued"],
-            is_active=data.get("is_active", True),
-            format=IdFormat(**data["format"]) if data.get("format") else IdFormat(),
-            created_at=_time(data.get("created_at")),
-            updated_at=_time(data.get("updated_at")),
-            width_usage=data.get("width_usage", 0.0),
-            warning=data.get("warning"),
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class HealthReport:
-    """The service's health check, in the seed's shape."""
-
-    status: str
-    message: str
-    timestamp: str
-    prefix_count: int | None = None
-    test_id_generated: str | None = None
-    error_type: str | None = None
-
-    @property
-    def healthy(self) -> bool:
-        return self.status == "healthy"
-
-
-def _time(value: str | None) -> datetime | None:
-    return datetime.fromisoformat(value) if value else None
 
 
 def _error(response: httpx.Response) -> IdManagerError:
@@ -142,18 +86,8 @@ def _error(response: httpx.Response) -> IdManagerError:
         problem = {}
     status = response.status_code
     detail = str(problem.get("detail") or problem.get("title") or response.reason_phrase)
-    kind = str(problem.get("type", "")).removeprefix(TYPE_PREFIX)
-    if status in (401, 403):
-        return AccessDeniedError(detail, status, problem)
-    if kind in _PROBLEM_TYPES:
-        return _PROBLEM_TYPES[kind](detail)
-    if status in (400, 422):
-        return InvalidInputError(detail)
-    if status == 409:
-        return ConflictError(detail)
-    if status == 503:
-        return StorageError(detail)
-    return ApiError(f"HTTP {status}: {detail}", status, problem)
+    found = error_for(str(problem.get("type", "")), status, detail)
+    return found if found is not None else ApiError(f"HTTP {status}: {detail}", status, problem)
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,88 +110,170 @@ class _Call(Generic[T]):
         return self.decode(response.json())
 
 
+def _segment(text: str) -> str:
+    """Return ``text`` as one path segment: '/', '?', '#' and dot segments encoded."""
+    encoded = quote(text, safe="")
+    return encoded.replace(".", "%2E") if encoded in (".", "..") else encoded
+
+
 def _prefix_url(prefix: str) -> str:
-    # Validated here: a prefix with a '/' or '?' would otherwise reach another route.
-    return "/api/v1/prefixes/" + normalize_prefix(prefix)
+    return "/api/v1/prefixes/" + _segment(prefix)
 
 
-def _allocate(prefix: str, count: int, scope: str) -> _Call[list[str]]:
+def _date(on: object) -> dict[str, Any]:
+    return {} if on is None else {"date": str(on)}
+
+
+# -- the requests, each described once ---------------------------------------------------
+
+
+def _generate_id(prefix: str, *, scope: str = "", on: object = None) -> _Call[str]:
+    """Allocate the next ID of ``prefix`` (a template such as ``INV{YYYY}`` is resolved from
+    ``on``, the document's date)."""
+    return _Call(
+        "POST",
+        _prefix_url(prefix) + "/ids",
+        lambda data: str(data["ids"][0]),
+        {"count": 1, "scope": scope, **_date(on)},
+    )
+
+
+def _bulk_generate_ids(
+    prefix: str, count: int, *, scope: str = "", on: object = None
+) -> _Call[list[str]]:
+    """Allocate ``count`` consecutive IDs of ``prefix``."""
     return _Call(
         "POST",
         _prefix_url(prefix) + "/ids",
         lambda data: list(data["ids"]),
-        {"count": count, "scope": scope},
+        {"count": count, "scope": scope, **_date(on)},
     )
 
 
-def _stats(prefix: str, scope: str) -> _Call[PrefixStats]:
-    return _Call("GET", _prefix_url(prefix), PrefixStats.from_json, {"scope": scope})
+def _get_prefix_stats(prefix: str, *, scope: str = "", on: object = None) -> _Call[SequenceStats]:
+    """Return the statistics of ``prefix`` (``PrefixNotFoundError`` if unknown)."""
+    return _Call(
+        "GET",
+        _prefix_url(prefix),
+        lambda data: from_json(SequenceStats, data),
+        {"scope": scope, **_date(on)},
+    )
 
 
-def _list(skip: int, limit: int, active_only: bool, scope: str | None) -> _Call[list[PrefixStats]]:
+def _list_prefixes(
+    *,
+    skip: int = 0,
+    limit: int = 100,
+    active_only: bool = False,
+    scope: str | None = None,
+    search: str | None = None,
+    template: str | None = None,
+) -> _Call[list[SequenceStats]]:
+    """Return a page of sequences, ordered by scope and prefix."""
     params: dict[str, Any] = {"skip": skip, "limit": limit, "active_only": active_only}
-    if scope is not None:
-        params["scope"] = scope
+    optional = {"scope": scope, "search": search, "template": template}
+    params.update({name: value for name, value in optional.items() if value is not None})
     return _Call(
         "GET",
         "/api/v1/prefixes",
-        lambda data: [PrefixStats.from_json(item) for item in data["items"]],
+        lambda data: [from_json(SequenceStats, item) for item in data["items"]],
         params,
     )
 
 
-def _configure(
+def _configure_prefix(
     prefix: str,
-    scope: str,
-    fmt: IdFormat | None,
-    is_active: bool | None,
-    latest_id: str | None,
-    force: bool,
-) -> _Call[PrefixStats]:
+    *,
+    scope: str = "",
+    fmt: IdFormat | None = None,
+    is_active: bool | None = None,
+    latest_id: str | None = None,
+    force: bool = False,
+) -> _Call[SequenceStats]:
+    """Register ``prefix`` or change its format, state or starting point (admin)."""
     body: dict[str, Any] = {"force": force}
     if fmt is not None:
-        body["format"] = {
-            "separator": fmt.separator,
-            "letter_width": fmt.letter_width,
-            "digit_width": fmt.digit_width,
-        }
+        body["format"] = to_json(fmt)
     if is_active is not None:
         body["is_active"] = is_active
     if latest_id is not None:
         body["latest_id"] = latest_id
-    return _Call("PUT", _prefix_url(prefix), PrefixStats.from_json, {"scope": scope}, body)
+    return _Call(
+        "PUT",
+        _prefix_url(prefix),
+        lambda data: from_json(SequenceStats, data),
+        {"scope": scope},
+        body,
+    )
 
 
-def _reset(
-    prefix: str, reset_to: str | None, force: bool, scope: str, dry_run: bool
+def _reset_sequence(
+    prefix: str,
+    reset_to: str | None = None,
+    force: bool = False,
+    *,
+    scope: str = "",
+    dry_run: bool = False,
 ) -> _Call[ResetResult]:
+    """Make ``reset_to`` the latest ID; ``ResetRefusedError`` if backwards unforced (admin)."""
     body = {"reset_to": reset_to, "force": force, "dry_run": dry_run}
-    url = _prefix_url(prefix) + "/reset"
-    return _Call("POST", url, lambda data: ResetResult(**data), {"scope": scope}, body)
+    return _Call(
+        "POST",
+        _prefix_url(prefix) + "/reset",
+        lambda data: from_json(ResetResult, data),
+        {"scope": scope},
+        body,
+    )
 
 
-def _parse(text: str, scope: str, prefix: str | None) -> _Call[ParsedId]:
+def _parse_id(text: str, *, scope: str = "", prefix: str | None = None) -> _Call[ParsedId]:
+    """Parse ``text`` on the server, in its prefix's stored format."""
     params: dict[str, Any] = {"scope": scope}
     if prefix is not None:
         params["prefix"] = prefix
-    fields = ("prefix", "letters", "number", "ordinal", "normalized")
     return _Call(
-        "GET",
-        "/api/v1/ids/" + quote(text, safe="/"),
-        lambda data: ParsedId(*(data[name] for name in fields)),
-        params,
+        "GET", "/api/v1/ids/" + _segment(text), lambda data: from_json(ParsedId, data), params
     )
+
+
+def _list_audit(
+    *,
+    scope: str | None = None,
+    prefix: str | None = None,
+    actor: str | None = None,
+    action: AuditAction | str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    before: int | None = None,
+    limit: int = 100,
+) -> _Call[AuditPage]:
+    """Return a page of the audit trail, newest first (pass ``next_cursor`` as ``before``)."""
+    given = {
+        "scope": scope,
+        "prefix": prefix,
+        "actor": actor,
+        "action": str(action) if action is not None else None,
+        "since": since.isoformat() if since else None,
+        "until": until.isoformat() if until else None,
+        "before": before,
+    }
+    params = {name: value for name, value in given.items() if value is not None}
+    params["limit"] = limit
+    return _Call("GET", "/api/v1/audit", lambda data: from_json(AuditPage, data), params)
 
 
 def _health() -> _Call[HealthReport]:
-    names = HealthReport.__dataclass_fields__
+    """Return the service's health check (unhealthy is a report, not an exception)."""
     return _Call(
         "GET",
         "/health",
-        lambda data: HealthReport(**{k: v for k, v in data.items() if k in names}),
+        lambda data: from_json(HealthReport, data),
         retry=False,
         answers=frozenset({503}),
     )
+
+
+# -- the two ways of sending them ----------------------------------------------------------
 
 
 class _Base:
@@ -287,9 +303,40 @@ class _Base:
         delay = min(delay, self.max_backoff)
         return delay / 2 + random.uniform(0, delay / 2)
 
+    def _next(self, call: _Call[Any], attempt: int, outcome: httpx.Response | Exception) -> float:
+        """Return how long to wait before another try, or raise the outcome's error."""
+        last = attempt == self._attempts(call) - 1
+        if isinstance(outcome, Exception):
+            if last:
+                raise ServiceUnreachableError(
+                    f"IdManager service unreachable: {outcome}"
+                ) from outcome
+            return self._delay(attempt, None)
+        if outcome.status_code == 503 and call.retry and not last:
+            return self._delay(attempt, outcome)
+        return -1.0  # a final answer
 
-def _unreachable(exc: httpx.HTTPError) -> ServiceUnreachableError:
-    return ServiceUnreachableError(f"IdManager service unreachable: {exc}")
+
+def _sync(
+    build: Callable[P, _Call[T]],
+) -> Callable[Concatenate[IdManagerClient, P], T]:
+    def method(self: IdManagerClient, /, *args: P.args, **kwargs: P.kwargs) -> T:
+        return self._send(build(*args, **kwargs))
+
+    method.__name__ = build.__name__.lstrip("_")
+    method.__doc__ = build.__doc__
+    return method
+
+
+def _async(
+    build: Callable[P, _Call[T]],
+) -> Callable[Concatenate[AsyncIdManagerClient, P], Awaitable[T]]:
+    async def method(self: AsyncIdManagerClient, /, *args: P.args, **kwargs: P.kwargs) -> T:
+        return await self._send(build(*args, **kwargs))
+
+    method.__name__ = build.__name__.lstrip("_")
+    method.__doc__ = build.__doc__
+    return method
 
 
 class IdManagerClient(_Base):
@@ -305,11 +352,13 @@ class IdManagerClient(_Base):
         backoff: float = 0.2,
         max_backoff: float = 5.0,
         transport: httpx.BaseTransport | None = None,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         super().__init__(retries=retries, backoff=backoff, max_backoff=max_backoff, api_key=api_key)
         self.http = httpx.Client(
             base_url=base_url, headers=self.headers, timeout=timeout, transport=transport
         )
+        self._sleep = sleep
 
     def __enter__(self) -> IdManagerClient:
         return self
@@ -322,79 +371,30 @@ class IdManagerClient(_Base):
         self.http.close()
 
     def _send(self, call: _Call[T]) -> T:
-        attempts = self._attempts(call)
-        for attempt in range(attempts):
-            last = attempt == attempts - 1
+        for attempt in range(self._attempts(call)):
+            outcome: httpx.Response | Exception
             try:
-                response = self.http.request(
+                outcome = self.http.request(
                     call.method, call.url, params=call.params, json=call.body
                 )
             except RETRY_ERRORS as exc:
-                if last:
-                    raise _unreachable(exc) from exc
-                time.sleep(self._delay(attempt, None))
-                continue
-            if response.status_code == 503 and call.retry and not last:
-                time.sleep(self._delay(attempt, response))
-                continue
-            return call.outcome(response)
+                outcome = exc
+            wait = self._next(call, attempt, outcome)
+            if wait < 0:
+                assert isinstance(outcome, httpx.Response)
+                return call.outcome(outcome)
+            self._sleep(wait)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def generate_id(self, prefix: str, *, scope: str = "") -> str:
-        """Allocate the next ID of ``prefix``."""
-        return self._send(_allocate(prefix, 1, scope))[0]
-
-    def bulk_generate_ids(self, prefix: str, count: int, *, scope: str = "") -> list[str]:
-        """Allocate ``count`` consecutive IDs of ``prefix``."""
-        return self._send(_allocate(prefix, count, scope))
-
-    def get_prefix_stats(self, prefix: str, *, scope: str = "") -> PrefixStats:
-        """Return the statistics of ``prefix`` (``PrefixNotFoundError`` if unknown)."""
-        return self._send(_stats(prefix, scope))
-
-    def list_prefixes(
-        self,
-        *,
-        skip: int = 0,
-        limit: int = 100,
-        active_only: bool = False,
-        scope: str | None = None,
-    ) -> list[PrefixStats]:
-        """Return a page of sequences, ordered by scope and prefix."""
-        return self._send(_list(skip, limit, active_only, scope))
-
-    def configure_prefix(
-        self,
-        prefix: str,
-        *,
-        scope: str = "",
-        fmt: IdFormat | None = None,
-        is_active: bool | None = None,
-        latest_id: str | None = None,
-        force: bool = False,
-    ) -> PrefixStats:
-        """Register ``prefix`` or change its format, state or starting point (admin)."""
-        return self._send(_configure(prefix, scope, fmt, is_active, latest_id, force))
-
-    def reset_sequence(
-        self,
-        prefix: str,
-        reset_to: str | None = None,
-        force: bool = False,
-        *,
-        scope: str = "",
-        dry_run: bool = False,
-    ) -> ResetResult:
-        """Make ``reset_to`` the latest ID; ``ResetRefusedError`` if backwards unforced."""
-        return self._send(_reset(prefix, reset_to, force, scope, dry_run))
-
-    def parse_id(self, text: str, *, scope: str = "", prefix: str | None = None) -> ParsedId:
-        """Parse ``text`` on the server, in its prefix's stored format."""
-        return self._send(_parse(text, scope, prefix))
-
-    def health(self) -> HealthReport:
-        """Return the service's health check (unhealthy is a report, not an exception)."""
-        return self._send(_health())
+    generate_id = _sync(_generate_id)
+    bulk_generate_ids = _sync(_bulk_generate_ids)
+    get_prefix_stats = _sync(_get_prefix_stats)
+    list_prefixes = _sync(_list_prefixes)
+    configure_prefix = _sync(_configure_prefix)
+    reset_sequence = _sync(_reset_sequence)
+    parse_id = _sync(_parse_id)
+    list_audit = _sync(_list_audit)
+    health = _sync(_health)
 
 
 class AsyncIdManagerClient(_Base):
@@ -410,11 +410,13 @@ class AsyncIdManagerClient(_Base):
         backoff: float = 0.2,
         max_backoff: float = 5.0,
         transport: httpx.AsyncBaseTransport | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         super().__init__(retries=retries, backoff=backoff, max_backoff=max_backoff, api_key=api_key)
         self.http = httpx.AsyncClient(
             base_url=base_url, headers=self.headers, timeout=timeout, transport=transport
         )
+        self._sleep = sleep
 
     async def __aenter__(self) -> AsyncIdManagerClient:
         return self
@@ -427,76 +429,27 @@ class AsyncIdManagerClient(_Base):
         await self.http.aclose()
 
     async def _send(self, call: _Call[T]) -> T:
-        attempts = self._attempts(call)
-        for attempt in range(attempts):
-            last = attempt == attempts - 1
+        for attempt in range(self._attempts(call)):
+            outcome: httpx.Response | Exception
             try:
-                response = await self.http.request(
+                outcome = await self.http.request(
                     call.method, call.url, params=call.params, json=call.body
                 )
             except RETRY_ERRORS as exc:
-                if last:
-                    raise _unreachable(exc) from exc
-                await asyncio.sleep(self._delay(attempt, None))
-                continue
-            if response.status_code == 503 and call.retry and not last:
-                await asyncio.sleep(self._delay(attempt, response))
-                continue
-            return call.outcome(response)
+                outcome = exc
+            wait = self._next(call, attempt, outcome)
+            if wait < 0:
+                assert isinstance(outcome, httpx.Response)
+                return call.outcome(outcome)
+            await self._sleep(wait)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def generate_id(self, prefix: str, *, scope: str = "") -> str:
-        """Allocate the next ID of ``prefix``."""
-        return (await self._send(_allocate(prefix, 1, scope)))[0]
-
-    async def bulk_generate_ids(self, prefix: str, count: int, *, scope: str = "") -> list[str]:
-        """Allocate ``count`` consecutive IDs of ``prefix``."""
-        return await self._send(_allocate(prefix, count, scope))
-
-    async def get_prefix_stats(self, prefix: str, *, scope: str = "") -> PrefixStats:
-        """Return the statistics of ``prefix`` (``PrefixNotFoundError`` if unknown)."""
-        return await self._send(_stats(prefix, scope))
-
-    async def list_prefixes(
-        self,
-        *,
-        skip: int = 0,
-        limit: int = 100,
-        active_only: bool = False,
-        scope: str | None = None,
-    ) -> list[PrefixStats]:
-        """Return a page of sequences, ordered by scope and prefix."""
-        return await self._send(_list(skip, limit, active_only, scope))
-
-    async def configure_prefix(
-        self,
-        prefix: str,
-        *,
-        scope: str = "",
-        fmt: IdFormat | None = None,
-        is_active: bool | None = None,
-        latest_id: str | None = None,
-        force: bool = False,
-    ) -> PrefixStats:
-        """Register ``prefix`` or change its format, state or starting point (admin)."""
-        return await self._send(_configure(prefix, scope, fmt, is_active, latest_id, force))
-
-    async def reset_sequence(
-        self,
-        prefix: str,
-        reset_to: str | None = None,
-        force: bool = False,
-        *,
-        scope: str = "",
-        dry_run: bool = False,
-    ) -> ResetResult:
-        """Make ``reset_to`` the latest ID; ``ResetRefusedError`` if backwards unforced."""
-        return await self._send(_reset(prefix, reset_to, force, scope, dry_run))
-
-    async def parse_id(self, text: str, *, scope: str = "", prefix: str | None = None) -> ParsedId:
-        """Parse ``text`` on the server, in its prefix's stored format."""
-        return await self._send(_parse(text, scope, prefix))
-
-    async def health(self) -> HealthReport:
-        """Return the service's health check (unhealthy is a report, not an exception)."""
-        return await self._send(_health())
+    generate_id = _async(_generate_id)
+    bulk_generate_ids = _async(_bulk_generate_ids)
+    get_prefix_stats = _async(_get_prefix_stats)
+    list_prefixes = _async(_list_prefixes)
+    configure_prefix = _async(_configure_prefix)
+    reset_sequence = _async(_reset_sequence)
+    parse_id = _async(_parse_id)
+    list_audit = _async(_list_audit)
+    health = _async(_health)

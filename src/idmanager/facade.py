@@ -8,7 +8,8 @@ awaitable; sync ones give the value.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
+import weakref
+from collections.abc import Awaitable, Callable
 from datetime import date
 from functools import partial
 from typing import Any, TypeAlias, TypeVar, overload
@@ -19,6 +20,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from .application.service import SyncIdManagerService
 from .application.use_cases import IdManagerUseCases, Operation, SyncIdManagerUseCases
+from .connect import connect
+from .domain.format import IdRange
 from .infrastructure.repository import IdManagerRepositoryImpl
 
 T = TypeVar("T")
@@ -43,19 +46,54 @@ class IdPrefixes:
     TEST = "TEST"
 
 
+# The use cases of each engine the caller hands in, built once: a call then costs the
+# allocation, not the setting up of sessions.
+_CONNECTED: weakref.WeakKeyDictionary[Any, IdManagerUseCases | SyncIdManagerUseCases] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _connected(db: Any) -> IdManagerUseCases | SyncIdManagerUseCases:
+    found = _CONNECTED.get(db)
+    if found is None:
+        found = _CONNECTED[db] = connect(db)
+    return found
+
+
+def _unknown(db: object) -> TypeError:
+    return TypeError(
+        f"Expected a SQLAlchemy session, engine or session factory, got {type(db).__name__}"
+    )
+
+
 def _run(db: AsyncDb | SyncDb, operation: Operation[T]) -> T | Awaitable[T]:
     if isinstance(db, AsyncSession):
         repository = IdManagerRepositoryImpl(db)
         return repository.run(partial(operation, SyncIdManagerService(repository)))
     if isinstance(db, Session):
         return operation(SyncIdManagerService(IdManagerRepositoryImpl(db)))
-    if isinstance(db, AsyncEngine | async_sessionmaker):
-        return IdManagerUseCases(db).run(operation)
-    if isinstance(db, Engine | sessionmaker):
-        return SyncIdManagerUseCases(db).run(operation)
-    raise TypeError(
-        f"Expected a SQLAlchemy session, engine or session factory, got {type(db).__name__}"
-    )
+    if isinstance(db, AsyncEngine | async_sessionmaker | Engine | sessionmaker):
+        return _connected(db).run(operation)
+    raise _unknown(db)
+
+
+def _allocate(
+    db: AsyncDb | SyncDb, prefix: str, count: int, scope: str, on: date | None
+) -> IdRange | Awaitable[IdRange]:
+    """Allocate in the caller's transaction, or in one round trip of its own for an engine."""
+    if isinstance(db, AsyncEngine | async_sessionmaker | Engine | sessionmaker):
+        return _connected(db).allocate(prefix, count, scope=scope, on=on)
+    return _run(db, lambda s: s.generate_range(prefix, count, scope=scope, on=on))
+
+
+def _then(result: IdRange | Awaitable[IdRange], pick: Callable[[IdRange], T]) -> T | Awaitable[T]:
+    if isinstance(result, IdRange):
+        return pick(result)
+
+    async def picked() -> T:
+        return pick(await result)
+
+    return picked()
 
 
 class IdGeneratorUtil:
@@ -82,7 +120,7 @@ class IdGeneratorUtil:
             PrefixInactiveError: the prefix is deactivated.
             StorageError: the database is unavailable.
         """
-        return _run(db_session, lambda s: s.generate_id(prefix, scope=scope, on=on))
+        return _then(_allocate(db_session, prefix, 1, scope, on), lambda ids: ids[0])
 
     @overload
     @staticmethod
@@ -103,7 +141,7 @@ class IdGeneratorUtil:
         Raises:
             InvalidCountError: ``count`` is below 1 or above the maximum.
         """
-        return _run(db_session, lambda s: s.bulk_generate_ids(prefix, count, scope=scope, on=on))
+        return _then(_allocate(db_session, prefix, count, scope, on), lambda ids: ids[:])
 
     @overload
     @staticmethod

@@ -36,6 +36,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Mapper, Session, SessionTransaction, scoped_session, sessionmaker
 from sqlalchemy.orm.attributes import set_committed_value
 
+from .application.options import DEFAULT_OPTIONS, ServiceOptions
 from .application.service import SyncIdManagerService
 from .domain.errors import InvalidInputError
 from .domain.period import resolve_prefix
@@ -179,15 +180,15 @@ def _tracked(session: Session) -> _Tracked:
 class _Numberer:
     """The session event handlers, with the service's options."""
 
-    def __init__(self, options: dict[str, Any]) -> None:
+    def __init__(self, options: ServiceOptions) -> None:
         self.options = options
 
     def _key(self, obj: object, numbered: _Numbered) -> Key:
-        return numbered.numbering.key(obj, self.options.get("fiscal_year_start", 1))
+        return numbered.numbering.key(obj, self.options.fiscal_year_start)
 
     def _allocate(self, session: Session, groups: dict[Key, list[T]]) -> Iterator[tuple[T, str]]:
         """Yield each item of each group with its ID, one allocation statement per group."""
-        service = SyncIdManagerService(IdManagerRepositoryImpl(session), **self.options)
+        service = SyncIdManagerService(IdManagerRepositoryImpl(session), self.options)
         # Always in the same order, so two sessions never lock two sequences crosswise.
         for (scope, prefix), items in sorted(groups.items()):
             ids = service.generate_range(prefix, len(items), scope=scope)
@@ -334,7 +335,7 @@ def _event_target(target: SessionTarget) -> Session | type[Session]:
     )
 
 
-def install(target: SessionTarget, **service_options: Any) -> None:
+def install(target: SessionTarget, options: ServiceOptions = DEFAULT_OPTIONS) -> None:
     """Number the new objects of numbered models in the sessions of ``target``.
 
     ``target`` is a ``sessionmaker`` or ``async_sessionmaker`` (its sessions only), a session
@@ -344,13 +345,13 @@ def install(target: SessionTarget, **service_options: Any) -> None:
 
     Args:
         target: where to listen.
-        **service_options: options of :class:`SyncIdManagerService` (``fiscal_year_start``,
-            ``create_missing``, ``default_format``, ``max_count``, ``actor``).
+        options: the service's options (``fiscal_year_start``, ``create_missing``,
+            ``default_format``, ``max_count``, ``actor``, ``lock_timeout_ms``).
     """
     listened = _event_target(target)
     numberer = _INSTALLED.get(listened)
     if numberer is None:
-        numberer = _INSTALLED[listened] = _Numberer(service_options)
+        numberer = _INSTALLED[listened] = _Numberer(options)
         for name in _EVENTS:
             event.listen(listened, name, getattr(numberer, name))
-    numberer.options = service_options
+    numberer.options = options

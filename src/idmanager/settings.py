@@ -12,8 +12,6 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from .infrastructure.database import DEFAULT_DATABASE_URL
 
-LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
-
 
 def _parse_keys(text: str) -> dict[str, str]:
     """Read ``key:role,key:role`` (or a JSON object) into a mapping; never echo a key."""

@@ -17,12 +17,15 @@ from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ..application.block_cache import BlockCache
+from ..application.options import ServiceOptions
 from ..application.use_cases import IdManagerUseCases
+from ..connect import connect
 from ..domain.errors import StorageError
 from ..infrastructure.database import async_url, create_async_engine
 from ..infrastructure.migrate import migrate
 from ..settings import Settings
 from . import operations, routes
+from .allocation import Allocator, CachedAllocator, DatabaseAllocator
 from .docs import install_docs, install_openapi
 from .errors import install_error_handlers
 from .limits import BodyLimit
@@ -92,15 +95,15 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             "only, or set IDMANAGER_API_KEYS."
         )
     pending: asyncio.Task[None] | None = None
-    if settings.migrate_on_start:
+    engine: AsyncEngine | None = app.state.engine
+    if settings.migrate_on_start and engine is not None:
         try:
             await asyncio.to_thread(migrate, settings.database_url)
         except StorageError as exc:
             # Serve anyway: /health reports the outage, and the service resumes by itself.
             logger.error("could not migrate the database at start: %s; retrying", exc)
             pending = asyncio.create_task(_migrate_until_done(settings.database_url))
-    if settings.block_cache:
-        app.state.block_cache = app.state.metrics.block_cache = _block_cache(app)
+    app.state.allocator = _allocator(app)
     try:
         yield
     finally:
@@ -108,51 +111,39 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             pending.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await pending
-        await _close_block_cache(app)
-        engine: AsyncEngine = app.state.engine
-        await engine.dispose()
+        allocator: Allocator = app.state.allocator
+        await allocator.close()
+        if engine is not None:
+            await engine.dispose()
 
 
-def _block_cache(app: FastAPI) -> BlockCache:
-    """Create the process's block cache; its fetches are ordinary committed allocations."""
+def _allocator(app: FastAPI) -> Allocator:
+    """Return the allocation strategy the settings ask for."""
     settings: Settings = app.state.settings
-    fetches = IdManagerUseCases(
-        app.state.engine,
-        max_count=settings.block_cache_max_block,
-        create_missing=settings.create_missing,
-    )
+    use_cases: IdManagerUseCases = app.state.use_cases
+    database = DatabaseAllocator(use_cases)
+    if not settings.block_cache:
+        return database
+    # The cache's fetches are ordinary committed allocations, of up to a block each.
+    fetches = use_cases.with_options(max_count=settings.block_cache_max_block)
     logger.info(
         "block cache on: up to %d IDs per request served from blocks of %d to %d IDs",
         settings.block_cache_max_count,
         settings.block_cache_min_block,
         settings.block_cache_max_block,
     )
-    return BlockCache(
+    cache = BlockCache(
         fetches.run,
         initial_block=settings.block_cache_initial_block,
         min_block=settings.block_cache_min_block,
         max_block=settings.block_cache_max_block,
     )
-
-
-async def _close_block_cache(app: FastAPI) -> None:
-    """Hand back the unused tails of the blocks; new requests go to the database meanwhile."""
-    cache: BlockCache | None = app.state.block_cache
-    if cache is None:
-        return
-    app.state.block_cache = None
-    try:
-        await cache.close()
-    except Exception as exc:  # the process is stopping: report, never hang or crash
-        logger.error("block cache: could not hand back the unused IDs: %s", exc)
-        return
-    stats = cache.stats
-    logger.info(
-        "block cache closed: %d blocks fetched, %d IDs handed back, %d IDs lost (gaps)",
-        stats.blocks_fetched,
-        stats.ids_handed_back,
-        stats.ids_lost,
+    allocator = CachedAllocator(
+        cache, database, min(settings.block_cache_max_count, settings.max_bulk)
     )
+    metrics: Metrics = app.state.metrics
+    metrics.watch_block_cache(allocator)
+    return allocator
 
 
 def _version() -> str:
@@ -162,8 +153,14 @@ def _version() -> str:
         return "0.0.0"
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    """Build the service: one engine, the routes, problem+json errors, offline docs."""
+def create_app(
+    settings: Settings | None = None, *, use_cases: IdManagerUseCases | None = None
+) -> FastAPI:
+    """Build the service: one engine, the routes, problem+json errors, offline docs.
+
+    ``use_cases`` replaces the database the settings name (tests run the app over an
+    in-memory fake that way); nothing is then migrated.
+    """
     settings = settings or Settings()
     configure_logging(settings.log_format)
     app = FastAPI(
@@ -176,16 +173,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # Operation IDs are the route functions' names: 'allocate_ids', 'reset_sequence', ...
         generate_unique_id_function=lambda route: route.name,
     )
-    engine = build_engine(settings)
+    options = ServiceOptions(max_count=settings.max_bulk, create_missing=settings.create_missing)
+    engine = build_engine(settings) if use_cases is None else None
     app.state.settings = settings
     app.state.engine = engine
-    app.state.use_cases = IdManagerUseCases(
-        engine, max_count=settings.max_bulk, create_missing=settings.create_missing
-    )
+    if use_cases is None:
+        assert engine is not None
+        use_cases = connect(engine, options)
+    else:
+        use_cases = use_cases.with_options(
+            max_count=options.max_count, create_missing=options.create_missing
+        )
+    app.state.use_cases = use_cases
     app.state.keys = KeyRing(settings.api_keys)
-    app.state.metrics = Metrics(engine, block_cache=settings.block_cache)
-    # Created and closed by the lifespan when IDMANAGER_BLOCK_CACHE is on.
-    app.state.block_cache = None
+    app.state.metrics = Metrics(engine)
+    # Chosen by the lifespan: the database, or the block cache in front of it.
+    app.state.allocator = DatabaseAllocator(app.state.use_cases)
     install_error_handlers(app)
     app.add_middleware(BodyLimit)
     app.include_router(routes.router)

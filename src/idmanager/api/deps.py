@@ -11,7 +11,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from ..application.use_cases import IdManagerUseCases
 from ..domain.errors import InvalidInputError
-from ..settings import Role, Settings
+from ..settings import Role
 from .metrics import Metrics
 from .security import KeyRing, Principal
 
@@ -30,11 +30,6 @@ def _access(needed: Role) -> Callable[[Request, Credentials], Awaitable[Principa
 
 
 # Async, every one: FastAPI would run a plain ``def`` in a worker thread on every request.
-async def _settings(request: Request) -> Settings:
-    settings: Settings = request.app.state.settings
-    return settings
-
-
 async def _use_cases(request: Request) -> IdManagerUseCases:
     use_cases: IdManagerUseCases = request.app.state.use_cases
     return use_cases
@@ -48,7 +43,6 @@ async def _metrics(request: Request) -> Metrics:
 ReadAccess = Annotated[Principal, Depends(_access(Role.READ))]
 GenerateAccess = Annotated[Principal, Depends(_access(Role.GENERATE))]
 AdminAccess = Annotated[Principal, Depends(_access(Role.ADMIN))]
-SettingsDep = Annotated[Settings, Depends(_settings)]
 UseCases = Annotated[IdManagerUseCases, Depends(_use_cases)]
 MetricsDep = Annotated[Metrics, Depends(_metrics)]
 Scope = Annotated[

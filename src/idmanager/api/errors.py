@@ -14,44 +14,46 @@ from starlette.exceptions import HTTPException
 from starlette.responses import Response
 from starlette.routing import Match
 
-from ..domain.errors import IdManagerError
-from ..problems import DOMAIN_PROBLEMS, PROBLEM_JSON, TYPE_PREFIX
+from ..domain.errors import IdManagerError, NotAuthenticatedError
+from ..problems import PROBLEM_JSON, ProblemKind, kind, kind_of
 
 logger = logging.getLogger("idmanager.api")
 
 HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
-STORAGE_DETAIL = "The database is unavailable or busy; try again shortly."
 
 
-class AuthError(Exception):
-    """A request without the right to do what it asks (401 or 403)."""
-
-    def __init__(self, status: int, detail: str) -> None:
-        super().__init__(detail)
-        self.status = status
-        self.detail = detail
+def problem_body(
+    found: ProblemKind | None,
+    status: int,
+    title: str,
+    detail: str | None,
+    instance: str,
+    **extra: Any,
+) -> dict[str, Any]:
+    """Return the RFC 9457 body of a problem (``about:blank`` when it has no kind)."""
+    return {
+        "type": found.type if found else "about:blank",
+        "title": title,
+        "status": status,
+        "detail": detail,
+        "instance": instance,
+        **extra,
+    }
 
 
 def problem(
     request: Request,
-    status: int,
-    title: str,
+    found: ProblemKind,
     detail: str | None,
-    kind: str | None = None,
     *,
     headers: Mapping[str, str] | None = None,
     **extra: Any,
 ) -> JSONResponse:
-    """Return a problem+json response."""
-    body: dict[str, Any] = {
-        "type": TYPE_PREFIX + kind if kind else "about:blank",
-        "title": title,
-        "status": status,
-        "detail": detail,
-        "instance": _instance(request),
-        **extra,
-    }
-    return JSONResponse(body, status_code=status, headers=headers, media_type=PROBLEM_JSON)
+    """Return a problem+json response of a known kind."""
+    if found.retry_after is not None:
+        headers = {**(headers or {}), "Retry-After": str(found.retry_after)}
+    body = problem_body(found, found.status, found.title, detail, _instance(request), **extra)
+    return JSONResponse(body, status_code=found.status, headers=headers, media_type=PROBLEM_JSON)
 
 
 def _instance(request: Request) -> str:
@@ -67,27 +69,19 @@ def _count(request: Request, error_type: str) -> None:
 
 
 async def domain_error(request: Request, exc: Exception) -> Response:
-    """Render an ``IdManagerError``, choosing its status code from its class."""
+    """Render an ``IdManagerError``, choosing its status code from its kind."""
     _count(request, type(exc).__name__)
-    found = next((entry for entry in DOMAIN_PROBLEMS if isinstance(exc, entry[0])), None)
-    if found is None:
+    found = kind_of(exc)
+    if found.status == 500:
         return await internal_error(request, exc)
-    _, status, kind, title = found
-    if status == 503:
+    if found.status == 503:
         # The cause names hosts and driver internals: log it, answer plainly.
-        logger.warning("database unavailable: %s", exc)
-        return problem(request, status, title, STORAGE_DETAIL, kind, headers={"Retry-After": "1"})
-    return problem(request, status, title, str(exc), kind)
-
-
-async def auth_error(request: Request, exc: Exception) -> Response:
-    """Render a refused credential: 401 asks for a bearer token, 403 names the missing role."""
-    assert isinstance(exc, AuthError)
-    _count(request, "AuthError")
-    if exc.status == 401:
+        logger.warning("%s: %s", found.title.lower(), exc)
+        return problem(request, found, found.example)
+    if isinstance(exc, NotAuthenticatedError):
         headers = {"WWW-Authenticate": 'Bearer realm="idmanager"'}
-        return problem(request, 401, "Unauthorized", exc.detail, "unauthorized", headers=headers)
-    return problem(request, 403, "Forbidden", exc.detail, "forbidden")
+        return problem(request, found, str(exc), headers=headers)
+    return problem(request, found, str(exc))
 
 
 async def validation_error(request: Request, exc: Exception) -> Response:
@@ -100,11 +94,12 @@ async def validation_error(request: Request, exc: Exception) -> Response:
         for e in exc.errors()
     ]
     if any(e["type"] == "json_invalid" for e in errors):
-        return problem(request, 400, "Malformed JSON", "The body is not valid JSON", "bad-json")
+        bad_json = kind("bad-json")
+        return problem(request, bad_json, bad_json.example)
     detail = "; ".join(
         f"{'.'.join(str(part) for part in e['loc'])}: {e['msg']}" for e in errors[:5]
     )
-    return problem(request, 422, "Invalid request", detail, "validation-error", errors=errors[:20])
+    return problem(request, kind("validation-error"), detail, errors=errors[:20])
 
 
 async def http_error(request: Request, exc: Exception) -> Response:
@@ -119,7 +114,10 @@ async def http_error(request: Request, exc: Exception) -> Response:
     if exc.status_code == 405:
         # Starlette names the methods of the first route on the path; name them all.
         headers["Allow"] = ", ".join(_allowed_methods(request))
-    return problem(request, exc.status_code, title, detail, headers=headers)
+    if exc.status_code == 413:
+        return problem(request, kind("body-too-large"), detail, headers=headers)
+    body = problem_body(None, exc.status_code, title, detail, _instance(request))
+    return JSONResponse(body, status_code=exc.status_code, headers=headers, media_type=PROBLEM_JSON)
 
 
 def _allowed_methods(request: Request) -> list[str]:
@@ -135,19 +133,13 @@ async def internal_error(request: Request, exc: Exception) -> Response:
     """Render anything unexpected as a 500 that reveals no internals."""
     _count(request, type(exc).__name__)
     logger.error("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
-    return problem(
-        request,
-        500,
-        "Internal Server Error",
-        "An unexpected error occurred; it has been logged.",
-        "internal-error",
-    )
+    internal = kind("internal-error")
+    return problem(request, internal, internal.example)
 
 
 def install_error_handlers(app: FastAPI) -> None:
     """Route every error through the handlers above."""
     app.add_exception_handler(IdManagerError, domain_error)
-    app.add_exception_handler(AuthError, auth_error)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(HTTPException, http_error)
     app.add_exception_handler(Exception, internal_error)

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from ..application.block_cache import BlockCache, CacheStats
+from ..application.block_cache import CacheStats
+
+if TYPE_CHECKING:
+    from .allocation import CachedAllocator
 
 # Allocation is one statement: most requests take milliseconds, a lock wait up to seconds.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -17,13 +21,8 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 class Metrics:
     """The service's metrics."""
 
-    def __init__(self, engine: AsyncEngine, *, block_cache: bool = False) -> None:
+    def __init__(self, engine: AsyncEngine | None) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        # Set by the app while its block cache serves; the collector reads its statistics.
-        self.block_cache: BlockCache | None = None
-        self.ids_from_cache = 0
-        if block_cache:
-            self.registry.register(_BlockCacheCollector(self))
         self.ids_allocated = Counter(
             "idmanager_ids_allocated",
             "IDs allocated, by prefix.",
@@ -42,23 +41,24 @@ class Metrics:
             ["type"],
             registry=self.registry,
         )
-        pool_in_use = Gauge(
-            "idmanager_db_pool_checked_out",
-            "Database connections currently checked out of the pool.",
-            registry=self.registry,
-        )
-        pool = engine.sync_engine.pool
-        # Some pools (SQLite in memory) do not count; report 0 for them.
-        pool_in_use.set_function(lambda: float(getattr(pool, "checkedout", lambda: 0)()))
+        if engine is not None:
+            pool_in_use = Gauge(
+                "idmanager_db_pool_checked_out",
+                "Database connections currently checked out of the pool.",
+                registry=self.registry,
+            )
+            pool = engine.sync_engine.pool
+            # Some pools (SQLite in memory) do not count; report 0 for them.
+            pool_in_use.set_function(lambda: float(getattr(pool, "checkedout", lambda: 0)()))
+
+    def watch_block_cache(self, allocator: CachedAllocator) -> None:
+        """Export the statistics of the block cache that ``allocator`` serves from."""
+        self.registry.register(_BlockCacheCollector(allocator))
 
     def allocated(self, prefix: str, count: int, seconds: float) -> None:
         """Record one successful allocation."""
         self.ids_allocated.labels(prefix).inc(count)
         self.allocation_latency.observe(seconds)
-
-    def served_from_cache(self, count: int) -> None:
-        """Record IDs handed out from the block cache (already counted by ``allocated``)."""
-        self.ids_from_cache += count
 
     def render(self) -> bytes:
         """Return the metrics in the Prometheus text format."""
@@ -68,16 +68,16 @@ class Metrics:
 class _BlockCacheCollector:
     """The block cache's statistics, read when Prometheus scrapes."""
 
-    def __init__(self, metrics: Metrics) -> None:
-        self.metrics = metrics
+    def __init__(self, allocator: CachedAllocator) -> None:
+        self.allocator = allocator
+        # The statistics survive the cache's closing (the last scrape of a stopping server).
+        self.stats = allocator.cache.stats if allocator.cache is not None else CacheStats()
 
     def describe(self) -> list[Metric]:
         return list(self._families(CacheStats(), 0))
 
     def collect(self) -> Iterator[Metric]:
-        cache = self.metrics.block_cache
-        stats = cache.stats if cache is not None else CacheStats()
-        return self._families(stats, self.metrics.ids_from_cache)
+        return self._families(self.stats, self.allocator.served)
 
     @staticmethod
     def _families(stats: CacheStats, served: int) -> Iterator[Metric]:

@@ -6,8 +6,9 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from ..application.results import HealthReport, to_json
 from .deps import MetricsDep, UseCases
-from .schemas import Health, Liveness
+from .schemas import Liveness
 
 router = APIRouter(tags=["operations"])
 
@@ -15,13 +16,13 @@ router = APIRouter(tags=["operations"])
 @router.get(
     "/health",
     summary="Health check",
-    response_model=Health,
-    responses={503: {"model": Health, "description": "The database is unavailable."}},
+    response_model=HealthReport,
+    responses={503: {"model": HealthReport, "description": "The database is unavailable."}},
 )
 async def health(use_cases: UseCases) -> JSONResponse:
     """Run the health check: a real allocation, rolled back; 503 when unhealthy."""
     report = await use_cases.run(lambda s: s.health_check(), commit=False)
-    return JSONResponse(report, status_code=200 if report["status"] == "healthy" else 503)
+    return JSONResponse(to_json(report), status_code=200 if report.healthy else 503)
 
 
 @router.get("/health/live", summary="Liveness", response_model=Liveness)

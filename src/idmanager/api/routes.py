@@ -4,21 +4,20 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
-from dataclasses import asdict
-from datetime import date
+from collections.abc import Iterable, Iterator, Sequence
+from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import Response, StreamingResponse
 from starlette.convertors import Convertor, register_url_convertor
 
-from ..application.block_cache import BlockCache
-from ..application.use_cases import IdManagerUseCases
+from ..application.results import AuditPage, ResetResult, SequenceStats
 from ..domain.errors import PrefixNotFoundError
 from ..domain.format import IdFormat, IdRange
-from ..domain.period import resolve_prefix
-from ..settings import Settings
+from ..domain.repository import AuditAction
+from ..problems import PROBLEM_JSON, ProblemKind, kind
+from .allocation import Allocator
 from .deps import (
     AdminUseCases,
     GenerateAccess,
@@ -34,10 +33,8 @@ from .schemas import (
     IdsResponse,
     ParsedIdResponse,
     PrefixList,
-    PrefixStats,
+    Problem,
     ResetRequest,
-    ResetResponse,
-    problem_example,
 )
 
 # Databases take a 64-bit OFFSET; no list is anywhere near this long.
@@ -73,43 +70,49 @@ PrefixPath = Annotated[
     ),
 ]
 
-_PROBLEMS: dict[int, dict[str, Any]] = {
-    400: problem_example(400, "bad-json", "Malformed JSON", "The body is not valid JSON"),
-    401: problem_example(401, "unauthorized", "Unauthorized", "Invalid API key"),
-    403: problem_example(
-        403, "forbidden", "Forbidden", "This operation needs the 'admin' role; the key has 'read'"
-    ),
-    404: problem_example(404, "prefix-not-found", "Prefix not found", "Prefix CUS does not exist"),
-    409: problem_example(
-        409, "prefix-inactive", "Conflict", "Prefix CUS is inactive and issues no new IDs"
-    ),
-    422: problem_example(
-        422,
-        "invalid-prefix",
-        "Invalid input",
-        "Prefix can only contain uppercase letters, numbers, and underscores",
-    ),
-    503: problem_example(
-        503,
-        "storage-unavailable",
-        "Database unavailable",
-        "The database is unavailable or busy; try again shortly.",
-    ),
-}
+
+def problems(*names: str) -> dict[int | str, dict[str, Any]]:
+    """Return the OpenAPI documentation of these kinds of error (plus 401 and 403)."""
+    by_status: dict[int, list[ProblemKind]] = {}
+    for name in ("unauthorized", "forbidden", *names):
+        found = kind(name)
+        by_status.setdefault(found.status, []).append(found)
+    return {status: _documented(kinds) for status, kinds in sorted(by_status.items())}
 
 
-def problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """Return the OpenAPI documentation of these error responses (plus 401 and 403)."""
-    return {status: _PROBLEMS[status] for status in (401, 403, *statuses)}
+def _documented(kinds: Iterable[ProblemKind]) -> dict[str, Any]:
+    kinds = list(kinds)
+    examples = {
+        found.kind: {
+            "summary": found.title,
+            "value": {
+                "type": found.type,
+                "title": found.title,
+                "status": found.status,
+                "detail": found.example,
+            },
+        }
+        for found in kinds
+    }
+    return {
+        "model": Problem,
+        "description": " or ".join(dict.fromkeys(found.title for found in kinds)),
+        "content": {PROBLEM_JSON: {"examples": examples}},
+    }
 
 
-def _ids_body(ids: IdRange) -> Iterator[bytes]:
+_INPUT = ("validation-error", "invalid-prefix", "invalid-scope")
+_STORAGE = ("sequence-busy", "storage-unavailable")
+_BODY = ("bad-json", "body-too-large")
+
+
+def _ids_body(prefix: str, chunks: Iterable[Sequence[str]], count: int) -> Iterator[bytes]:
     """Yield ``{"prefix", "ids", "count"}`` as JSON, one letter block of IDs at a time."""
-    yield b'{"prefix":' + json.dumps(ids.prefix).encode() + b',"ids":['
-    for i, chunk in enumerate(ids.chunks()):
+    yield b'{"prefix":' + json.dumps(prefix).encode() + b',"ids":['
+    for i, chunk in enumerate(chunks):
         text = json.dumps(chunk, separators=(",", ":"))[1:-1]
         yield (text if i == 0 else "," + text).encode()
-    yield b'],"count":' + str(len(ids)).encode() + b"}"
+    yield b'],"count":' + str(count).encode() + b"}"
 
 
 @router.post(
@@ -117,7 +120,9 @@ def _ids_body(ids: IdRange) -> Iterator[bytes]:
     summary="Allocate IDs",
     status_code=201,
     response_model=IdsResponse,
-    responses=problems(404, 409, 422, 503),
+    responses=problems(
+        *_INPUT, "invalid-count", "prefix-not-found", "prefix-inactive", "conflict", *_STORAGE
+    ),
     tags=["ids"],
 )
 async def allocate_ids(
@@ -130,50 +135,25 @@ async def allocate_ids(
 ) -> Response:
     """Allocate the next `count` IDs of a prefix, committed before they are returned."""
     started = time.perf_counter()
-    day = document_date(on)
     # The hot route reads the app's state itself: each dependency FastAPI solves costs about
     # a tenth of the throughput of an allocation served from the block cache.
     state = request.app.state
-    settings: Settings = state.settings
+    allocator: Allocator = state.allocator
+    name, ids = await allocator.allocate(prefix, count, scope, document_date(on))
     metrics: Metrics = state.metrics
-    cache: BlockCache | None = state.block_cache
-    if cache is not None and count <= min(settings.block_cache_max_count, settings.max_bulk):
-        cached = await _from_cache(request, cache, prefix, count, scope, day)
-        if cached is not None:
-            name = resolve_prefix(prefix, day)
-            metrics.allocated(name, count, time.perf_counter() - started)
-            metrics.served_from_cache(count)
-            body = json.dumps(
-                {"prefix": name, "ids": cached, "count": count}, separators=(",", ":")
-            )
-            return Response(body.encode(), status_code=201, media_type="application/json")
-    use_cases: IdManagerUseCases = state.use_cases
-    ids = await use_cases.allocate(prefix, count, scope=scope, on=day)
-    metrics.allocated(ids.prefix, len(ids), time.perf_counter() - started)
-    if len(ids) > STREAM_ABOVE:
-        return StreamingResponse(_ids_body(ids), status_code=201, media_type="application/json")
-    return Response(b"".join(_ids_body(ids)), status_code=201, media_type="application/json")
-
-
-async def _from_cache(
-    request: Request, cache: BlockCache, prefix: str, count: int, scope: str, on: date | None
-) -> list[str] | None:
-    """Return IDs from the block cache; None when it closed meanwhile (shutting down)."""
-    try:
-        if count == 1:
-            return [await cache.generate_id(prefix, scope=scope, on=on)]
-        return await cache.bulk_generate_ids(prefix, count, scope=scope, on=on)
-    except RuntimeError:
-        if request.app.state.block_cache is not None:
-            raise
-        return None  # the database serves the last requests while the tails are handed back
+    metrics.allocated(name, count, time.perf_counter() - started)
+    if count > STREAM_ABOVE and isinstance(ids, IdRange):
+        body = _ids_body(name, ids.chunks(), count)
+        return StreamingResponse(body, status_code=201, media_type="application/json")
+    content = b"".join(_ids_body(name, [list(ids)], count))
+    return Response(content, status_code=201, media_type="application/json")
 
 
 @router.get(
     "/prefixes",
     summary="List prefixes",
     response_model=PrefixList,
-    responses=problems(422, 503),
+    responses=problems("validation-error", "invalid-scope", "invalid-input", *_STORAGE),
     tags=["prefixes"],
 )
 async def list_prefixes(
@@ -185,42 +165,69 @@ async def list_prefixes(
     scope: Annotated[
         str | None, Query(max_length=255, description="Only this scope; all when omitted.")
     ] = None,
+    active: Annotated[
+        bool | None,
+        Query(description="Only active (true) or only inactive (false) prefixes."),
+    ] = None,
+    search: Annotated[
+        str | None, Query(max_length=255, description="Only prefixes containing this text.")
+    ] = None,
+    template: Annotated[
+        str | None,
+        Query(max_length=255, description="Only the periods of this template (INV{YYYY})."),
+    ] = None,
 ) -> PrefixList:
     """List the sequences, ordered by scope and prefix."""
     managers = await use_cases.run(
-        lambda s: s.get_all_prefixes(scope=scope, skip=skip, limit=limit, active_only=active_only),
+        lambda s: s.get_all_prefixes(
+            scope=scope,
+            skip=skip,
+            limit=limit,
+            active_only=active_only,
+            active=active,
+            search=search,
+            template=template,
+        ),
         commit=False,
     )
-    items = [PrefixStats.model_validate(m.stats()) for m in managers]
+    items = [SequenceStats.of(m) for m in managers]
     return PrefixList(items=items, skip=skip, limit=limit)
 
 
 @router.get(
     "/prefixes/{prefix}",
     summary="Show a prefix",
-    response_model=PrefixStats,
-    responses=problems(404, 422, 503),
+    response_model=SequenceStats,
+    responses=problems(*_INPUT, "prefix-not-found", *_STORAGE),
     tags=["prefixes"],
 )
 async def prefix_stats(
     prefix: PrefixPath, use_cases: UseCases, _: ReadAccess, scope: Scope = "", on: OnDate = None
-) -> PrefixStats:
+) -> SequenceStats:
     """Show the state and statistics of one prefix."""
     day = document_date(on)
     stats = await use_cases.run(
         lambda s: s.get_prefix_stats(prefix, scope=scope, on=day), commit=False
     )
-    if not stats["exists"]:
+    if not stats.exists:
         where = f" in scope {scope!r}" if scope else ""
-        raise PrefixNotFoundError(f"Prefix {stats['prefix']}{where} does not exist")
-    return PrefixStats.model_validate(stats)
+        raise PrefixNotFoundError(f"Prefix {stats.prefix}{where} does not exist")
+    return stats
 
 
 @router.put(
     "/prefixes/{prefix}",
     summary="Register or configure a prefix",
-    response_model=PrefixStats,
-    responses=problems(400, 404, 409, 422, 503),
+    response_model=SequenceStats,
+    responses=problems(
+        *_BODY,
+        *_INPUT,
+        "invalid-format",
+        "invalid-id",
+        "format-locked",
+        "reset-refused",
+        *_STORAGE,
+    ),
     tags=["prefixes"],
 )
 async def configure_prefix(
@@ -229,7 +236,7 @@ async def configure_prefix(
     use_cases: AdminUseCases,
     scope: Scope = "",
     on: OnDate = None,
-) -> PrefixStats:
+) -> SequenceStats:
     """Register a prefix, or change its format, state or starting point (admin)."""
     fmt = IdFormat(**body.format.model_dump()) if body.format else None
     day = document_date(on)
@@ -244,14 +251,14 @@ async def configure_prefix(
             force=body.force,
         )
     )
-    return PrefixStats.model_validate(manager.stats())
+    return SequenceStats.of(manager)
 
 
 @router.post(
     "/prefixes/{prefix}/reset",
     summary="Reset a sequence",
-    response_model=ResetResponse,
-    responses=problems(400, 404, 409, 422, 503),
+    response_model=ResetResult,
+    responses=problems(*_BODY, *_INPUT, "invalid-id", "reset-refused", *_STORAGE),
     tags=["prefixes"],
 )
 async def reset_sequence(
@@ -260,23 +267,22 @@ async def reset_sequence(
     use_cases: AdminUseCases,
     scope: Scope = "",
     on: OnDate = None,
-) -> ResetResponse:
+) -> ResetResult:
     """Make `reset_to` the latest ID; refused (409) backwards unless `force` (admin)."""
     day = document_date(on)
-    result = await use_cases.run(
+    return await use_cases.run(
         lambda s: s.reset_sequence(
             prefix, body.reset_to, body.force, scope=scope, on=day, dry_run=body.dry_run
         ),
         commit=not body.dry_run,
     )
-    return ResetResponse(**asdict(result))
 
 
 @router.get(
     "/ids/{id:text}",
     summary="Parse an ID",
     response_model=ParsedIdResponse,
-    responses=problems(404, 422, 503),
+    responses=problems("invalid-id", "invalid-prefix", "invalid-scope", *_STORAGE),
     tags=["ids"],
 )
 async def read_id(
@@ -291,4 +297,54 @@ async def read_id(
 ) -> ParsedIdResponse:
     """Parse and validate an ID, correcting case, padding and `0000` where unambiguous."""
     parsed = await use_cases.run(lambda s: s.read_id(id, scope=scope, prefix=prefix), commit=False)
-    return ParsedIdResponse(**asdict(parsed), corrected=parsed.normalized != id)
+    return ParsedIdResponse(
+        prefix=parsed.prefix,
+        letters=parsed.letters,
+        number=parsed.number,
+        ordinal=parsed.ordinal,
+        normalized=parsed.normalized,
+        corrected=parsed.normalized != id,
+    )
+
+
+@router.get(
+    "/audit",
+    summary="Read the audit trail",
+    response_model=AuditPage,
+    responses=problems(
+        "validation-error", "invalid-scope", "invalid-prefix", "invalid-input", *_STORAGE
+    ),
+    tags=["audit"],
+)
+async def list_audit(
+    use_cases: UseCases,
+    _: ReadAccess,
+    scope: Annotated[
+        str | None, Query(max_length=255, description="Only this scope; all when omitted.")
+    ] = None,
+    prefix: Annotated[
+        str | None, Query(max_length=255, description="Only this prefix's entries.")
+    ] = None,
+    actor: Annotated[str | None, Query(max_length=255, description="Only this actor's.")] = None,
+    action: Annotated[AuditAction | None, Query(description="Only this kind of change.")] = None,
+    since: Annotated[datetime | None, Query(description="From this time on (ISO-8601).")] = None,
+    until: Annotated[datetime | None, Query(description="Before this time (ISO-8601).")] = None,
+    before: Annotated[
+        int | None, Query(ge=1, description="The next_cursor of the previous page.")
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=1000, description="Most entries to return.")] = 100,
+) -> AuditPage:
+    """List who changed which sequence, when and how; newest first, a page at a time."""
+    return await use_cases.run(
+        lambda s: s.list_audit(
+            scope=scope,
+            prefix=prefix,
+            actor=actor,
+            action=action,
+            since=since,
+            until=until,
+            before=before,
+            limit=limit,
+        ),
+        commit=False,
+    )

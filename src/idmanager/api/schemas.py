@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from pydantic import BaseModel, ConfigDict, Field
+
+from ..application.results import SequenceStats
 
 
 class Problem(BaseModel):
@@ -66,48 +66,10 @@ class FormatModel(BaseModel):
     digit_width: int = Field(4, ge=1, le=12, description="Number of digits.")
 
 
-class PrefixStats(BaseModel):
-    """The state and statistics of one sequence."""
-
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [
-                {
-                    "prefix": "CUS",
-                    "scope": "",
-                    "exists": True,
-                    "latest_id": "CUS-AAA0042",
-                    "next_id": "CUS-AAA0043",
-                    "count_issued": 42,
-                    "is_active": True,
-                    "format": {"separator": "-", "letter_width": 3, "digit_width": 4},
-                    "created_at": "2026-01-01T12:00:00+00:00",
-                    "updated_at": "2026-01-02T08:30:00+00:00",
-                    "width_usage": 2.4e-07,
-                    "warning": None,
-                }
-            ]
-        }
-    )
-
-    prefix: str = Field(description="The normalised prefix.")
-    scope: str = Field("", description="The tenant or company the sequence belongs to.")
-    exists: bool = Field(True, description="Whether the sequence exists.")
-    latest_id: str | None = Field(description="The last ID issued; null when none yet.")
-    next_id: str = Field(description="The ID the next allocation issues.")
-    count_issued: int = Field(description="How many IDs the sequence has issued.")
-    is_active: bool = Field(True, description="Inactive prefixes refuse new IDs.")
-    format: FormatModel = Field(default_factory=FormatModel, description="The ID format.")
-    created_at: str | None = Field(None, description="When the sequence was created (UTC).")
-    updated_at: str | None = Field(None, description="When it last changed (UTC).")
-    width_usage: float = Field(0.0, description="Share of the current letter width used (0-1).")
-    warning: str | None = Field(None, description="Set when the letter width is nearly used up.")
-
-
 class PrefixList(BaseModel):
     """A page of sequences, ordered by scope and prefix."""
 
-    items: list[PrefixStats] = Field(description="The sequences on this page.")
+    items: list[SequenceStats] = Field(description="The sequences on this page.")
     skip: int = Field(description="How many sequences were skipped.")
     limit: int = Field(description="The most sequences a page holds.")
 
@@ -162,34 +124,6 @@ class ResetRequest(BaseModel):
     dry_run: bool = Field(False, description="Report what the reset would do; change nothing.")
 
 
-class ResetResponse(BaseModel):
-    """What a reset did (or, for a dry run, would do)."""
-
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [
-                {
-                    "prefix": "TEST",
-                    "scope": "",
-                    "previous_id": "TEST-AAA0007",
-                    "latest_id": "TEST-ZZZ9999",
-                    "next_id": "TEST-AAAA0001",
-                    "forced": False,
-                    "dry_run": False,
-                }
-            ]
-        }
-    )
-
-    prefix: str
-    scope: str
-    previous_id: str | None = Field(description="The latest ID before the reset.")
-    latest_id: str | None = Field(description="The latest ID after the reset.")
-    next_id: str = Field(description="The ID the next allocation issues.")
-    forced: bool = Field(description="Whether force was given.")
-    dry_run: bool = Field(description="True when nothing was changed.")
-
-
 class ParsedIdResponse(BaseModel):
     """An ID read back into its parts (format corrections applied)."""
 
@@ -216,51 +150,7 @@ class ParsedIdResponse(BaseModel):
     corrected: bool = Field(description="Whether the given text differs from the canonical form.")
 
 
-class Health(BaseModel):
-    """The health check: a real allocation, rolled back."""
-
-    model_config = ConfigDict(
-        extra="allow",
-        json_schema_extra={
-            "examples": [
-                {
-                    "status": "healthy",
-                    "message": "ID Manager service is operational",
-                    "prefix_count": 12,
-                    "test_id_generated": "_HEALTH_CHECK_-AAA0001",
-                    "timestamp": "2026-01-01T12:00:00.000000Z",
-                }
-            ]
-        },
-    )
-
-    status: str = Field(description="'healthy' or 'unhealthy'.")
-    message: str
-    timestamp: str = Field(description="ISO-8601, UTC.")
-    prefix_count: int | None = Field(None, description="Number of user prefixes.")
-    test_id_generated: str | None = None
-    error_type: str | None = Field(None, description="Set when unhealthy.")
-
-
 class Liveness(BaseModel):
     """The process answers; the database is not consulted."""
 
     status: str = Field(examples=["alive"])
-
-
-def problem_example(status: int, kind: str, title: str, detail: str) -> dict[str, Any]:
-    """Return an OpenAPI response entry documenting one problem."""
-    return {
-        "model": Problem,
-        "description": title,
-        "content": {
-            "application/json": {
-                "example": {
-                    "type": f"urn:idmanager:problem:{kind}",
-                    "title": title,
-                    "status": status,
-                    "detail": detail,
-                }
-            }
-        },
-    }

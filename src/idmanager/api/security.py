@@ -7,8 +7,8 @@ import hmac
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from ..domain.errors import ForbiddenError, NotAuthenticatedError
 from ..settings import Role
-from .errors import AuthError
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,12 +37,14 @@ class KeyRing:
         """Return the caller a bearer token belongs to.
 
         Raises:
-            AuthError: 401 when the token is missing or matches no key.
+            NotAuthenticatedError: the token is missing or matches no key.
         """
         if self.open:
             return ANONYMOUS
         if not token:
-            raise AuthError(401, "Missing bearer token: send 'Authorization: Bearer <API key>'")
+            raise NotAuthenticatedError(
+                "Missing bearer token: send 'Authorization: Bearer <API key>'"
+            )
         given = token.encode()
         found: Role | None = None
         # Compare with every key, not stopping at a match: timing reveals nothing.
@@ -50,7 +52,7 @@ class KeyRing:
             if hmac.compare_digest(key, given):
                 found = role
         if found is None:
-            raise AuthError(401, "Invalid API key")
+            raise NotAuthenticatedError("Invalid API key")
         fingerprint = hashlib.sha256(given).hexdigest()[:12]
         return Principal(found, f"api-key:{fingerprint}")
 
@@ -58,11 +60,12 @@ class KeyRing:
         """Return the caller if its role includes ``needed``.
 
         Raises:
-            AuthError: 401 for a missing or unknown key, 403 for a role too low.
+            NotAuthenticatedError: a missing or unknown key.
+            ForbiddenError: a role too low.
         """
         principal = self.identify(token)
         if principal.role.rank < needed.rank:
-            raise AuthError(
-                403, f"This operation needs the '{needed}' role; the key has '{principal.role}'"
+            raise ForbiddenError(
+                f"This operation needs the '{needed}' role; the key has '{principal.role}'"
             )
         return principal

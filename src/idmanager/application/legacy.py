@@ -14,14 +14,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from enum import StrEnum
-from pathlib import Path
 from typing import Any
-
-import sqlalchemy as sa
-from sqlalchemy import Engine
-from sqlalchemy.engine import URL
-from sqlalchemy.exc import DBAPIError, SQLAlchemyError
-from sqlalchemy.orm import Session, sessionmaker
 
 from ..domain.entity import HEALTH_CHECK_PREFIX
 from ..domain.errors import (
@@ -29,10 +22,8 @@ from ..domain.errors import (
     InvalidInputError,
     InvalidPrefixError,
     ResetRefusedError,
-    StorageError,
 )
 from ..domain.format import DEFAULT_FORMAT, format_id, normalize_prefix, parse_id
-from ..infrastructure.database import create_engine, sync_url
 from .service import SyncIdManagerService, check_scope
 from .use_cases import SyncIdManagerUseCases
 
@@ -52,7 +43,7 @@ class Status(StrEnum):
     """What the import did with one legacy row."""
 
     IMPORTED = "imported"
-    CORRECTED = "corrected"  # imported, after the format correction of SPEC §1
+    CORRECTED = "corrected"  # imported after correcting its format (case, spaces, padding)
     RESET = "reset"  # unreadable, restarted at AAA0001 (--on-corrupt reset)
     UNCHANGED = "unchanged"  # the target is already at or past the legacy latest ID
     REFUSED = "refused"
@@ -92,34 +83,6 @@ class RowReport:
     is_active: bool
     reason: str | None = None
 
-    def line(self) -> str:
-        """Describe the row in one line."""
-        name = self.prefix or repr(self.legacy_prefix)
-        stored = repr(self.legacy_latest_id) if self.legacy_latest_id is not None else "NULL"
-        read_as = self.latest_id or "nothing issued"
-        notes = []
-        if self.prefix and self.legacy_prefix != self.prefix:
-            notes.append(f"prefix {self.legacy_prefix!r}")
-        if not self.is_active:
-            notes.append("inactive")
-        tail = f" ({', '.join(notes)})" if notes else ""
-        if self.status is Status.IMPORTED:
-            if self.latest_id is None:
-                return f"imported {name}: nothing issued -> next {self.next_id}{tail}"
-            return f"imported {name} -> next {self.next_id}{tail}"
-        if self.status is Status.CORRECTED:
-            return f"corrected {name}: {stored} -> {read_as}, next {self.next_id}{tail}"
-        if self.status is Status.RESET:
-            return (
-                f"reset {name}: {stored} cannot be read ({self.reason}); "
-                f"restarted, next {self.next_id}{tail}"
-            )
-        if self.status is Status.UNCHANGED:
-            return f"unchanged {name}: {self.reason} (legacy {read_as}), next {self.next_id}"
-        if self.status is Status.REFUSED:
-            return f"refused {name}: {stored} — {self.reason}"
-        return f"skipped {name}: {self.reason}"
-
 
 @dataclass(frozen=True, slots=True)
 class ImportReport:
@@ -147,17 +110,6 @@ class ImportReport:
         found = Counter(row.status for row in self.rows)
         return {status.value: found[status] for status in Status}
 
-    def summary(self) -> str:
-        """Describe the whole import in one line."""
-        counts = ", ".join(f"{n} {status}" for status, n in self.counts().items())
-        if self.written:
-            outcome = "written"
-        elif self.dry_run:
-            outcome = "dry run, nothing written"
-        else:
-            outcome = "nothing written"
-        return f"{len(self.rows)} rows in {self.table}: {counts}; {outcome}"
-
     def to_dict(self) -> dict[str, Any]:
         """Return the report as JSON-ready data."""
         return {
@@ -174,7 +126,7 @@ class ImportReport:
 def read_latest(text: str, prefix: str) -> int:
     """Return the ordinal of a legacy latest ID of ``prefix``; 0 means nothing was issued.
 
-    Applies the format correction of SPEC §1 (white space, case, zero padding and digit
+    Applies the format correction (white space, case, zero padding and digit
     widths other than 4, ``0000``). Blank text and ``PREFIX-AAA0000``, the ID just before
     the first, mean that nothing was issued.
 
@@ -254,12 +206,8 @@ def apply_row(service: SyncIdManagerService, planned: PlannedRow, *, scope: str 
         )
     if current is None or current.last_value < ordinal:
         try:
-            manager = service.configure_prefix(
-                prefix,
-                scope=scope,
-                fmt=DEFAULT_FORMAT,
-                is_active=planned.row.is_active,
-                latest_id=format_id(prefix, ordinal) if ordinal else None,
+            manager = service.import_sequence(
+                prefix, ordinal, scope=scope, is_active=planned.row.is_active
             )
         except ResetRefusedError:
             # Created and moved on by an allocation since the read above: it is further.
@@ -284,92 +232,6 @@ def apply_plan(
     return [apply_row(service, planned, scope=scope) for planned in plan]
 
 
-def source_engine(url: str | URL, **options: Any) -> Engine:
-    """Create an engine that reads the seed's database (a SQLite file is opened read-only).
-
-    Raises:
-        InvalidInputError: a SQLite database that is not an existing file.
-    """
-    parsed = sync_url(url)
-    if parsed.get_backend_name() != "sqlite":
-        return create_engine(parsed, **options)
-    # Read-only, and without IdManager's SQLite settings: those would write to the seed's
-    # file (WAL mode, BEGIN IMMEDIATE), and connecting would create a misspelt one.
-    path = parsed.database
-    if not path or path == ":memory:" or path.startswith("file:"):
-        raise InvalidInputError("The seed's SQLite database must be given as a file path")
-    file = Path(path)
-    if not file.is_file():
-        raise InvalidInputError(f"The seed's SQLite database {path} does not exist")
-    read_only = parsed.set(
-        database=file.resolve().as_uri(), query={**parsed.query, "mode": "ro", "uri": "true"}
-    )
-    return sa.create_engine(read_only, **options)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(getattr(exc, "orig", None) or exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
-def _flag(value: object) -> bool:
-    if value is None:
-        return True  # the seed's default
-    if isinstance(value, str):
-        return value.strip().lower() in ("1", "t", "true", "y", "yes", "on")
-    return bool(value)
-
-
-def _text(value: object) -> str | None:
-    if value is None or isinstance(value, str):
-        return value
-    if isinstance(value, bytes):
-        return value.decode("utf-8", errors="replace")
-    return str(value)
-
-
-def read_legacy_rows(engine: Engine, table: str = DEFAULT_TABLE) -> list[LegacyRow]:
-    """Read the seed's table (``prefix``, ``latest_id``, ``is_active``), sorted by prefix.
-
-    ``table`` may be qualified by a schema (``legacy.id_managers``).
-
-    Raises:
-        InvalidInputError: the table or its columns cannot be read.
-        StorageError: the source database cannot be reached.
-    """
-    schema, _, name = table.strip().rpartition(".")
-    if not name:
-        raise InvalidInputError("The seed's table name cannot be empty")
-    source = sa.table(
-        name, sa.column("prefix"), sa.column("latest_id"), sa.column("is_active"), schema=schema
-    )
-    where = engine.url.render_as_string(hide_password=True)
-    try:
-        connection = engine.connect()
-    except SQLAlchemyError as exc:
-        raise StorageError(f"Source database unavailable ({where}): {_first_line(exc)}") from exc
-    with connection:
-        try:
-            result = connection.execute(
-                sa.select(source.c.prefix, source.c.latest_id, source.c.is_active)
-            ).all()
-        except DBAPIError as exc:
-            line = _first_line(exc)
-            if exc.connection_invalidated:
-                raise StorageError(f"Source database unavailable ({where}): {line}") from exc
-            hint = (
-                "; is it IdManager's own table rather than the seed's?"
-                if "latest_id" in line
-                else ""
-            )
-            raise InvalidInputError(
-                f"Cannot read the seed's table {table!r} in {where}: {line}{hint}"
-            ) from exc
-    rows = [LegacyRow(_text(p), _text(latest), _flag(active)) for p, latest, active in result]
-    # Sorted here, not by the database: the same report whatever the source's collation.
-    return sorted(rows, key=lambda row: (row.prefix is None, row.prefix or ""))
-
-
 class _Discard(Exception):
     """Raised out of the target's transaction to roll it back, carrying the report."""
 
@@ -379,23 +241,23 @@ class _Discard(Exception):
 
 
 def import_legacy(
-    source: Engine,
-    target: Engine | sessionmaker[Session],
+    rows: Iterable[LegacyRow],
+    target: SyncIdManagerUseCases,
     *,
     table: str = DEFAULT_TABLE,
     scope: str = "",
     on_corrupt: OnCorrupt | str = OnCorrupt.FAIL,
     dry_run: bool = False,
-    actor: str | None = DEFAULT_ACTOR,
 ) -> ImportReport:
-    """Continue every sequence of the seed's ``table`` in ``source`` in the ``target``.
+    """Continue every sequence of the seed's ``rows`` (read from ``table``) in the target.
 
     The target is written in one transaction, committed only if nothing is refused or
-    ``on_corrupt`` is not ``fail``, and never for a dry run. Changes are audited.
+    ``on_corrupt`` is not ``fail``, and never for a dry run. Changes are audited under the
+    target's actor.
 
     Raises:
-        InvalidInputError: a bad option, or a source table that cannot be read.
-        StorageError: a database cannot be reached, or the target is not migrated.
+        InvalidInputError: a bad option.
+        StorageError: the target cannot be reached, or is not migrated.
     """
     try:
         mode = OnCorrupt(on_corrupt)
@@ -405,7 +267,7 @@ def import_legacy(
             f"on_corrupt must be one of {choices}, got {on_corrupt!r}"
         ) from None
     scope = check_scope(scope)
-    plan = plan_import(read_legacy_rows(source, table), mode)
+    plan = plan_import(rows, mode)
 
     def apply(service: SyncIdManagerService) -> list[RowReport]:
         rows = apply_plan(service, plan, scope=scope)
@@ -414,7 +276,7 @@ def import_legacy(
         return rows
 
     try:
-        rows, written = SyncIdManagerUseCases(target, actor=actor).run(apply), True
+        reports, written = target.run(apply), True
     except _Discard as discarded:
-        rows, written = discarded.rows, False
-    return ImportReport(rows, table, scope, mode, dry_run, written)
+        reports, written = discarded.rows, False
+    return ImportReport(reports, table, scope, mode, dry_run, written)

@@ -8,8 +8,8 @@ greenlet bridge (or directly, for a sync session).
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
+from collections.abc import Callable, Coroutine, Iterator
+from contextlib import contextmanager, nullcontext
 from datetime import UTC, date, datetime
 from functools import partial
 from typing import Any, Concatenate, ParamSpec, TypeVar
@@ -34,30 +34,26 @@ from ..domain.format import (
     normalize_prefix,
     parse_id,
 )
-from ..domain.period import resolve_prefix
-from ..domain.repository import AuditEntry, IdManagerRepository
+from ..domain.period import is_template, normalize_template, resolve_prefix
+from ..domain.repository import (
+    AuditAction,
+    AuditEntry,
+    AuditQuery,
+    IdManagerRepository,
+    SequenceQuery,
+)
+from .options import DEFAULT_OPTIONS, ServiceOptions
+from .results import AuditPage, AuditRecord, HealthReport, ResetResult, SequenceStats, ServiceStats
 
 P = ParamSpec("P")
 T = TypeVar("T")
 
-# The library allows large bulks: a million IDs cost one statement and ~0.1 s of formatting.
-DEFAULT_MAX_COUNT = 10_000_000
 MAX_SCOPE_LENGTH = 255
+MAX_PAGE = 1000
 _SCOPE_RE = re.compile(r"[A-Za-z0-9_.:@-]*")
 _LEADING_PREFIX = re.compile(r"[A-Z0-9_]{1,255}")
 
-
-@dataclass(frozen=True, slots=True)
-class ResetResult:
-    """What a reset did (or, for a dry run, would do)."""
-
-    prefix: str
-    scope: str
-    previous_id: str | None
-    latest_id: str | None
-    next_id: str
-    forced: bool
-    dry_run: bool
+Key = tuple[str, str]  # (scope, resolved prefix)
 
 
 def check_scope(scope: str) -> str:
@@ -71,6 +67,33 @@ def check_scope(scope: str) -> str:
     return scope
 
 
+def sequence_key(
+    prefix: str, scope: str, on: date | None, options: ServiceOptions = DEFAULT_OPTIONS
+) -> Key:
+    """Return the validated ``(scope, prefix)`` of a sequence, resolving a template.
+
+    Raises:
+        InvalidPrefixError, InvalidScopeError: naming what is wrong.
+    """
+    value = resolve_prefix(prefix, on, fiscal_year_start=options.fiscal_year_start)
+    if value == HEALTH_CHECK_PREFIX:
+        raise InvalidPrefixError(f"Prefix {HEALTH_CHECK_PREFIX} is reserved for the health check")
+    return check_scope(scope), value
+
+
+def describe_format(prefix: str, fmt: IdFormat) -> str:
+    """Return a format in words, with its first ID: for the audit trail and the console."""
+    letters = f"{fmt.letter_width} letters" if fmt.letter_width else "no letters"
+    return (
+        f"first ID {format_id(prefix, 1, fmt)} (separator {fmt.separator!r}, {letters}, "
+        f"{fmt.digit_width} digits)"
+    )
+
+
+def _where(scope: str) -> str:
+    return f" in scope {scope!r}" if scope else ""
+
+
 class SyncIdManagerService:
     """Sequence operations inside whatever transaction the repository's session is in.
 
@@ -79,29 +102,33 @@ class SyncIdManagerService:
     """
 
     def __init__(
-        self,
-        repository: IdManagerRepository,
-        *,
-        max_count: int = DEFAULT_MAX_COUNT,
-        create_missing: bool = True,
-        default_format: IdFormat = DEFAULT_FORMAT,
-        actor: str | None = None,
-        fiscal_year_start: int = 1,
+        self, repository: IdManagerRepository, options: ServiceOptions = DEFAULT_OPTIONS
     ) -> None:
         self.repository = repository
-        self.fiscal_year_start = fiscal_year_start
-        self.max_count = max_count
-        self.create_missing = create_missing
-        self.default_format = default_format
-        self.actor = actor
+        self.options = options
 
-    def _key(self, prefix: str, scope: str, on: date | None = None) -> tuple[str, str]:
-        value = resolve_prefix(prefix, on, fiscal_year_start=self.fiscal_year_start)
-        if value == HEALTH_CHECK_PREFIX:
-            raise InvalidPrefixError(
-                f"Prefix {HEALTH_CHECK_PREFIX} is reserved for the health check"
-            )
-        return check_scope(scope), value
+    # -- keys -------------------------------------------------------------------------------
+
+    def key(self, prefix: str, scope: str = "", on: date | None = None) -> Key:
+        """Return the validated ``(scope, prefix)`` of a sequence, resolving a template."""
+        return sequence_key(prefix, scope, on, self.options)
+
+    @contextmanager
+    def _waiting(self) -> Iterator[None]:
+        timeout = self.options.lock_timeout_ms
+        with nullcontext() if timeout is None else self.repository.waiting_at_most(timeout):
+            yield
+
+    # -- allocation -------------------------------------------------------------------------
+
+    def allocate_existing(self, key: Key, count: int) -> IdRange | None:
+        """Allocate from an existing, active sequence in one statement; None otherwise.
+
+        The fast path of :meth:`generate_range`, for callers that run it alone.
+        """
+        check_count(count, self.options.max_count)
+        manager = self.repository.allocate(*key, count)
+        return manager.issued(count) if manager is not None else None
 
     def generate_range(
         self, prefix: str, count: int = 1, *, scope: str = "", on: date | None = None
@@ -109,24 +136,53 @@ class SyncIdManagerService:
         """Allocate ``count`` consecutive IDs in one statement and return them, lazily.
 
         ``prefix`` may be a period template (``INV{YYYY}``), resolved from ``on``, the
-        document's date (default: today, UTC).
+        document's date (default: today, UTC). An unknown prefix is created (and audited)
+        unless the options say not to.
         """
-        scope, prefix = self._key(prefix, scope, on)
-        check_count(count, self.max_count)
-        manager = self.repository.allocate(
-            scope, prefix, count, create=self.create_missing, fmt=self.default_format
-        )
-        if manager is None:
-            raise self._refusal(scope, prefix)
+        key = self.key(prefix, scope, on)
+        check_count(count, self.options.max_count)
+        with self._waiting():
+            manager = self.repository.allocate(*key, count)
+            if manager is None:
+                manager = self._create_on_first_use(key, count, prefix)
         return manager.issued(count)
 
-    def _refusal(self, scope: str, prefix: str) -> IdManagerError:
-        """Explain why an allocation returned nothing (off the fast path)."""
-        existing = self.repository.get(scope, prefix)
-        where = f" in scope {scope!r}" if scope else ""
-        if existing is None:
-            return PrefixNotFoundError(f"Prefix {prefix}{where} is not registered")
-        return PrefixInactiveError(f"Prefix {prefix}{where} is inactive and issues no new IDs")
+    def _create_on_first_use(self, key: Key, count: int, prefix: str) -> IdManager:
+        """Create the sequence with ``count`` IDs issued, or say why it issues none."""
+        scope, name = key
+        if not self.options.create_missing:
+            existing = self.repository.get(scope, name)
+            if existing is None:
+                raise PrefixNotFoundError(f"Prefix {name}{_where(scope)} is not registered")
+            raise PrefixInactiveError(
+                f"Prefix {name}{_where(scope)} is inactive and issues no new IDs"
+            )
+        fmt = self.options.default_format
+        new = IdManager(
+            name,
+            scope,
+            last_value=count,
+            format=fmt,
+            created_by=self.options.actor,
+            template=normalize_template(prefix) if is_template(prefix) else None,
+        )
+        created = self.repository.insert(new)
+        if created is None:
+            # It exists: inactive, or created by another transaction since our first try.
+            manager = self.repository.allocate(scope, name, count)
+            if manager is None:
+                raise PrefixInactiveError(
+                    f"Prefix {name}{_where(scope)} is inactive and issues no new IDs"
+                )
+            return manager
+        self._audit(
+            created,
+            AuditAction.CREATE,
+            None,
+            count,
+            f"created on first use, {describe_format(name, fmt)}",
+        )
+        return created
 
     def generate_id(self, prefix: str, *, scope: str = "", on: date | None = None) -> str:
         """Allocate the next ID of ``prefix``."""
@@ -138,21 +194,199 @@ class SyncIdManagerService:
         """Allocate ``count`` consecutive IDs in one statement."""
         return self.generate_range(prefix, count, scope=scope, on=on)[:]
 
-    def _get(
-        self, prefix: str, scope: str, on: date | None, *, for_update: bool = False
-    ) -> IdManager:
-        scope, prefix = self._key(prefix, scope, on)
+    def release_range(self, prefix: str, first: int, last: int, *, scope: str = "") -> bool:
+        """Hand back the unissued IDs ``first..last`` if they are still the sequence's latest.
+
+        Only the block cache calls this, for IDs it reserved and never handed out. Nothing
+        moves if any allocation happened after ``last``.
+        """
+        scope, prefix = self.key(prefix, scope)
+        if not 1 <= first <= last:
+            raise InvalidInputError(f"Invalid range to hand back: {first}..{last}")
+        released = self.repository.release(scope, prefix, expected=last, new=first - 1)
+        if released:
+            self.repository.add_audit(
+                AuditEntry(
+                    scope,
+                    prefix,
+                    AuditAction.RELEASE,
+                    last,
+                    first - 1,
+                    self.options.actor,
+                    "block cache",
+                )
+            )
+        return released
+
+    # -- reading ----------------------------------------------------------------------------
+
+    def _get(self, key: Key, *, for_update: bool = False) -> IdManager:
+        scope, prefix = key
         manager = self.repository.get(scope, prefix, for_update=for_update)
         if manager is None:
-            where = f" in scope {scope!r}" if scope else ""
-            raise PrefixNotFoundError(f"Prefix {prefix}{where} does not exist")
+            raise PrefixNotFoundError(f"Prefix {prefix}{_where(scope)} does not exist")
         return manager
 
     def get_current_id(self, prefix: str, *, scope: str = "", on: date | None = None) -> str | None:
         """Return the latest ID issued, or None if the prefix has issued none (or is unknown)."""
-        scope, prefix = self._key(prefix, scope, on)
+        scope, prefix = self.key(prefix, scope, on)
         manager = self.repository.get(scope, prefix)
         return manager.latest_id if manager else None
+
+    def get_prefix_stats(
+        self, prefix: str, *, scope: str = "", on: date | None = None
+    ) -> SequenceStats:
+        """Return the statistics of one prefix; ``exists`` is False for an unknown one."""
+        scope, prefix = self.key(prefix, scope, on)
+        manager = self.repository.get(scope, prefix)
+        if manager is None:
+            return SequenceStats.missing(prefix, scope, self.options.default_format)
+        return SequenceStats.of(manager)
+
+    def get_all_prefixes(
+        self,
+        *,
+        scope: str | None = None,
+        skip: int = 0,
+        limit: int = 100,
+        active_only: bool = False,
+        active: bool | None = None,
+        search: str | None = None,
+        template: str | None = None,
+    ) -> list[IdManager]:
+        """Return the sequences, ordered by scope and prefix.
+
+        ``active`` keeps only active (True) or inactive (False) ones; ``active_only`` is the
+        seed's spelling of ``active=True``. ``search`` keeps prefixes containing it;
+        ``template`` the periods of one template (``INV{YYYY}``).
+        """
+        if not (0 <= skip <= MAX_ORDINAL and 0 <= limit <= MAX_ORDINAL):
+            raise InvalidInputError(f"skip and limit must be between 0 and {MAX_ORDINAL}")
+        if scope is not None:
+            check_scope(scope)
+        query = SequenceQuery(
+            scope=scope,
+            active=True if active_only else active,
+            search=search.strip().upper() if search and search.strip() else None,
+            template=normalize_template(template) if template else None,
+            skip=skip,
+            limit=limit,
+        )
+        return self.repository.list_sequences(query)
+
+    def get_service_stats(self, *, scope: str | None = None) -> ServiceStats:
+        """Return how many prefixes exist and how many IDs they have issued in all."""
+        return ServiceStats(*self.repository.totals(scope=scope))
+
+    def read_id(self, text: str, *, scope: str = "", prefix: str | None = None) -> ParsedId:
+        """Parse ``text`` leniently, in the stored format of its prefix (default otherwise).
+
+        ``prefix`` is the expected prefix, needed for formats without a separator.
+        """
+        scope = check_scope(scope)
+        if prefix is None:
+            # Prefix characters never occur in a separator: the leading run is the prefix.
+            leading = _LEADING_PREFIX.match(text.strip().upper()) if isinstance(text, str) else None
+            candidate = leading.group() if leading else ""
+        else:
+            candidate = normalize_prefix(prefix)
+        manager = self.repository.get(scope, candidate) if candidate else None
+        fmt = manager.format if manager is not None else self.options.default_format
+        return parse_id(text, lenient=True, fmt=fmt, prefix=candidate if prefix else None)
+
+    def list_audit(
+        self,
+        *,
+        scope: str | None = None,
+        prefix: str | None = None,
+        actor: str | None = None,
+        action: AuditAction | str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        before: int | None = None,
+        limit: int = 100,
+    ) -> AuditPage:
+        """Return the audit trail, newest first, a page at a time.
+
+        Every filter is optional; pass the page's ``next_cursor`` as ``before`` for the next.
+        """
+        if not 1 <= limit <= MAX_PAGE:
+            raise InvalidInputError(f"limit must be between 1 and {MAX_PAGE}, got {limit}")
+        if before is not None and before < 1:
+            raise InvalidInputError(f"before must be a positive entry number, got {before}")
+        try:
+            kind = AuditAction(action) if action is not None else None
+        except ValueError:
+            choices = ", ".join(a.value for a in AuditAction)
+            raise InvalidInputError(f"Unknown action {action!r}; use one of {choices}") from None
+        query = AuditQuery(
+            scope=check_scope(scope) if scope is not None else None,
+            prefix=resolve_prefix(prefix, fiscal_year_start=self.options.fiscal_year_start)
+            if prefix
+            else None,
+            actor=actor or None,
+            action=kind,
+            since=since,
+            until=until,
+            before=before,
+            limit=limit + 1,  # one more tells whether another page follows
+        )
+        rows = self.repository.list_audit(query)
+        page = [
+            AuditRecord.of(
+                id=row.id,
+                at=row.at,
+                scope=row.entry.scope,
+                prefix=row.entry.prefix,
+                action=row.entry.action,
+                actor=row.entry.actor,
+                old_value=row.entry.old_value,
+                new_value=row.entry.new_value,
+                detail=row.entry.detail,
+                fmt=row.format,
+            )
+            for row in rows[:limit]
+        ]
+        return AuditPage(page, page[-1].id if len(rows) > limit else None)
+
+    # -- changes ----------------------------------------------------------------------------
+
+    def _audit(
+        self,
+        manager: IdManager,
+        action: AuditAction,
+        old: int | None,
+        new: int | None,
+        detail: str | None = None,
+    ) -> None:
+        self.repository.add_audit(
+            AuditEntry(manager.scope, manager.prefix, action, old, new, self.options.actor, detail)
+        )
+
+    def _locked(
+        self,
+        key: Key,
+        fmt: IdFormat,
+        validate: Callable[[IdManager], object],
+        template: str | None = None,
+    ) -> IdManager:
+        """Return the sequence locked until the transaction ends, registering it if missing.
+
+        A missing sequence is created only once ``validate`` accepts the change on a fresh one,
+        so that a refused change leaves nothing behind.
+        """
+        scope, prefix = key
+        manager = self.repository.get(scope, prefix, for_update=True)
+        if manager is None:
+            fresh = IdManager(
+                prefix, scope, format=fmt, created_by=self.options.actor, template=template
+            )
+            validate(fresh)
+            if self.repository.insert(fresh) is not None:
+                self._audit(fresh, AuditAction.REGISTER, None, 0, describe_format(prefix, fmt))
+            manager = self.repository.get(scope, prefix, for_update=True)
+            assert manager is not None, "the sequence was just created"
+        return manager
 
     def reset_sequence(
         self,
@@ -168,77 +402,47 @@ class SyncIdManagerService:
 
         Resetting an unknown prefix creates it. Every reset is audited.
         """
-        scope, prefix = self._key(prefix, scope, on)
+        key = self.key(prefix, scope, on)
 
         def target_of(manager: IdManager) -> int:
             return manager.reset_target(reset_to, force=force)
 
+        fmt = self.options.default_format
         if dry_run:
-            manager = self.repository.get(scope, prefix) or IdManager(
-                prefix, scope, format=self.default_format
-            )
+            manager = self.repository.get(*key) or IdManager(key[1], key[0], format=fmt)
         else:
-            manager = self._locked(scope, prefix, self.default_format, target_of)
+            with self._waiting():
+                manager = self._locked(key, fmt, target_of, _template_of(prefix))
         previous, previous_id = manager.last_value, manager.latest_id
         manager.last_value = target_of(manager)
         forced = manager.last_value < previous
         if not dry_run:
             self.repository.update(manager)
-            self.repository.add_audit(
-                AuditEntry(
-                    scope,
-                    prefix,
-                    "reset",
-                    previous,
-                    manager.last_value,
-                    self.actor,
-                    "forced" if forced else None,
-                )
+            self._audit(
+                manager,
+                AuditAction.RESET,
+                previous,
+                manager.last_value,
+                "forced" if forced else None,
             )
         return ResetResult(
-            prefix, scope, previous_id, manager.latest_id, manager.next_id, forced, dry_run
+            manager.prefix,
+            manager.scope,
+            previous_id,
+            manager.latest_id,
+            manager.next_id,
+            forced,
+            dry_run,
         )
 
-    def _locked(
-        self, scope: str, prefix: str, fmt: IdFormat, validate: Callable[[IdManager], object]
-    ) -> IdManager:
-        """Return the sequence locked until the transaction ends, creating it if missing.
-
-        A missing sequence is created only once ``validate`` accepts the change on a fresh one,
-        so that a refused change leaves nothing behind.
-        """
-        manager = self.repository.get(scope, prefix, for_update=True)
-        if manager is None:
-            validate(IdManager(prefix, scope, format=fmt))
-            self.repository.ensure(scope, prefix, fmt, self.actor)
-            manager = self.repository.get(scope, prefix, for_update=True)
-            assert manager is not None, "ensure() creates the missing sequence"
-        return manager
-
-    def get_all_prefixes(
-        self,
-        *,
-        scope: str | None = None,
-        skip: int = 0,
-        limit: int = 100,
-        active_only: bool = False,
-    ) -> list[IdManager]:
-        """Return the sequences, ordered by scope and prefix."""
-        if not (0 <= skip <= MAX_ORDINAL and 0 <= limit <= MAX_ORDINAL):
-            raise InvalidInputError(f"skip and limit must be between 0 and {MAX_ORDINAL}")
-        if scope is not None:
-            check_scope(scope)
-        return self.repository.list(scope=scope, skip=skip, limit=limit, active_only=active_only)
-
     def _set_active(self, prefix: str, scope: str, on: date | None, active: bool) -> IdManager:
-        manager = self._get(prefix, scope, on, for_update=True)
+        with self._waiting():
+            manager = self._get(self.key(prefix, scope, on), for_update=True)
         if manager.is_active != active:
             manager.is_active = active
             self.repository.update(manager)
-            action = "activate" if active else "deactivate"
-            self.repository.add_audit(
-                AuditEntry(manager.scope, manager.prefix, action, None, None, self.actor)
-            )
+            action = AuditAction.ACTIVATE if active else AuditAction.DEACTIVATE
+            self._audit(manager, action, None, None)
         return manager
 
     def activate_prefix(self, prefix: str, *, scope: str = "", on: date | None = None) -> IdManager:
@@ -267,13 +471,13 @@ class SyncIdManagerService:
         The format is fixed once the prefix has issued an ID. ``latest_id`` moves the sequence
         as :meth:`reset_sequence` does, refusing to go backwards unless ``force``.
         """
-        scope, prefix = self._key(prefix, scope, on)
+        key = self.key(prefix, scope, on)
 
         def apply(manager: IdManager) -> None:
             if fmt is not None and fmt != manager.format:
                 if manager.last_value:
                     raise FormatLockedError(
-                        f"Prefix {prefix} has issued IDs; its format can no longer change"
+                        f"Prefix {manager.prefix} has issued IDs; its format can no longer change"
                     )
                 manager.format = fmt
             if is_active is not None:
@@ -281,102 +485,77 @@ class SyncIdManagerService:
             if latest_id is not None:
                 manager.last_value = manager.reset_target(latest_id, force=force)
 
-        manager = self._locked(scope, prefix, fmt or self.default_format, apply)
+        with self._waiting():
+            manager = self._locked(
+                key, fmt or self.options.default_format, apply, _template_of(prefix)
+            )
+        return self._change(manager, apply, AuditAction.CONFIGURE)
+
+    def import_sequence(
+        self, prefix: str, latest_value: int, *, scope: str = "", is_active: bool = True
+    ) -> IdManager:
+        """Continue a sequence issued elsewhere: make ``latest_value`` its counter (audited).
+
+        The sequence is created with the default format if missing; it never moves
+        backwards (``ResetRefusedError``).
+        """
+        key = self.key(prefix, scope)
+        fmt = self.options.default_format
+
+        def apply(manager: IdManager) -> None:
+            if latest_value:
+                shown = format_id(manager.prefix, latest_value, manager.format)
+                manager.last_value = manager.reset_target(shown, force=False)
+            manager.is_active = is_active
+
+        manager = self._locked(key, fmt, apply)
+        return self._change(manager, apply, AuditAction.IMPORT)
+
+    def _change(
+        self, manager: IdManager, apply: Callable[[IdManager], None], action: AuditAction
+    ) -> IdManager:
+        """Apply a change to a locked sequence; store and audit it if anything changed."""
         before = (manager.last_value, manager.is_active, manager.format)
         apply(manager)
-        if (manager.last_value, manager.is_active, manager.format) != before:
-            self.repository.update(manager)
-            self.repository.add_audit(
-                AuditEntry(
-                    scope,
-                    prefix,
-                    "configure",
-                    before[0],
-                    manager.last_value,
-                    self.actor,
-                    f"active={manager.is_active} format={manager.format}",
-                )
-            )
-            # Read back what the database now holds (its updated_at among it).
-            return self.repository.get(scope, prefix) or manager
-        return manager
+        after = (manager.last_value, manager.is_active, manager.format)
+        if after == before:
+            return manager
+        self.repository.update(manager)
+        changes = [
+            f"{name} {old} -> {new}"
+            for name, old, new in zip(("counter", "active", "format"), before, after, strict=True)
+            if old != new and name != "counter"
+        ]
+        self._audit(manager, action, before[0], manager.last_value, "; ".join(changes) or None)
+        # Read back what the database now holds (its updated_at among it).
+        return self.repository.get(manager.scope, manager.prefix) or manager
 
-    def get_prefix_stats(
-        self, prefix: str, *, scope: str = "", on: date | None = None
-    ) -> dict[str, Any]:
-        """Return the statistics of one prefix; ``exists`` is False for an unknown one."""
-        scope, prefix = self._key(prefix, scope, on)
-        manager = self.repository.get(scope, prefix)
-        if manager is None:
-            return {
-                "prefix": prefix,
-                "scope": scope,
-                "exists": False,
-                "latest_id": None,
-                "next_id": format_id(prefix, 1, self.default_format),
-                "count_issued": 0,
-            }
-        return manager.stats()
+    # -- health -----------------------------------------------------------------------------
 
-    def release_range(self, prefix: str, first: int, last: int, *, scope: str = "") -> bool:
-        """Hand back the unissued IDs ``first..last`` if they are still the sequence's latest.
-
-        Only the block cache calls this, for IDs it reserved and never handed out. Nothing
-        moves if any allocation happened after ``last``.
-        """
-        scope, prefix = self._key(prefix, scope)
-        if not 1 <= first <= last:
-            raise InvalidInputError(f"Invalid range to hand back: {first}..{last}")
-        released = self.repository.release(scope, prefix, expected=last, new=first - 1)
-        if released:
-            self.repository.add_audit(
-                AuditEntry(scope, prefix, "release", last, first - 1, self.actor, "block cache")
-            )
-        return released
-
-    def read_id(self, text: str, *, scope: str = "", prefix: str | None = None) -> ParsedId:
-        """Parse ``text`` leniently, in the stored format of its prefix (default otherwise).
-
-        ``prefix`` is the expected prefix, needed for formats without a separator.
-        """
-        scope = check_scope(scope)
-        if prefix is None:
-            # Prefix characters never occur in a separator: the leading run is the prefix.
-            leading = _LEADING_PREFIX.match(text.strip().upper()) if isinstance(text, str) else None
-            candidate = leading.group() if leading else ""
-        else:
-            candidate = normalize_prefix(prefix)
-        manager = self.repository.get(scope, candidate) if candidate else None
-        fmt = manager.format if manager is not None else self.default_format
-        return parse_id(text, lenient=True, fmt=fmt, prefix=candidate if prefix else None)
-
-    def get_service_stats(self, *, scope: str | None = None) -> dict[str, int]:
-        """Return how many prefixes exist and how many IDs they have issued in all."""
-        prefix_count, total = self.repository.totals(scope=scope)
-        return {"prefix_count": prefix_count, "total_issued": total}
-
-    def health_check(self) -> dict[str, Any]:
+    def health_check(self) -> HealthReport:
         """Exercise a real allocation, undo it, and report in the seed's shape."""
         timestamp = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
         try:
             ordinal = self.repository.probe(HEALTH_CHECK_PREFIX, DEFAULT_FORMAT)
             prefix_count, _ = self.repository.totals(scope=None)
         except IdManagerError as exc:
-            return {
-                "status": "unhealthy",
-                "message": f"ID Manager service error: {exc}",
-                "prefix_count": None,
-                "test_id_generated": None,
-                "error_type": type(exc).__name__,
-                "timestamp": timestamp,
-            }
-        return {
-            "status": "healthy",
-            "message": "ID Manager service is operational",
-            "prefix_count": prefix_count,
-            "test_id_generated": format_id(HEALTH_CHECK_PREFIX, ordinal),
-            "timestamp": timestamp,
-        }
+            return HealthReport(
+                "unhealthy",
+                f"ID Manager service error: {exc}",
+                timestamp,
+                error_type=type(exc).__name__,
+            )
+        return HealthReport(
+            "healthy",
+            "ID Manager service is operational",
+            timestamp,
+            prefix_count=prefix_count,
+            test_id_generated=format_id(HEALTH_CHECK_PREFIX, ordinal),
+        )
+
+
+def _template_of(prefix: str) -> str | None:
+    return normalize_template(prefix) if is_template(prefix) else None
 
 
 def _bridged(
@@ -399,9 +578,11 @@ class IdManagerService:
     options as :class:`SyncIdManagerService`, which :attr:`sync` exposes.
     """
 
-    def __init__(self, repository: IdManagerRepository, **options: Any) -> None:
+    def __init__(
+        self, repository: IdManagerRepository, options: ServiceOptions = DEFAULT_OPTIONS
+    ) -> None:
         self.repository = repository
-        self.sync = SyncIdManagerService(repository, **options)
+        self.sync = SyncIdManagerService(repository, options)
 
     generate_id = _bridged(SyncIdManagerService.generate_id)
     generate_range = _bridged(SyncIdManagerService.generate_range)
@@ -412,7 +593,9 @@ class IdManagerService:
     activate_prefix = _bridged(SyncIdManagerService.activate_prefix)
     deactivate_prefix = _bridged(SyncIdManagerService.deactivate_prefix)
     configure_prefix = _bridged(SyncIdManagerService.configure_prefix)
+    import_sequence = _bridged(SyncIdManagerService.import_sequence)
     get_prefix_stats = _bridged(SyncIdManagerService.get_prefix_stats)
     get_service_stats = _bridged(SyncIdManagerService.get_service_stats)
+    list_audit = _bridged(SyncIdManagerService.list_audit)
     read_id = _bridged(SyncIdManagerService.read_id)
     health_check = _bridged(SyncIdManagerService.health_check)

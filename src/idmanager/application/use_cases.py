@@ -1,130 +1,130 @@
 """Use cases: entry points that own a short transaction (HTTP, CLI, callers with an engine).
 
-Each call opens a session, runs one service operation and commits before returning, so the
-IDs it returns are already permanent.
+Each call runs one service operation in a transaction of its own, committed before it
+returns, so the IDs it returns are already permanent. Storage is reached only through a
+:class:`Transactions` (or :class:`AsyncTransactions`): the SQLAlchemy one in production, an
+in-memory fake in fast tests.
+
+The steps of an operation are written once, as a generator that yields each unit of work and
+receives its result; the sync and the async use cases only drive it.
 """
 
 from __future__ import annotations
 
-import copy
-from collections.abc import Callable
+import dataclasses
+from collections.abc import Callable, Generator
 from datetime import date
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
-from sqlalchemy import Connection, Engine
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
-from sqlalchemy.orm import Session, sessionmaker
-
+from ..domain.entity import check_count
 from ..domain.format import IdRange
-from ..infrastructure.repository import IdManagerRepositoryImpl, translate_errors
-from .service import SyncIdManagerService
+from ..domain.repository import (
+    AsyncTransactions,
+    IdManagerRepository,
+    Transactions,
+)
+from .options import DEFAULT_OPTIONS, ServiceOptions
+from .service import SyncIdManagerService, sequence_key
 
 T = TypeVar("T")
 Operation = Callable[[SyncIdManagerService], T]
+Work = Callable[[IdManagerRepository], Any]
+# A unit of work and whether it is one statement (which may then run without BEGIN/COMMIT).
+Step = tuple[Work, bool]
+Steps = Generator[Step, Any, T]
 
 
-def _autocommit(engine: Engine) -> Engine | None:
-    """Return a view of ``engine`` whose statements commit themselves, where that is safe.
+class _Steps:
+    """What the sync and the async use cases share: the options, and each operation's steps."""
 
-    An allocation is one statement on PostgreSQL and SQLite: run alone, it is atomic and
-    saves the BEGIN and COMMIT round trips. MySQL's allocation needs two statements, so it
-    keeps its transaction.
-    """
-    if engine.dialect.name in ("postgresql", "sqlite"):
-        return engine.execution_options(isolation_level="AUTOCOMMIT")
-    return None
+    def __init__(self, options: ServiceOptions) -> None:
+        self.options = options
 
+    def _service(self, repository: IdManagerRepository) -> SyncIdManagerService:
+        return SyncIdManagerService(repository, self.options)
 
-class IdManagerUseCases:
-    """Run service operations each in its own committed transaction, on an async engine."""
+    def _work(self, operation: Operation[T]) -> Callable[[IdManagerRepository], T]:
+        return lambda repository: operation(self._service(repository))
 
-    def __init__(
-        self, bind: AsyncEngine | async_sessionmaker[AsyncSession], **service_options: Any
-    ) -> None:
-        self.engine = bind if isinstance(bind, AsyncEngine) else None
-        # A session connects on its first statement, inside the operation: a health check
-        # then reports an unreachable database instead of failing to start.
-        self.sessions = (
-            bind
-            if isinstance(bind, async_sessionmaker)
-            else async_sessionmaker(bind, expire_on_commit=False)
+    def _allocation(self, prefix: str, count: int, scope: str, on: date | None) -> Steps[IdRange]:
+        """Allocate in one statement when the sequence exists; else in a transaction."""
+        key = sequence_key(prefix, scope, on, self.options)
+        check_count(count, self.options.max_count)
+        if self.options.lock_timeout_ms is None:
+            # The session-level lock wait applies: the allocation can run alone.
+            ids: IdRange | None = yield self._work(lambda s: s.allocate_existing(key, count)), True
+            if ids is not None:
+                return ids
+        created: IdRange = yield (
+            self._work(lambda s: s.generate_range(prefix, count, scope=scope, on=on)),
+            False,
         )
-        autocommit = _autocommit(self.engine.sync_engine) if self.engine is not None else None
-        self.autocommit = AsyncEngine(autocommit) if autocommit is not None else None
-        self.service_options = service_options
+        return created
 
-    def with_options(self, **service_options: Any) -> IdManagerUseCases:
-        """Return use cases on the same engine with other service options (say, the actor)."""
-        clone = copy.copy(self)
-        clone.service_options = {**self.service_options, **service_options}
-        return clone
 
-    async def run(self, operation: Operation[T], *, commit: bool = True) -> T:
-        """Run ``operation`` on a service in a new transaction; commit it, or roll it back."""
-        with translate_errors():
-            async with self.sessions() as session:
-                result = await session.run_sync(self._call, operation)
-                await (session.commit() if commit else session.rollback())
-                return result
+class SyncIdManagerUseCases(_Steps):
+    """Run service operations each in its own committed transaction (threads, scripts)."""
 
-    async def allocate(
-        self, prefix: str, count: int = 1, *, scope: str = "", on: date | None = None
-    ) -> IdRange:
-        """Allocate ``count`` IDs, committed before they are returned, in one round trip.
+    def __init__(self, transactions: Transactions, options: ServiceOptions = DEFAULT_OPTIONS):
+        super().__init__(options)
+        self.transactions = transactions
 
-        Where the allocation is a single statement it runs in autocommit mode, so the
-        database sees that statement alone, not BEGIN, the statement and COMMIT.
-        """
-        operation = _allocation(prefix, count, scope, on)
-        if self.autocommit is None:
-            return await self.run(operation)
-        with translate_errors():
-            async with self.autocommit.connect() as connection:
-                return await connection.run_sync(self._call, operation)
-
-    def _call(self, bind: Session | Connection, operation: Operation[T]) -> T:
-        return operation(
-            SyncIdManagerService(IdManagerRepositoryImpl(bind), **self.service_options)
+    def with_options(self, **changes: Any) -> SyncIdManagerUseCases:
+        """Return use cases on the same storage with other options (say, the actor)."""
+        return SyncIdManagerUseCases(
+            self.transactions, dataclasses.replace(self.options, **changes)
         )
-
-
-def _allocation(prefix: str, count: int, scope: str, on: date | None) -> Operation[IdRange]:
-    return lambda service: service.generate_range(prefix, count, scope=scope, on=on)
-
-
-class SyncIdManagerUseCases:
-    """Run service operations each in its own committed transaction, on a sync engine."""
-
-    def __init__(self, bind: Engine | sessionmaker[Session], **service_options: Any) -> None:
-        self.engine = bind if isinstance(bind, Engine) else None
-        self.sessions = (
-            bind if isinstance(bind, sessionmaker) else sessionmaker(bind, expire_on_commit=False)
-        )
-        self.autocommit = _autocommit(self.engine) if self.engine is not None else None
-        self.service_options = service_options
 
     def run(self, operation: Operation[T], *, commit: bool = True) -> T:
         """Run ``operation`` on a service in a new transaction; commit it, or roll it back."""
-        with translate_errors(), self.sessions() as session:
-            return self._finish(session, operation, commit)
+        return self.transactions.run(self._work(operation), commit=commit)
 
     def allocate(
         self, prefix: str, count: int = 1, *, scope: str = "", on: date | None = None
     ) -> IdRange:
-        """Allocate ``count`` IDs, committed before they are returned, in one round trip."""
-        operation = _allocation(prefix, count, scope, on)
-        if self.autocommit is None:
-            return self.run(operation)
-        with translate_errors(), self.autocommit.connect() as connection:
-            return operation(self._service(connection))
+        """Allocate ``count`` IDs, committed before they are returned (one round trip when
+        the sequence exists)."""
+        return self._drive(self._allocation(prefix, count, scope, on))
 
-    def _service(self, bind: Session | Connection) -> SyncIdManagerService:
-        return SyncIdManagerService(IdManagerRepositoryImpl(bind), **self.service_options)
+    def _drive(self, steps: Steps[T]) -> T:
+        result: Any = None
+        try:
+            while True:
+                work, single = steps.send(result)
+                run = self.transactions.run_single if single else self.transactions.run
+                result = run(work)
+        except StopIteration as done:
+            return cast(T, done.value)
 
-    def _finish(self, bind: Session | Connection, operation: Operation[T], commit: bool) -> T:
-        result = operation(self._service(bind))
-        if commit:
-            bind.commit()
-        else:
-            bind.rollback()
-        return result
+
+class IdManagerUseCases(_Steps):
+    """Run service operations each in its own committed transaction (asyncio)."""
+
+    def __init__(self, transactions: AsyncTransactions, options: ServiceOptions = DEFAULT_OPTIONS):
+        super().__init__(options)
+        self.transactions = transactions
+
+    def with_options(self, **changes: Any) -> IdManagerUseCases:
+        """Return use cases on the same storage with other options (say, the actor)."""
+        return IdManagerUseCases(self.transactions, dataclasses.replace(self.options, **changes))
+
+    async def run(self, operation: Operation[T], *, commit: bool = True) -> T:
+        """Run ``operation`` on a service in a new transaction; commit it, or roll it back."""
+        return await self.transactions.run(self._work(operation), commit=commit)
+
+    async def allocate(
+        self, prefix: str, count: int = 1, *, scope: str = "", on: date | None = None
+    ) -> IdRange:
+        """Allocate ``count`` IDs, committed before they are returned (one round trip when
+        the sequence exists)."""
+        return await self._drive(self._allocation(prefix, count, scope, on))
+
+    async def _drive(self, steps: Steps[T]) -> T:
+        result: Any = None
+        try:
+            while True:
+                work, single = steps.send(result)
+                run = self.transactions.run_single if single else self.transactions.run
+                result = await run(work)
+        except StopIteration as done:
+            return cast(T, done.value)

@@ -1,6 +1,6 @@
 """The ``idmanager`` command line: thin commands over the use cases, for operators and scripts."""
 
-from . import commands, import_legacy, serve
+from . import audit, commands, import_legacy, serve
 from .base import app
 
-__all__ = ["app", "commands", "import_legacy", "serve"]
+__all__ = ["app", "audit", "commands", "import_legacy", "serve"]

@@ -1,54 +1,61 @@
 """What every command shares: the Typer app, common options, exit codes and error reporting.
 
-Each command opens a sync engine, runs one service operation in its own transaction and
-prints the result: text and tables for people, one JSON document with ``--json`` for scripts.
-Expected failures are one ``error: …`` line on stderr and an exit code that says what kind.
+Each command runs one use case in its own transaction and prints the result: text and
+tables for people, one JSON document with ``--json`` for scripts. Expected failures are one
+``error: …`` line on stderr and an exit code that says what kind (``idmanager.problems``).
+
+Commands reach storage through a :class:`Backend`: the database named by ``--database-url``,
+or, in tests, whatever ``CliRunner.invoke(app, args, obj=backend)`` hands in.
 """
 
 from __future__ import annotations
 
+import getpass
 import json
-from collections.abc import Callable
+import socket
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from importlib.metadata import PackageNotFoundError, version
 from typing import Annotated, Any, NoReturn, TypeVar
 
+import click
 import typer
 from rich.console import Console
 from sqlalchemy import Engine
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import ArgumentError
 
+from ..application.options import ServiceOptions
+from ..application.results import to_json
 from ..application.service import SyncIdManagerService
 from ..application.use_cases import SyncIdManagerUseCases
-from ..domain.errors import (
-    ConflictError,
-    IdManagerError,
-    InvalidInputError,
-    PrefixNotFoundError,
-    ResetRefusedError,
-)
+from ..connect import connect
+from ..domain.errors import IdManagerError, ResetRefusedError
 from ..infrastructure.database import create_engine, sync_url
+from ..infrastructure.migrate import migrate as apply_migrations
+from ..problems import EXIT_ERROR, EXIT_INPUT, KINDS, kind_of
 
 T = TypeVar("T")
 
-EXIT_ERROR = 1  # the database is unavailable or failing; `health`: unhealthy
-EXIT_INPUT = 2  # bad input or configuration (Click's own usage errors are 2 as well)
-EXIT_CONFLICT = 3  # the sequence refuses: inactive prefix, backwards reset without --force
-EXIT_NOT_FOUND = 4  # the prefix does not exist
 
-EXIT_CODES = (
-    "Exit codes: 0 success; 1 database unavailable or failing (for `health`: unhealthy); "
-    "2 bad input or configuration (prefix, ID, count, database URL, option); "
-    "3 refused by the sequence's state (inactive prefix, backwards reset without --force); "
-    "4 unknown prefix."
-)
+def _exit_codes() -> str:
+    codes: dict[int, list[str]] = {0: ["success"]}
+    for found in KINDS:
+        if found.error is not None:
+            codes.setdefault(found.exit_code, []).append(found.title.lower())
+    codes[EXIT_ERROR].append("`health`: unhealthy")
+    return "Exit codes: " + "; ".join(
+        f"{code} {', '.join(dict.fromkeys(names))}" for code, names in sorted(codes.items())
+    )
+
+
+EXIT_CODES = _exit_codes()
 
 # Below this many IDs printing takes well under a second: no progress bar.
 PROGRESS_THRESHOLD = 100_000
 # A server that does not answer must not hang a command (or a health probe) for minutes.
 CONNECT_TIMEOUT_S = 10
-APP_FACTORY = "idmanager.api.app:create_app"
 
 app = typer.Typer(
     help="Human-readable, sequential, never-repeating business IDs (CUS-AAA0001).",
@@ -57,6 +64,16 @@ app = typer.Typer(
     rich_markup_mode="markdown",  # reflows the docstrings' paragraphs
     pretty_exceptions_show_locals=False,  # locals may hold a database password
 )
+
+
+def default_actor() -> str:
+    """Return who runs the command, for the audit trail: ``user@host``."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no name for this uid (containers)
+        user = "unknown"
+    return f"{user}@{socket.gethostname()}"
+
 
 DatabaseUrl = Annotated[
     str,
@@ -101,6 +118,16 @@ Scope = Annotated[
         "Each scope has its own sequence per prefix.",
     ),
 ]
+Actor = Annotated[
+    str | None,
+    typer.Option(
+        "--actor",
+        envvar="IDMANAGER_ACTOR",
+        metavar="NAME",
+        help="Who makes the change, as the audit trail records it. Default: user@host.",
+        show_default=False,
+    ),
+]
 
 
 def _version(value: bool) -> None:
@@ -130,58 +157,85 @@ def fail(message: str, code: int = EXIT_ERROR) -> NoReturn:
     raise typer.Exit(code)
 
 
-def _report(exc: IdManagerError) -> NoReturn:
-    """Exit with the line and the code that fit an expected error."""
+def report(exc: IdManagerError) -> NoReturn:
+    """Exit with the line and the code of an expected error's kind."""
     message = str(exc)
     if isinstance(exc, ResetRefusedError):
         message = message.replace("force=True", "--force")
-    if isinstance(exc, InvalidInputError):
-        fail(message, EXIT_INPUT)
-    if isinstance(exc, PrefixNotFoundError):
-        fail(message, EXIT_NOT_FOUND)
-    if isinstance(exc, ConflictError):
-        fail(message, EXIT_CONFLICT)
-    fail(message, EXIT_ERROR)
+    fail(message, kind_of(exc).exit_code)
 
 
-def _checked_url(database_url: str) -> URL:
+def checked_url(database_url: str) -> URL:
+    """Return the database URL with its sync driver, or exit 2 naming what is wrong."""
     try:
         return sync_url(database_url)
     except (ValueError, ArgumentError) as exc:
         fail(f"invalid database URL: {exc}", EXIT_INPUT)
 
 
-def _engine(database_url: str) -> Engine:
-    url = _checked_url(database_url)
+def engine_for(url: str | URL) -> Engine:
+    """Create a sync engine for a command: short connect timeout, the backend's settings."""
+    url = checked_url(str(url)) if isinstance(url, str) else url
     options: dict[str, Any] = {}
     if url.get_backend_name() in ("postgresql", "mysql") and "connect_timeout" not in url.query:
         options["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT_S}
     return create_engine(url, **options)
 
 
-def _run(
+class Backend:
+    """Where commands find their storage: a real database, by URL."""
+
+    @contextmanager
+    def use_cases(
+        self, database_url: str, options: ServiceOptions
+    ) -> Iterator[SyncIdManagerUseCases]:
+        """Yield use cases on the database, disposed of afterwards."""
+        engine = engine_for(database_url)
+        try:
+            yield connect(engine, options)
+        finally:
+            engine.dispose()
+
+    def migrate(self, database_url: str) -> None:
+        """Create or upgrade the schema."""
+        checked_url(database_url)
+        apply_migrations(database_url)
+
+
+def backend() -> Backend:
+    """Return the backend of this invocation (the SQL one unless a test gave another)."""
+    found = click.get_current_context().find_object(Backend)
+    return found if found is not None else Backend()
+
+
+def run(
     database_url: str,
     operation: Callable[[SyncIdManagerService], T],
     *,
     commit: bool = True,
+    actor: str | None = None,
 ) -> T:
     """Run one service operation in its own transaction, reporting expected errors."""
-    engine = _engine(database_url)
     try:
-        return SyncIdManagerUseCases(engine).run(operation, commit=commit)
+        with backend().use_cases(database_url, ServiceOptions(actor=actor)) as use_cases:
+            return use_cases.run(operation, commit=commit)
     except IdManagerError as exc:
-        _report(exc)
-    finally:
-        engine.dispose()
+        report(exc)
 
 
-def _print_json(document: Any) -> None:
-    typer.echo(json.dumps(document, indent=2, ensure_ascii=False))
+def print_json(document: Any) -> None:
+    """Print a result (or any JSON-ready data) as one indented JSON document."""
+    typer.echo(json.dumps(to_json(document), indent=2, ensure_ascii=False))
 
 
-def _console() -> Console:
+def console() -> Console:
     return Console(highlight=False, soft_wrap=False)
 
 
-def _where(scope: str) -> str:
+def where(scope: str) -> str:
     return f" (scope {scope!r})" if scope else ""
+
+
+def when(moment: datetime | None) -> str:
+    """Return a time for a table, in UTC to the second."""
+    return moment.strftime("%Y-%m-%d %H:%M:%S") if moment else "-"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-from dataclasses import asdict
 from typing import Annotated, TextIO
 
 import typer
@@ -13,31 +12,31 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from ..application.results import SequenceStats
 from ..domain.entity import IdManager
-from ..domain.errors import (
-    IdManagerError,
-)
+from ..domain.errors import IdManagerError
 from ..domain.format import IdRange
 from ..infrastructure.database import DEFAULT_DATABASE_URL
-from ..infrastructure.migrate import migrate as apply_migrations
+from ..problems import EXIT_ERROR, EXIT_NOT_FOUND
 from .base import (
     EXIT_CODES,
-    EXIT_ERROR,
-    EXIT_NOT_FOUND,
     PROGRESS_THRESHOLD,
+    Actor,
     DatabaseUrl,
     Day,
     Json,
     Prefix,
     Scope,
-    _checked_url,
-    _console,
-    _print_json,
-    _report,
-    _run,
-    _where,
     app,
+    backend,
+    console,
+    default_actor,
     fail,
+    print_json,
+    report,
+    run,
+    when,
+    where,
 )
 
 
@@ -57,16 +56,21 @@ def next_ids(
     ] = 1,
     scope: Scope = "",
     day: Day = None,
+    actor: Actor = None,
     database_url: DatabaseUrl = DEFAULT_DATABASE_URL,
     as_json: Json = False,
 ) -> None:
     """Allocate the next ID of PREFIX (or N consecutive ones) and print them, one per line.
 
     The IDs are committed before they are printed. With --json: {"prefix", "scope",
-    "count", "ids"}. An unknown prefix is created on first use.
+    "count", "ids"}. An unknown prefix is created on first use (audited under --actor).
     """
     on = day.date() if day else None
-    ids = _run(database_url, lambda s: s.generate_range(prefix, count, scope=scope, on=on))
+    ids = run(
+        database_url,
+        lambda s: s.generate_range(prefix, count, scope=scope, on=on),
+        actor=actor or default_actor(),
+    )
     _write_ids(ids, scope, as_json)
 
 
@@ -140,27 +144,29 @@ def reset(
     ] = False,
     scope: Scope = "",
     day: Day = None,
+    actor: Actor = None,
     database_url: DatabaseUrl = DEFAULT_DATABASE_URL,
     as_json: Json = False,
 ) -> None:
     """Make --to the latest ID of PREFIX, refusing to move backwards without --force.
 
-    Resetting an unknown prefix creates it. Every reset is recorded in the audit table.
-    With --json: {"prefix", "scope", "previous_id", "latest_id", "next_id", "forced",
-    "dry_run"}.
+    Resetting an unknown prefix creates it. Every reset is recorded in the audit trail
+    under --actor. With --json: {"prefix", "scope", "previous_id", "latest_id", "next_id",
+    "forced", "dry_run"}.
     """
-    result = _run(
+    result = run(
         database_url,
         lambda s: s.reset_sequence(
             prefix, to, force, scope=scope, on=day.date() if day else None, dry_run=dry_run
         ),
         commit=not dry_run,
+        actor=actor or default_actor(),
     )
     if as_json:
-        _print_json(asdict(result))
+        print_json(result)
         return
     moved = f"latest ID {result.previous_id or '(none)'} -> {result.latest_id or '(none)'}"
-    subject = f"{result.prefix}{_where(result.scope)}"
+    subject = f"{result.prefix}{where(result.scope)}"
     if dry_run:
         typer.echo(
             f"dry run, nothing changed: {subject} would go from {moved}, next ID {result.next_id}"
@@ -185,6 +191,18 @@ def list_prefixes(
     active_only: Annotated[
         bool, typer.Option("--active-only", help="Leave out deactivated prefixes.")
     ] = False,
+    search: Annotated[
+        str | None,
+        typer.Option("--search", metavar="TEXT", help="Only prefixes that contain TEXT."),
+    ] = None,
+    template: Annotated[
+        str | None,
+        typer.Option(
+            "--template",
+            metavar="TEMPLATE",
+            help="Only the periods of this template, e.g. INV{YYYY}.",
+        ),
+    ] = None,
     skip: Annotated[
         int, typer.Option("--skip", metavar="N", help="Leave out the first N sequences.")
     ] = 0,
@@ -198,18 +216,25 @@ def list_prefixes(
 
     With --json: an array of the statistics objects that `show --json` prints.
     """
-    managers = _run(
+    managers = run(
         database_url,
-        lambda s: s.get_all_prefixes(scope=scope, skip=skip, limit=limit, active_only=active_only),
+        lambda s: s.get_all_prefixes(
+            scope=scope,
+            skip=skip,
+            limit=limit,
+            active_only=active_only,
+            search=search,
+            template=template,
+        ),
         commit=False,
     )
     if as_json:
-        _print_json([manager.stats() for manager in managers])
+        print_json([SequenceStats.of(manager) for manager in managers])
         return
     if not managers:
         typer.echo("no prefixes yet: `idmanager next PREFIX` creates one")
         return
-    _console().print(_list_table(managers))
+    console().print(_list_table(managers))
 
 
 def _list_table(managers: list[IdManager]) -> Table:
@@ -230,7 +255,7 @@ def _list_table(managers: list[IdManager]) -> Table:
             manager.next_id,
             f"{manager.last_value:,}",
             "yes" if manager.is_active else "no",
-            manager.updated_at.strftime("%Y-%m-%d %H:%M:%S") if manager.updated_at else "-",
+            when(manager.updated_at),
         ]
         table.add_row(*([manager.scope] if with_scope else []), *row)
     return table
@@ -246,57 +271,60 @@ def show(
 ) -> None:
     """Show the statistics of PREFIX: latest and next ID, count issued, state and format."""
     on = day.date() if day else None
-    stats = _run(
+    stats = run(
         database_url, lambda s: s.get_prefix_stats(prefix, scope=scope, on=on), commit=False
     )
-    if not stats["exists"]:
+    if not stats.exists:
         fail(
-            f"Prefix {stats['prefix']}{_where(scope)} does not exist; "
-            f"its first ID would be {stats['next_id']}",
+            f"Prefix {stats.prefix}{where(scope)} does not exist; "
+            f"its first ID would be {stats.next_id}",
             EXIT_NOT_FOUND,
         )
     if as_json:
-        _print_json(stats)
+        print_json(stats)
         return
-    fmt = stats["format"]
+    fmt = stats.format
     rows = [
-        ("Prefix", stats["prefix"]),
-        ("Scope", stats["scope"] or "(default)"),
-        ("Latest ID", stats["latest_id"] or "(none issued)"),
-        ("Next ID", stats["next_id"]),
-        ("Issued", f"{stats['count_issued']:,}"),
-        ("Active", "yes" if stats["is_active"] else "no"),
+        ("Prefix", stats.prefix),
+        ("Scope", stats.scope or "(default)"),
+        ("Latest ID", stats.latest_id or "(none issued)"),
+        ("Next ID", stats.next_id),
+        ("Issued", f"{stats.count_issued:,}"),
+        ("Active", "yes" if stats.is_active else "no"),
         (
             "Format",
-            f"separator {fmt['separator']!r}, {fmt['letter_width']} letters, "
-            f"{fmt['digit_width']} digits",
+            f"separator {fmt.separator!r}, {fmt.letter_width} letters, {fmt.digit_width} digits",
         ),
-        ("Letter width used", f"{stats['width_usage']:.2%}"),
-        ("Created", stats["created_at"] or "-"),
-        ("Updated", stats["updated_at"] or "-"),
+        ("Letter width used", f"{stats.width_usage:.2%}"),
+        ("Template", stats.template or "-"),
+        ("Created", f"{when(stats.created_at)} by {stats.created_by or 'unknown'}"),
+        ("Updated", when(stats.updated_at)),
     ]
-    if stats["warning"]:
-        rows.append(("Warning", stats["warning"]))
+    if stats.warning:
+        rows.append(("Warning", stats.warning))
     table = Table(box=None, show_header=False, pad_edge=False)
     table.add_column(style="bold", no_wrap=True)
     table.add_column(overflow="fold")
     for name, value in rows:
         table.add_row(name, value)
-    _console().print(table)
+    console().print(table)
 
 
-def _set_active(prefix: str, scope: str, database_url: str, as_json: bool, active: bool) -> None:
-    manager = _run(
+def _set_active(
+    prefix: str, scope: str, database_url: str, as_json: bool, active: bool, actor: str | None
+) -> None:
+    manager = run(
         database_url,
         lambda s: (s.activate_prefix if active else s.deactivate_prefix)(prefix, scope=scope),
+        actor=actor or default_actor(),
     )
     if as_json:
-        _print_json(manager.stats())
+        print_json(SequenceStats.of(manager))
     elif active:
-        typer.echo(f"{manager.prefix}{_where(scope)} is active: next ID {manager.next_id}")
+        typer.echo(f"{manager.prefix}{where(scope)} is active: next ID {manager.next_id}")
     else:
         typer.echo(
-            f"{manager.prefix}{_where(scope)} is inactive: it issues no new IDs until "
+            f"{manager.prefix}{where(scope)} is inactive: it issues no new IDs until "
             f"`idmanager activate {manager.prefix}`"
         )
 
@@ -305,22 +333,24 @@ def _set_active(prefix: str, scope: str, database_url: str, as_json: bool, activ
 def activate(
     prefix: Prefix,
     scope: Scope = "",
+    actor: Actor = None,
     database_url: DatabaseUrl = DEFAULT_DATABASE_URL,
     as_json: Json = False,
 ) -> None:
     """Let PREFIX issue IDs again (audited). With --json: its statistics."""
-    _set_active(prefix, scope, database_url, as_json, True)
+    _set_active(prefix, scope, database_url, as_json, True, actor)
 
 
 @app.command(epilog=EXIT_CODES)
 def deactivate(
     prefix: Prefix,
     scope: Scope = "",
+    actor: Actor = None,
     database_url: DatabaseUrl = DEFAULT_DATABASE_URL,
     as_json: Json = False,
 ) -> None:
     """Make PREFIX refuse new IDs; its history is kept (audited). With --json: its statistics."""
-    _set_active(prefix, scope, database_url, as_json, False)
+    _set_active(prefix, scope, database_url, as_json, False, actor)
 
 
 @app.command(epilog=EXIT_CODES)
@@ -328,21 +358,19 @@ def health(database_url: DatabaseUrl = DEFAULT_DATABASE_URL, as_json: Json = Fal
     """Check the database with a real allocation that is rolled back; exit 0 healthy, 1 not.
 
     Leaves nothing behind, so it can run every few seconds. With --json: the seed's report
-    {"status", "message", "prefix_count", "test_id_generated", "timestamp"} and, when
-    unhealthy, "error_type".
+    {"status", "message", "prefix_count", "test_id_generated", "timestamp", "error_type"}.
     """
-    report = _run(database_url, lambda s: s.health_check(), commit=False)
-    healthy = report["status"] == "healthy"
+    result = run(database_url, lambda s: s.health_check(), commit=False)
     if as_json:
-        _print_json(report)
-    elif healthy:
+        print_json(result)
+    elif result.healthy:
         typer.echo(
-            f"healthy: {report['message']} ({report['prefix_count']} prefixes, "
-            f"test ID {report['test_id_generated']})"
+            f"healthy: {result.message} ({result.prefix_count} prefixes, "
+            f"test ID {result.test_id_generated})"
         )
     else:
-        typer.echo(f"unhealthy: {' '.join(report['message'].split())}", err=True)
-    raise typer.Exit(0 if healthy else EXIT_ERROR)
+        typer.echo(f"unhealthy: {' '.join(result.message.split())}", err=True)
+    raise typer.Exit(0 if result.healthy else EXIT_ERROR)
 
 
 @app.command(epilog=EXIT_CODES)
@@ -351,12 +379,11 @@ def migrate(database_url: DatabaseUrl = DEFAULT_DATABASE_URL, as_json: Json = Fa
 
     With --json: {"status": "up to date"}.
     """
-    _checked_url(database_url)
     try:
-        apply_migrations(database_url)
+        backend().migrate(database_url)
     except IdManagerError as exc:
-        _report(exc)
+        report(exc)
     if as_json:
-        _print_json({"status": "up to date"})
+        print_json({"status": "up to date"})
     else:
         typer.echo("database is up to date")

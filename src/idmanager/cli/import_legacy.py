@@ -8,22 +8,24 @@ import typer
 from sqlalchemy.exc import ArgumentError
 
 from ..application import legacy
-from ..domain.errors import (
-    IdManagerError,
-)
+from ..application.options import ServiceOptions
+from ..domain.errors import IdManagerError
+from ..infrastructure import legacy_source
 from ..infrastructure.database import DEFAULT_DATABASE_URL, sync_url
+from ..problems import EXIT_INPUT
 from .base import (
     CONNECT_TIMEOUT_S,
     EXIT_CODES,
-    EXIT_INPUT,
+    Actor,
     DatabaseUrl,
     Json,
     Scope,
-    _engine,
-    _print_json,
-    _report,
     app,
+    backend,
+    default_actor,
     fail,
+    print_json,
+    report,
 )
 
 
@@ -47,7 +49,7 @@ def import_legacy(
             help="The seed's table in --from (columns prefix, latest_id, is_active); "
             "may be qualified by a schema, e.g. legacy.id_managers.",
         ),
-    ] = legacy.DEFAULT_TABLE,
+    ] = legacy_source.DEFAULT_TABLE,
     on_corrupt: Annotated[
         legacy.OnCorrupt,
         typer.Option(
@@ -62,6 +64,7 @@ def import_legacy(
         typer.Option("--dry-run", help="Print what the import would do and write nothing."),
     ] = False,
     scope: Scope = "",
+    actor: Actor = None,
     database_url: DatabaseUrl = DEFAULT_DATABASE_URL,
     as_json: Json = False,
 ) -> None:
@@ -85,26 +88,24 @@ def import_legacy(
         and "connect_timeout" not in source_url_checked.query
     ):
         options["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT_S}
-    target = _engine(database_url)
     source = None
     try:
-        source = legacy.source_engine(source_url_checked, **options)
-        report = legacy.import_legacy(
-            source,
-            target,
-            table=table,
-            scope=scope,
-            on_corrupt=on_corrupt,
-            dry_run=dry_run,
-        )
+        source = legacy_source.source_engine(source_url_checked, **options)
+        rows = [
+            legacy.LegacyRow(*values) for values in legacy_source.read_legacy_rows(source, table)
+        ]
+        service_options = ServiceOptions(actor=actor or default_actor())
+        with backend().use_cases(database_url, service_options) as target:
+            outcome = legacy.import_legacy(
+                rows, target, table=table, scope=scope, on_corrupt=on_corrupt, dry_run=dry_run
+            )
     except IdManagerError as exc:
-        _report(exc)
+        report(exc)
     finally:
-        target.dispose()
         if source is not None:
             source.dispose()
-    restarts = "restarts" if report.written else "would restart"
-    for row in report.rows:
+    restarts = "restarts" if outcome.written else "would restart"
+    for row in outcome.rows:
         if row.status is legacy.Status.RESET:
             typer.echo(
                 f"WARNING: {row.prefix} {restarts} at {row.next_id} because its latest ID "
@@ -113,16 +114,57 @@ def import_legacy(
                 err=True,
             )
     if as_json:
-        _print_json(report.to_dict())
+        print_json(outcome.to_dict())
     else:
-        for row in report.rows:
-            typer.echo(row.line())
-        typer.echo(report.summary())
-    if report.failed:
-        outcome = "a real run would write nothing" if dry_run else "nothing was written"
+        for row in outcome.rows:
+            typer.echo(_line(row))
+        typer.echo(_summary(outcome))
+    if outcome.failed:
+        result = "a real run would write nothing" if dry_run else "nothing was written"
         fail(
-            f"{len(report.refused)} of {len(report.rows)} rows cannot be imported (refused "
-            f"above); {outcome}. Correct them in the source, or rerun with --on-corrupt skip "
+            f"{len(outcome.refused)} of {len(outcome.rows)} rows cannot be imported (refused "
+            f"above); {result}. Correct them in the source, or rerun with --on-corrupt skip "
             "to import the others",
             EXIT_INPUT,
         )
+
+
+def _line(row: legacy.RowReport) -> str:
+    """Describe one row of the import in one line."""
+    name = row.prefix or repr(row.legacy_prefix)
+    stored = repr(row.legacy_latest_id) if row.legacy_latest_id is not None else "NULL"
+    read_as = row.latest_id or "nothing issued"
+    notes = []
+    if row.prefix and row.legacy_prefix != row.prefix:
+        notes.append(f"prefix {row.legacy_prefix!r}")
+    if not row.is_active:
+        notes.append("inactive")
+    tail = f" ({', '.join(notes)})" if notes else ""
+    if row.status is legacy.Status.IMPORTED:
+        if row.latest_id is None:
+            return f"imported {name}: nothing issued -> next {row.next_id}{tail}"
+        return f"imported {name} -> next {row.next_id}{tail}"
+    if row.status is legacy.Status.CORRECTED:
+        return f"corrected {name}: {stored} -> {read_as}, next {row.next_id}{tail}"
+    if row.status is legacy.Status.RESET:
+        return (
+            f"reset {name}: {stored} cannot be read ({row.reason}); "
+            f"restarted, next {row.next_id}{tail}"
+        )
+    if row.status is legacy.Status.UNCHANGED:
+        return f"unchanged {name}: {row.reason} (legacy {read_as}), next {row.next_id}"
+    if row.status is legacy.Status.REFUSED:
+        return f"refused {name}: {stored} — {row.reason}"
+    return f"skipped {name}: {row.reason}"
+
+
+def _summary(report: legacy.ImportReport) -> str:
+    """Describe the whole import in one line."""
+    counts = ", ".join(f"{n} {status}" for status, n in report.counts().items())
+    if report.written:
+        outcome = "written"
+    elif report.dry_run:
+        outcome = "dry run, nothing written"
+    else:
+        outcome = "nothing written"
+    return f"{len(report.rows)} rows in {report.table}: {counts}; {outcome}"

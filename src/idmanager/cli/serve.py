@@ -8,19 +8,11 @@ from typing import Annotated
 
 import typer
 
-from ..domain.errors import (
-    StorageError,
-)
+from ..domain.errors import StorageError
 from ..infrastructure.database import DEFAULT_DATABASE_URL
 from ..infrastructure.migrate import migrate as apply_migrations
-from .base import (
-    APP_FACTORY,
-    EXIT_CODES,
-    EXIT_INPUT,
-    _checked_url,
-    app,
-    fail,
-)
+from ..problems import EXIT_INPUT
+from .base import EXIT_CODES, app, checked_url, fail
 
 
 def _is_loopback(host: str) -> bool:
@@ -90,7 +82,7 @@ def serve(
     override them.
     """
     try:
-        from ..api.serving import run
+        from ..api.serving import APP_FACTORY, run
         from ..settings import Settings
     except ImportError as exc:
         fail(
@@ -111,7 +103,7 @@ def serve(
             EXIT_INPUT,
         )
     if settings.migrate_on_start:
-        _checked_url(settings.database_url)
+        checked_url(settings.database_url)
         try:
             apply_migrations(settings.database_url)
         except StorageError as exc:

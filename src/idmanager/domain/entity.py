@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import re
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 from .errors import InvalidCountError, InvalidIdError, ResetRefusedError
-from .format import DEFAULT_FORMAT, IdFormat, IdRange, format_id, parse_id
+from .format import (
+    DEFAULT_FORMAT,
+    MAX_PREFIX_LENGTH,
+    IdFormat,
+    IdRange,
+    format_id,
+    normalize_prefix,
+    parse_id,
+)
 
 HEALTH_CHECK_PREFIX = "_HEALTH_CHECK_"
 
 # Statistics warn when a prefix has used this much of its current letter width.
 WIDTH_WARNING_RATIO = 0.9
+_VALID_PREFIX = re.compile(rf"[A-Z0-9_]{{1,{MAX_PREFIX_LENGTH}}}")
 
 
 @dataclass(slots=True)
@@ -32,7 +41,16 @@ class IdManager:
     created_at: datetime | None = None
     updated_at: datetime | None = None
     created_by: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    template: str | None = None
+
+    def __post_init__(self) -> None:
+        # Rows read back are valid already: one regex, and only a bad prefix pays for more.
+        if not (isinstance(self.prefix, str) and _VALID_PREFIX.fullmatch(self.prefix)):
+            self.prefix = normalize_prefix(self.prefix)
+
+    def __str__(self) -> str:
+        where = f" (scope {self.scope})" if self.scope else ""
+        return f"{self.prefix}{where}: {self.latest_id or 'no ID issued yet'}"
 
     @property
     def latest_id(self) -> str | None:
@@ -76,6 +94,13 @@ class IdManager:
             )
         return target
 
+    def width_warning(self) -> str | None:
+        """Return a warning when the current letter width is nearly used up, else None."""
+        usage = self.width_usage()
+        if usage < WIDTH_WARNING_RATIO:
+            return None
+        return f"{self.prefix} has used {usage:.0%} of its current letter width"
+
     def width_usage(self) -> float:
         """Return the share of the current letter width's IDs already issued (0.0–1.0)."""
         fmt = self.format
@@ -89,32 +114,6 @@ class IdManager:
             width += 1
         capacity = 26**width * fmt.per_block
         return float((self.last_value - start * fmt.per_block) / capacity)
-
-    def stats(self) -> dict[str, Any]:
-        """Return the statistics of this sequence."""
-        usage = self.width_usage()
-        return {
-            "prefix": self.prefix,
-            "scope": self.scope,
-            "exists": True,
-            "latest_id": self.latest_id,
-            "next_id": self.next_id,
-            "count_issued": self.last_value,
-            "is_active": self.is_active,
-            "format": {
-                "separator": self.format.separator,
-                "letter_width": self.format.letter_width,
-                "digit_width": self.format.digit_width,
-            },
-            "created_at": self.created_at.isoformat() if self.created_at else None,
-            "updated_at": self.updated_at.isoformat() if self.updated_at else None,
-            "width_usage": usage,
-            "warning": (
-                f"{self.prefix} has used {usage:.0%} of its current letter width"
-                if usage >= WIDTH_WARNING_RATIO
-                else None
-            ),
-        }
 
 
 def check_count(count: int, maximum: int) -> int:

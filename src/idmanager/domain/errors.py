@@ -49,5 +49,29 @@ class FormatLockedError(ConflictError):
     """A prefix's format cannot change once it has issued an ID."""
 
 
+class AccessDeniedError(IdManagerError, PermissionError):
+    """The caller may not do this: no valid credentials, or a role or scope too narrow."""
+
+
+class NotAuthenticatedError(AccessDeniedError):
+    """No credentials, or credentials that match no key."""
+
+
+class ForbiddenError(AccessDeniedError):
+    """Valid credentials whose role or scopes do not allow the operation."""
+
+
+class BusyError(IdManagerError):
+    """The sequence is busy: locked by another transaction past the wait allowed, or a
+    concurrent transaction won a conflict. Nothing was allocated; retrying is safe.
+    """
+
+
+class TransactionConflictError(BusyError):
+    """A concurrent transaction won a conflict (a deadlock, a serialization failure, a
+    certification failure on a multi-master cluster) and this one was rolled back.
+    """
+
+
 class StorageError(IdManagerError):
-    """The database could not be reached or did not answer in time."""
+    """The database could not be reached or failed."""

@@ -17,7 +17,6 @@ from datetime import UTC, date, datetime
 from .errors import InvalidPrefixError
 from .format import normalize_prefix
 
-TOKENS = ("YYYY", "YY", "MM", "DD", "FY")
 _TOKEN_RE = re.compile(r"\{([^{}]*)\}")
 
 
@@ -83,3 +82,13 @@ def resolve_prefix(template: str, on: date | None = None, *, fiscal_year_start: 
         raise InvalidPrefixError(
             f"Prefix template {shown!r} resolves to {resolved!r}: {exc}"
         ) from None
+
+
+def normalize_template(template: str) -> str:
+    """Return a template in one spelling (trimmed, upper case: ``INV{YYYY}``), validated.
+
+    Raises:
+        InvalidPrefixError: as :func:`resolve_prefix`.
+    """
+    resolve_prefix(template)
+    return _TOKEN_RE.sub(lambda m: "{" + m.group(1).strip().upper() + "}", template.strip().upper())

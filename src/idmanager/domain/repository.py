@@ -1,10 +1,13 @@
-"""The repository interface: what the application needs from storage, in domain terms."""
+"""What the application needs from storage, in domain terms: sequences, audit, transactions."""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
 from typing import TypeVar
 
 from .entity import IdManager
@@ -13,17 +16,66 @@ from .format import IdFormat
 T = TypeVar("T")
 
 
+class AuditAction(StrEnum):
+    """The kinds of change the audit trail records."""
+
+    CREATE = "create"  # created by its first allocation
+    REGISTER = "register"  # created by an explicit registration, with its format
+    CONFIGURE = "configure"
+    RESET = "reset"
+    ACTIVATE = "activate"
+    DEACTIVATE = "deactivate"
+    IMPORT = "import"  # continued from a legacy database
+    RELEASE = "release"  # a block cache handed back IDs it never issued
+
+
 @dataclass(frozen=True, slots=True)
 class AuditEntry:
-    """One recorded change of a sequence: a reset, a (de)activation or a reconfiguration."""
+    """One change of a sequence, to be recorded."""
 
     scope: str
     prefix: str
-    action: str
+    action: AuditAction
     old_value: int | None
     new_value: int | None
     actor: str | None = None
     detail: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StoredAudit:
+    """An audit entry as stored: its number, its time, and the format of its sequence."""
+
+    id: int
+    at: datetime
+    entry: AuditEntry
+    format: IdFormat
+
+
+@dataclass(frozen=True, slots=True)
+class AuditQuery:
+    """Which audit entries to read: every filter is optional; newest first."""
+
+    scope: str | None = None
+    prefix: str | None = None
+    actor: str | None = None
+    action: AuditAction | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    before: int | None = None  # keyset cursor: only entries numbered below it
+    limit: int = 100
+
+
+@dataclass(frozen=True, slots=True)
+class SequenceQuery:
+    """Which sequences to list, ordered by scope and prefix."""
+
+    scope: str | None = None  # None: every scope
+    active: bool | None = None  # None: active and inactive
+    search: str | None = None  # a part of the prefix
+    template: str | None = None  # only the periods of this template
+    skip: int = 0
+    limit: int = 100
 
 
 class IdManagerRepository(ABC):
@@ -37,15 +89,26 @@ class IdManagerRepository(ABC):
         """
         return fn()
 
-    @abstractmethod
-    def allocate(
-        self, scope: str, prefix: str, count: int, *, create: bool, fmt: IdFormat
-    ) -> IdManager | None:
-        """Add ``count`` to the sequence in one atomic statement and return its new state.
+    @contextmanager
+    def waiting_at_most(self, milliseconds: int) -> Iterator[None]:
+        """Wait at most ``milliseconds`` for locked rows inside the block (0: not at all).
 
-        Creates the sequence with ``fmt`` when ``create`` is set and it does not exist.
-        Returns None, changing nothing, when the sequence is missing (and not created) or
-        inactive.
+        Past it, statements fail with ``BusyError``. Storage without locks ignores it.
+        """
+        yield
+
+    @abstractmethod
+    def allocate(self, scope: str, prefix: str, count: int) -> IdManager | None:
+        """Add ``count`` to an active sequence in one atomic statement; return its new state.
+
+        Returns None, changing nothing, when the sequence is missing or inactive.
+        """
+
+    @abstractmethod
+    def insert(self, manager: IdManager) -> IdManager | None:
+        """Create ``manager``'s sequence as given; return it as stored.
+
+        Returns None, changing nothing, when the sequence exists already.
         """
 
     @abstractmethod
@@ -61,17 +124,11 @@ class IdManagerRepository(ABC):
         """Return the sequence, locking its row until the transaction ends if asked."""
 
     @abstractmethod
-    def ensure(self, scope: str, prefix: str, fmt: IdFormat, created_by: str | None) -> None:
-        """Create the sequence with nothing issued if it does not exist."""
-
-    @abstractmethod
     def update(self, manager: IdManager) -> None:
         """Store ``last_value``, ``is_active`` and the format of an existing sequence."""
 
     @abstractmethod
-    def list(
-        self, *, scope: str | None, skip: int, limit: int, active_only: bool
-    ) -> list[IdManager]:
+    def list_sequences(self, query: SequenceQuery) -> list[IdManager]:
         """Return sequences ordered by scope and prefix, leaving out reserved prefixes."""
 
     @abstractmethod
@@ -83,5 +140,41 @@ class IdManagerRepository(ABC):
         """Record a change."""
 
     @abstractmethod
+    def list_audit(self, query: AuditQuery) -> list[StoredAudit]:
+        """Return the audit entries that match, newest first."""
+
+    @abstractmethod
     def probe(self, prefix: str, fmt: IdFormat) -> int:
         """Allocate one ID of ``prefix`` and undo it, leaving nothing behind; return its ordinal."""
+
+
+class Transactions(ABC):
+    """Runs work in a transaction of its own: committed when the work returns.
+
+    The use cases (HTTP, CLI, library calls given an engine) reach storage only through this,
+    so they run as well over a real database as over an in-memory fake.
+    """
+
+    @abstractmethod
+    def run(self, work: Callable[[IdManagerRepository], T], *, commit: bool = True) -> T:
+        """Run ``work`` in a new transaction; commit it (or roll it back when ``commit`` is
+        False, or when ``work`` raises)."""
+
+    def run_single(self, work: Callable[[IdManagerRepository], T]) -> T:
+        """Run ``work``, which makes one statement, committed before returning.
+
+        Storage where one statement is atomic by itself may skip BEGIN and COMMIT.
+        """
+        return self.run(work)
+
+
+class AsyncTransactions(ABC):
+    """:class:`Transactions` for asyncio: the work itself stays synchronous."""
+
+    @abstractmethod
+    async def run(self, work: Callable[[IdManagerRepository], T], *, commit: bool = True) -> T:
+        """Run ``work`` in a new transaction; commit it, or roll it back."""
+
+    async def run_single(self, work: Callable[[IdManagerRepository], T]) -> T:
+        """Run ``work``, which makes one statement, committed before returning."""
+        return await self.run(work)

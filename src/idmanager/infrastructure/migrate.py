@@ -11,7 +11,7 @@ from sqlalchemy.engine import URL
 
 from ..domain.errors import StorageError
 from .database import DEFAULT_DATABASE_URL, sync_url
-from .repository import translate_errors
+from .errors import translate_errors
 
 if TYPE_CHECKING:
     from alembic.config import Config

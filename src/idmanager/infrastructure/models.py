@@ -9,6 +9,7 @@ from sqlalchemy import (
     Boolean,
     CheckConstraint,
     DateTime,
+    Index,
     Integer,
     MetaData,
     SmallInteger,
@@ -68,12 +69,18 @@ class IdManagerModel(TimeStampedModel):
     separator: Mapped[str] = mapped_column(String(4), nullable=False, server_default="-")
     letter_width: Mapped[int] = mapped_column(SmallInteger, nullable=False, server_default="3")
     digit_width: Mapped[int] = mapped_column(SmallInteger, nullable=False, server_default="4")
+    # The period template (INV{YYYY}) that created the sequence: its family in the console.
+    template: Mapped[str | None] = mapped_column(String(255))
 
 
 class IdManagerAuditModel(Base):
-    """Every reset, (de)activation and reconfiguration: who, when, from, to."""
+    """Every change of a sequence: who, when, what, from, to."""
 
     __tablename__ = "id_manager_audit"
+    __table_args__ = (
+        Index("ix_id_manager_audit_sequence", "scope", "prefix", "id"),
+        Index("ix_id_manager_audit_created_at", "created_at"),
+    )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     scope: Mapped[str] = mapped_column(String(255), nullable=False)

@@ -2,24 +2,42 @@
 
 from __future__ import annotations
 
+import math
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from typing import Any, TypeVar, cast
 
-from sqlalchemy import Connection, Executable, Row, Table, bindparam, func, select, update
+from sqlalchemy import (
+    Connection,
+    Executable,
+    Row,
+    Table,
+    bindparam,
+    func,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.mysql import insert as mysql_insert
-from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
-from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.orm import Session
 
 from ..domain.entity import HEALTH_CHECK_PREFIX, IdManager
 from ..domain.errors import ConflictError, StorageError
 from ..domain.format import MAX_ORDINAL, IdFormat
-from ..domain.repository import AuditEntry, IdManagerRepository
+from ..domain.repository import (
+    AuditAction,
+    AuditEntry,
+    AuditQuery,
+    IdManagerRepository,
+    SequenceQuery,
+    StoredAudit,
+)
+from .errors import Failure, classify, translate_errors
 from .models import IdManagerAuditModel, IdManagerModel
 
 T = TypeVar("T")
@@ -27,6 +45,7 @@ _PROBE_SCOPE = "_health_"
 _TABLE = cast(Table, IdManagerModel.__table__)
 _AUDIT = cast(Table, IdManagerAuditModel.__table__)
 _COLUMNS = tuple(_TABLE.c)
+_MYSQL = ("mysql", "mariadb")
 
 
 def _utc(value: datetime | None) -> datetime | None:
@@ -46,105 +65,61 @@ def _entity(row: Row[Any]) -> IdManager:
         created_at=_utc(m["created_at"]),
         updated_at=_utc(m["updated_at"]),
         created_by=m["created_by"],
+        template=m["template"],
     )
 
 
-_NEW_ROW_KEYS = (
-    "scope",
-    "prefix",
-    "last_value",
-    "separator",
-    "letter_width",
-    "digit_width",
-    "created_by",
-)
-
-
-def _new_row(
-    scope: str, prefix: str, fmt: IdFormat, *, last_value: int, created_by: str | None = None
-) -> dict[str, Any]:
+def _row(manager: IdManager) -> dict[str, Any]:
     return {
-        "scope": scope,
-        "prefix": prefix,
-        "last_value": last_value,
-        "separator": fmt.separator,
-        "letter_width": fmt.letter_width,
-        "digit_width": fmt.digit_width,
-        "created_by": created_by,
+        "scope": manager.scope,
+        "prefix": manager.prefix,
+        "last_value": manager.last_value,
+        "is_active": manager.is_active,
+        "separator": manager.format.separator,
+        "letter_width": manager.format.letter_width,
+        "digit_width": manager.format.digit_width,
+        "created_by": manager.created_by,
+        "template": manager.template,
     }
 
 
-# Failures of the connection or the server, as opposed to a statement the database refused.
-_UNAVAILABLE = (OperationalError, InterfaceError, PoolTimeoutError, OSError, TimeoutError)
-_REFUSED = ("already exists", "syntax error", "no such column")
-_MISSING_TABLE = ("does not exist", "doesn't exist", "no such table")
-
-
-def _first_line(exc: BaseException) -> tuple[BaseException, str]:
-    orig = getattr(exc, "orig", None) or exc
-    text = str(orig).strip()
-    return orig, text.splitlines()[0] if text else type(orig).__name__
-
-
-def _is_missing_schema(text: str) -> bool:
-    # PostgreSQL: relation "id_managers" does not exist; SQLite: no such table: id_managers;
-    # MySQL/MariaDB: Table 'db.id_managers' doesn't exist.
-    return "id_manager" in text and any(marker in text for marker in _MISSING_TABLE)
-
-
-@contextmanager
-def translate_errors() -> Iterator[None]:
-    """Turn database and connection failures into :class:`StorageError`, once, here."""
-    try:
-        yield
-    except (SQLAlchemyError, OSError, TimeoutError) as exc:
-        orig, text = _first_line(exc)
-        if _is_missing_schema(text):
-            raise StorageError(
-                "Database not migrated: the id_managers table does not exist; "
-                "run `idmanager migrate` first"
-            ) from exc
-        # SQLite reports refused statements as OperationalError too: those are not outages.
-        refused = any(marker in text for marker in _REFUSED)
-        kind = "unavailable" if isinstance(exc, _UNAVAILABLE) and not refused else "error"
-        raise StorageError(f"Database {kind}: {type(orig).__name__}: {text}") from exc
-
-
-_MYSQL_OUT_OF_RANGE = 1690
-
-
-def _fits(last_value: int, count: int) -> bool:
-    return last_value <= MAX_ORDINAL - count
-
-
-def _allocation_statements(dialect: str) -> dict[str, Executable]:
-    """Build the allocation statements of ``dialect`` once, with bound parameters.
+def _statements(dialect: str) -> dict[str, Executable]:
+    """Build the statements of the allocation path once, with bound parameters.
 
     Building a statement costs more than the database round trip it makes, so the
     allocation path only binds values to these.
     """
     t = _TABLE.c
+    key = (t.scope == bindparam("key_scope"), t.prefix == bindparam("key_prefix"))
     # PostgreSQL would fail on a BIGINT overflow, but SQLite silently turns the sum into a
     # REAL and stores it: guard in the statement, on both.
     has_room = t.last_value <= bindparam("room")
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    stmt = insert(_TABLE).values({name: bindparam(name) for name in _NEW_ROW_KEYS})
-    allocate = stmt.on_conflict_do_update(
-        index_elements=[t.scope, t.prefix],
-        set_={
-            "last_value": t.last_value + stmt.excluded.last_value,
-            "updated_at": func.current_timestamp(),
-        },
-        where=t.is_active & has_room,
-    ).returning(*_COLUMNS)
-    allocate_existing = (
+    allocate = (
         update(_TABLE)
-        .where(t.scope == bindparam("key_scope"), t.prefix == bindparam("key_prefix"))
-        .where(t.is_active, has_room)
+        .where(*key, t.is_active, has_room)
         .values(last_value=t.last_value + bindparam("count"), updated_at=func.current_timestamp())
+    )
+    statements: dict[str, Executable] = {"get": select(*_COLUMNS).where(*key)}
+    if dialect in _MYSQL:
+        # No RETURNING on UPDATE: the write locks the row, then a locking read returns it.
+        statements["allocate"] = allocate
+        statements["get_for_update"] = select(*_COLUMNS).where(*key).with_for_update()
+        return statements
+    statements["allocate"] = allocate.returning(*_COLUMNS)
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    statements["insert"] = (
+        insert(_TABLE)
+        .values({name: bindparam(name) for name in _row(IdManager("X"))})
+        .on_conflict_do_nothing(index_elements=[t.scope, t.prefix])
         .returning(*_COLUMNS)
     )
-    return {"allocate": allocate, "allocate_existing": allocate_existing}
+    # SQLite locks the whole database for a write transaction: no row locks to take.
+    statements["get_for_update"] = (
+        statements["get"]
+        if dialect == "sqlite"
+        else select(*_COLUMNS).where(*key).with_for_update()
+    )
+    return statements
 
 
 _STATEMENTS: dict[str, dict[str, Executable]] = {}
@@ -152,7 +127,7 @@ _STATEMENTS: dict[str, dict[str, Executable]] = {}
 
 def _statement(dialect: str, name: str) -> Executable:
     if dialect not in _STATEMENTS:
-        _STATEMENTS[dialect] = _allocation_statements(dialect)
+        _STATEMENTS[dialect] = _statements(dialect)
     return _STATEMENTS[dialect][name]
 
 
@@ -163,10 +138,9 @@ def _exhausted(prefix: str, count: int) -> ConflictError:
     )
 
 
-def _driver_code(exc: BaseException) -> object:
-    orig = getattr(exc.__cause__, "orig", None)
-    args = getattr(orig, "args", ())
-    return args[0] if args else None
+def _like(part: str) -> str:
+    # '_' is a prefix character and a LIKE wildcard: escape it (and '%', and the escape).
+    return "%" + part.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
 
 
 class IdManagerRepositoryImpl(IdManagerRepository):
@@ -211,18 +185,50 @@ class IdManagerRepositoryImpl(IdManagerRepository):
             )
             return connection.execute(statement, params)
 
-    def allocate(
-        self, scope: str, prefix: str, count: int, *, create: bool, fmt: IdFormat
-    ) -> IdManager | None:
-        if self.dialect in ("mysql", "mariadb"):
-            return self._allocate_mysql(scope, prefix, count, create=create, fmt=fmt)
-        room = MAX_ORDINAL - count
-        if create:
-            params = _new_row(scope, prefix, fmt, last_value=count) | {"room": room}
+    def _named(self, name: str, params: dict[str, Any]) -> Any:
+        return self._execute(_statement(self.dialect, name), params)
+
+    @contextmanager
+    def waiting_at_most(self, milliseconds: int) -> Iterator[None]:
+        if self.dialect == "postgresql":
+            # Set for this transaction only, then put back: the caller's other statements
+            # keep their own wait. 0 would mean "forever" to PostgreSQL: 1 ms is "not at all".
+            saved = self._execute(
+                text(
+                    "SELECT current_setting('lock_timeout'), set_config('lock_timeout', :v, true)"
+                ),
+                {"v": f"{max(milliseconds, 1)}ms"},
+            ).scalar_one()
+            try:
+                yield
+            finally:
+                with suppress(StorageError):
+                    self._execute(text("SELECT set_config('lock_timeout', :v, true)"), {"v": saved})
+        elif self.dialect in _MYSQL:
+            # InnoDB counts whole seconds; 0 does not wait (MariaDB; MySQL waits 1 s).
+            self._execute(
+                text("SET @idm_wait = @@innodb_lock_wait_timeout, innodb_lock_wait_timeout = :s"),
+                {"s": math.ceil(milliseconds / 1000)},
+            )
+            try:
+                yield
+            finally:
+                with suppress(StorageError):
+                    self._execute(text("SET innodb_lock_wait_timeout = @idm_wait"))
         else:
-            params = {"key_scope": scope, "key_prefix": prefix, "count": count, "room": room}
-        statement = _statement(self.dialect, "allocate" if create else "allocate_existing")
-        row = self._execute(statement, params).first()
+            # SQLite takes its one lock when the transaction begins, not per row.
+            yield
+
+    def allocate(self, scope: str, prefix: str, count: int) -> IdManager | None:
+        params = {
+            "key_scope": scope,
+            "key_prefix": prefix,
+            "count": count,
+            "room": MAX_ORDINAL - count,
+        }
+        if self.dialect in _MYSQL:
+            return self._allocate_mysql(params)
+        row = self._named("allocate", params).first()
         if row is None:
             self._check_room(scope, prefix, count)
             return None
@@ -231,50 +237,42 @@ class IdManagerRepositoryImpl(IdManagerRepository):
     def _check_room(self, scope: str, prefix: str, count: int) -> None:
         """Raise if an allocation was refused because the sequence would overflow (rare)."""
         existing = self.get(scope, prefix)
-        if existing is not None and existing.is_active and not _fits(existing.last_value, count):
+        if (
+            existing is not None
+            and existing.is_active
+            and existing.last_value > MAX_ORDINAL - count
+        ):
             raise _exhausted(prefix, count)
 
-    def _allocate_mysql(
-        self, scope: str, prefix: str, count: int, *, create: bool, fmt: IdFormat
-    ) -> IdManager | None:
-        # Two statements: MySQL has no RETURNING, and MariaDB's INSERT ... RETURNING is only
-        # documented to return inserted rows, not the row an ON DUPLICATE KEY UPDATE changed.
-        # The write locks the row until the transaction ends, so no other allocation can
-        # slip in before the read. The read must be a locking one (FOR UPDATE): a plain read
-        # under REPEATABLE READ sees the transaction's snapshot, which for a prefix that was
-        # deactivated after the snapshot shows it still active with an old last_value, and
-        # would hand out an ID that was already issued.
-        # An overflow of last_value fails the statement (error 1690); it must never be
-        # silently skipped here, since the read below could not tell.
-        # Known InnoDB limit: when the transaction that *created* a prefix rolls back while
-        # others wait to allocate from that new prefix, InnoDB's gap locks make all but one
-        # of the waiters fail with a deadlock (1213, a StorageError; retry the transaction).
-        # Existing prefixes, and PostgreSQL and SQLite, do not have this problem.
-        t = _TABLE.c
+    def _allocate_mysql(self, params: dict[str, Any]) -> IdManager | None:
+        # Two statements: MySQL has no RETURNING on UPDATE. The write locks the row until the
+        # transaction ends, so no other allocation can slip in before the read. The read
+        # must be a locking one (FOR UPDATE): a plain read under REPEATABLE READ sees the
+        # transaction's snapshot, which for a prefix deactivated after the snapshot shows it
+        # still active with an old last_value.
+        if self._named("allocate", params).rowcount == 0:
+            self._check_room(params["key_scope"], params["key_prefix"], params["count"])
+            return None
+        row = self._named("get_for_update", params).first()
+        return _entity(row) if row is not None else None
+
+    def insert(self, manager: IdManager) -> IdManager | None:
+        values = _row(manager)
+        if self.dialect not in _MYSQL:
+            row = self._named("insert", values).first()
+            return _entity(row) if row is not None else None
+        # A duplicate key fails only this statement on MySQL, not the transaction.
         try:
-            if create:
-                stmt = mysql_insert(_TABLE).values(_new_row(scope, prefix, fmt, last_value=count))
-                # MySQL evaluates the assignments left to right: is_active is not among them.
-                self._execute(
-                    stmt.on_duplicate_key_update(
-                        last_value=func.if_(t.is_active, t.last_value + count, t.last_value),
-                        updated_at=func.if_(t.is_active, func.current_timestamp(), t.updated_at),
-                    )
+            with translate_errors():
+                connection = (
+                    self.session.connection() if isinstance(self.session, Session) else self.session
                 )
-            else:
-                result = self._execute(
-                    update(_TABLE)
-                    .where(t.scope == scope, t.prefix == prefix, t.is_active)
-                    .values(last_value=t.last_value + count, updated_at=func.current_timestamp())
-                )
-                if result.rowcount == 0:
-                    return None
+                connection.execute(mysql_insert(_TABLE).values(values))
         except StorageError as exc:
-            if _driver_code(exc) == _MYSQL_OUT_OF_RANGE:
-                raise _exhausted(prefix, count) from exc
+            if exc.__cause__ is not None and classify(exc.__cause__) is Failure.DUPLICATE:
+                return None
             raise
-        manager = self.get(scope, prefix, for_update=True)
-        return manager if manager is not None and manager.is_active else None
+        return self.get(manager.scope, manager.prefix, for_update=True)
 
     def release(self, scope: str, prefix: str, *, expected: int, new: int) -> bool:
         t = _TABLE.c
@@ -286,22 +284,9 @@ class IdManagerRepositoryImpl(IdManagerRepository):
         return bool(result.rowcount == 1)
 
     def get(self, scope: str, prefix: str, *, for_update: bool = False) -> IdManager | None:
-        t = _TABLE.c
-        statement = select(*_COLUMNS).where(t.scope == scope, t.prefix == prefix)
-        if for_update and self.dialect != "sqlite":
-            statement = statement.with_for_update()
-        row = self._execute(statement).first()
+        name = "get_for_update" if for_update else "get"
+        row = self._named(name, {"key_scope": scope, "key_prefix": prefix}).first()
         return _entity(row) if row else None
-
-    def ensure(self, scope: str, prefix: str, fmt: IdFormat, created_by: str | None) -> None:
-        values = _new_row(scope, prefix, fmt, last_value=0, created_by=created_by)
-        if self.dialect in ("mysql", "mariadb"):
-            # Not INSERT IGNORE: it would also turn errors (a value too long) into warnings.
-            stmt = mysql_insert(_TABLE).values(values)
-            self._execute(stmt.on_duplicate_key_update(id=_TABLE.c.id))
-            return
-        insert = postgresql.insert if self.dialect == "postgresql" else sqlite.insert
-        self._execute(insert(_TABLE).values(values).on_conflict_do_nothing())
 
     def update(self, manager: IdManager) -> None:
         t = _TABLE.c
@@ -318,16 +303,18 @@ class IdManagerRepositoryImpl(IdManagerRepository):
             )
         )
 
-    def list(
-        self, *, scope: str | None, skip: int, limit: int, active_only: bool
-    ) -> list[IdManager]:
+    def list_sequences(self, query: SequenceQuery) -> list[IdManager]:
         t = _TABLE.c
         statement = select(*_COLUMNS).where(t.prefix != HEALTH_CHECK_PREFIX)
-        if scope is not None:
-            statement = statement.where(t.scope == scope)
-        if active_only:
-            statement = statement.where(t.is_active)
-        statement = statement.order_by(t.scope, t.prefix).offset(skip).limit(limit)
+        if query.scope is not None:
+            statement = statement.where(t.scope == query.scope)
+        if query.active is not None:
+            statement = statement.where(t.is_active == query.active)
+        if query.search:
+            statement = statement.where(t.prefix.like(_like(query.search), escape="\\"))
+        if query.template:
+            statement = statement.where(t.template == query.template)
+        statement = statement.order_by(t.scope, t.prefix).offset(query.skip).limit(query.limit)
         return [_entity(row) for row in self._execute(statement)]
 
     def totals(self, *, scope: str | None) -> tuple[int, int]:
@@ -355,7 +342,7 @@ class IdManagerRepositoryImpl(IdManagerRepository):
             _AUDIT.insert().values(
                 scope=entry.scope,
                 prefix=entry.prefix,
-                action=entry.action,
+                action=entry.action.value,
                 old_value=entry.old_value,
                 new_value=entry.new_value,
                 actor=entry.actor,
@@ -363,16 +350,40 @@ class IdManagerRepositoryImpl(IdManagerRepository):
             )
         )
 
+    def list_audit(self, query: AuditQuery) -> list[StoredAudit]:
+        a, t = _AUDIT.c, _TABLE.c
+        # The sequence's format writes the counters as IDs; a sequence gone (never, today)
+        # or never created leaves the default one.
+        statement = select(_AUDIT, t.separator, t.letter_width, t.digit_width).select_from(
+            _AUDIT.outerjoin(_TABLE, (t.scope == a.scope) & (t.prefix == a.prefix))
+        )
+        conditions = [
+            (query.scope, a.scope),
+            (query.prefix, a.prefix),
+            (query.actor, a.actor),
+            (query.action.value if query.action else None, a.action),
+        ]
+        for value, column in conditions:
+            if value is not None:
+                statement = statement.where(column == value)
+        if query.since is not None:
+            statement = statement.where(a.created_at >= _naive_utc(query.since, self.dialect))
+        if query.until is not None:
+            statement = statement.where(a.created_at < _naive_utc(query.until, self.dialect))
+        if query.before is not None:
+            statement = statement.where(a.id < query.before)
+        statement = statement.order_by(a.id.desc()).limit(query.limit)
+        return [_stored_audit(row) for row in self._execute(statement)]
+
     def probe(self, prefix: str, fmt: IdFormat) -> int:
         # A savepoint keeps the caller's pending work untouched; rolling it back leaves no row.
         # Each probe uses a scope of its own, so concurrent health checks never wait for or
-        # deadlock with each other: on MySQL/MariaDB, inserts of one new key that meet a
-        # rolled-back insert deadlock, and a deadlock aborts the caller's whole transaction.
+        # deadlock with each other.
         scope = f"{_PROBE_SCOPE}{uuid.uuid4().hex}"
         with translate_errors():
             savepoint = self.session.begin_nested()
         try:
-            manager = self.allocate(scope, prefix, 1, create=True, fmt=fmt)
+            manager = self.insert(IdManager(prefix, scope, last_value=1, format=fmt))
         except BaseException:
             # The failure may have ended the transaction and its savepoint (MySQL rolls the
             # whole transaction back on a deadlock): report it, not the failed rollback.
@@ -382,5 +393,34 @@ class IdManagerRepositoryImpl(IdManagerRepository):
         with translate_errors():
             savepoint.rollback()
         if manager is None:
-            raise StorageError(f"The health check sequence {prefix} is deactivated")
+            raise StorageError(f"The health check could not create its sequence {prefix}")
         return manager.last_value
+
+
+def _naive_utc(moment: datetime, dialect: str) -> datetime:
+    # SQLite and MySQL store naive UTC times: compare like with like.
+    if dialect == "postgresql":
+        return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).replace(tzinfo=None) if moment.tzinfo else moment
+
+
+def _stored_audit(row: Row[Any]) -> StoredAudit:
+    m = row._mapping
+    separator = m["separator"]
+    fmt = (
+        IdFormat(separator, m["letter_width"], m["digit_width"])
+        if separator is not None
+        else IdFormat()
+    )
+    entry = AuditEntry(
+        m["scope"],
+        m["prefix"],
+        AuditAction(m["action"]),
+        m["old_value"],
+        m["new_value"],
+        m["actor"],
+        m["detail"],
+    )
+    created = _utc(m["created_at"])
+    assert created is not None, "created_at is NOT NULL"
+    return StoredAudit(m["id"], created, entry, fmt)

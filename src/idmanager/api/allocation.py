@@ -1,0 +1,90 @@
+"""How the service allocates: chosen once at start-up, so the route never branches on it.
+
+:class:`DatabaseAllocator` commits every allocation before it answers; :class:`CachedAllocator`
+(``IDMANAGER_BLOCK_CACHE``) serves small ones from blocks reserved ahead by this process and
+the rest from the database.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from datetime import date
+from typing import Protocol
+
+from ..application.block_cache import BlockCache
+from ..application.use_cases import IdManagerUseCases
+from ..domain.period import resolve_prefix
+
+logger = logging.getLogger("idmanager.api")
+
+Allocated = tuple[str, Sequence[str]]  # the resolved prefix, and its IDs in order
+
+
+class Allocator(Protocol):
+    """Allocates IDs for the HTTP route."""
+
+    async def allocate(self, prefix: str, count: int, scope: str, on: date | None) -> Allocated:
+        """Return the resolved prefix and ``count`` new IDs."""
+
+    async def close(self) -> None:
+        """Release what the allocator holds (at shutdown)."""
+
+
+class DatabaseAllocator:
+    """Each allocation is one statement, committed before the answer."""
+
+    def __init__(self, use_cases: IdManagerUseCases) -> None:
+        self.use_cases = use_cases
+
+    async def allocate(self, prefix: str, count: int, scope: str, on: date | None) -> Allocated:
+        ids = await self.use_cases.allocate(prefix, count, scope=scope, on=on)
+        return ids.prefix, ids
+
+    async def close(self) -> None:
+        return None
+
+
+class CachedAllocator:
+    """Up to ``max_count`` IDs from the block cache; larger requests from the database."""
+
+    def __init__(self, cache: BlockCache, database: DatabaseAllocator, max_count: int) -> None:
+        self.cache: BlockCache | None = cache
+        self.database = database
+        self.max_count = max_count
+        self.served = 0  # IDs handed out from the cache, for the metrics
+
+    async def allocate(self, prefix: str, count: int, scope: str, on: date | None) -> Allocated:
+        cache = self.cache
+        if cache is None or count > self.max_count:
+            return await self.database.allocate(prefix, count, scope, on)
+        try:
+            if count == 1:
+                ids = [await cache.generate_id(prefix, scope=scope, on=on)]
+            else:
+                ids = await cache.bulk_generate_ids(prefix, count, scope=scope, on=on)
+        except RuntimeError:
+            if self.cache is not None:
+                raise
+            # Closed meanwhile: the database serves the last requests while the tails go back.
+            return await self.database.allocate(prefix, count, scope, on)
+        self.served += count
+        return resolve_prefix(prefix, on, fiscal_year_start=cache.fiscal_year_start), ids
+
+    async def close(self) -> None:
+        """Hand back the unused tails of the blocks; new requests go to the database."""
+        cache, self.cache = self.cache, None
+        if cache is None:
+            return
+        try:
+            await cache.close()
+        except Exception as exc:  # the process is stopping: report, never hang or crash
+            logger.error("block cache: could not hand back the unused IDs: %s", exc)
+            return
+        stats = cache.stats
+        logger.info(
+            "block cache closed: %d blocks fetched, %d IDs handed back, %d IDs lost (gaps)",
+            stats.blocks_fetched,
+            stats.ids_handed_back,
+            stats.ids_lost,
+        )
