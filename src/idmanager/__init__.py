@@ -25,7 +25,7 @@ _EXPORTS = {
     "SyncIdManagerService": "application.service",
     "IdManagerUseCases": "application.use_cases",
     "SyncIdManagerUseCases": "application.use_cases",
-    "connect": "connect",
+    "connect": "compose",
     "IdManager": "domain.entity",
     "AccessDeniedError": "domain.errors",
     "BusyError": "domain.errors",
@@ -119,7 +119,7 @@ if TYPE_CHECKING:
     from .application.use_cases import (
         SyncIdManagerUseCases as SyncIdManagerUseCases,
     )
-    from .connect import (
+    from .compose import (
         connect as connect,
     )
     from .domain.entity import (

@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from .application.service import SyncIdManagerService
 from .application.use_cases import IdManagerUseCases, Operation, SyncIdManagerUseCases
-from .connect import connect
+from .compose import connect
 from .domain.format import IdRange
 from .infrastructure.repository import IdManagerRepositoryImpl
 

@@ -46,10 +46,11 @@ class Handle:
     def __init__(self, session: AsyncSession | Session, **service_options: Any) -> None:
         self.session = session
         repository = idmanager.IdManagerRepositoryImpl(session)
+        options = idmanager.ServiceOptions(**service_options)
         if isinstance(session, AsyncSession):
-            self.service: Any = idmanager.IdManagerService(repository, **service_options)
+            self.service: Any = idmanager.IdManagerService(repository, options)
         else:
-            self.service = _Awaiting(idmanager.SyncIdManagerService(repository, **service_options))
+            self.service = _Awaiting(idmanager.SyncIdManagerService(repository, options))
 
     async def commit(self) -> None:
         await resolve(self.session.commit())
@@ -98,9 +99,8 @@ class Db:
 
     def use_cases(self, **service_options: Any) -> Any:
         """Return the use cases of this mode, with coroutine methods either way."""
-        if self.is_async:
-            return idmanager.IdManagerUseCases(self.engine, **service_options)
-        return _Awaiting(idmanager.SyncIdManagerUseCases(self.engine, **service_options))
+        use_cases = idmanager.connect(self.engine, idmanager.ServiceOptions(**service_options))
+        return use_cases if self.is_async else _Awaiting(use_cases)
 
     @contextmanager
     def statements(self) -> Iterator[list[str]]:

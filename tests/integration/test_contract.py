@@ -32,7 +32,7 @@ def ids(prefix: str, first: int, last: int) -> list[str]:
 
 
 def one_statement(db: Db) -> int:
-    # MySQL/MariaDB have no upsert with RETURNING: allocation there is upsert + locking read.
+    # MySQL/MariaDB have no UPDATE with RETURNING: allocation there is update + locking read.
     return 2 if db.backend == "mariadb" else 1
 
 
@@ -66,7 +66,9 @@ async def test_one_id_costs_one_statement(db: Db, prefix: str) -> None:
         with db.statements() as continued:
             await h.service.generate_id(prefix)
         await h.commit()
-    assert len(created) == one_statement(db), created
+    # The first allocation finds no sequence, creates it with its IDs and audits that: once.
+    assert len(created) == one_statement(db) + 2, created
+    assert created[-1].startswith("INSERT INTO id_manager_audit"), created
     assert len(continued) == one_statement(db), continued
 
 
@@ -133,8 +135,8 @@ async def test_totals_stay_exact_past_the_bigint_range(db: Db, scope: str) -> No
         stats = await h.service.get_service_stats(scope=scope)
         health = await h.service.health_check()
         await h.rollback()
-    assert stats == {"prefix_count": 2, "total_issued": 2 * near}
-    assert health["status"] == "healthy", health
+    assert stats == idmanager.ServiceStats(prefix_count=2, total_issued=2 * near)
+    assert health.healthy, health
 
 
 # --- transactions: the caller's, never committed by the library ------------------------------
@@ -236,14 +238,14 @@ async def test_an_inactive_prefix_refuses_ids_and_nothing_moves(db: Db, prefix: 
             await h.service.bulk_generate_ids(prefix, 5)
         assert await h.service.get_current_id(prefix) == f"{prefix}-AAA0002"
         stats = await h.service.get_prefix_stats(prefix)
-        assert (stats["is_active"], stats["count_issued"]) == (False, 2)
+        assert (stats.is_active, stats.count_issued) == (False, 2)
         await h.commit()
     assert db.peek(prefix) == 2
     async with db.session() as h:
         await h.service.activate_prefix(prefix)
         assert await h.service.generate_id(prefix) == f"{prefix}-AAA0003"
         await h.commit()
-    assert [row[0] for row in db.audit(prefix)] == ["deactivate", "activate"]
+    assert [row[0] for row in db.audit(prefix)] == ["create", "deactivate", "activate"]
 
 
 async def test_activating_an_unknown_prefix_is_an_error(db: Db, prefix: str) -> None:
@@ -293,7 +295,7 @@ async def test_reset_refuses_to_go_backwards_unless_forced(db: Db, prefix: str) 
         True,
     )
     assert await issue(db, prefix) == [f"{prefix}-AAA0001"]
-    assert db.audit(prefix) == [("reset", 5, 0, None, "forced")]
+    assert db.audit(prefix)[1:] == [("reset", 5, 0, None, "forced")]
 
 
 async def test_reset_forward_skips_ahead_and_is_audited(db: Db, prefix: str) -> None:
@@ -303,7 +305,7 @@ async def test_reset_forward_skips_ahead_and_is_audited(db: Db, prefix: str) -> 
         assert result.next_id == f"{prefix}-AAB0011"
         assert await h.service.generate_id(prefix) == f"{prefix}-AAB0011"
         await h.commit()
-    assert db.audit(prefix) == [("reset", 1, 10_009, "alice", None)]
+    assert db.audit(prefix)[1:] == [("reset", 1, 10_009, "alice", None)]
 
 
 async def test_a_rolled_back_reset_leaves_no_audit_row(db: Db, prefix: str) -> None:
@@ -312,7 +314,7 @@ async def test_a_rolled_back_reset_leaves_no_audit_row(db: Db, prefix: str) -> N
         await h.service.reset_sequence(prefix, f"{prefix}-AAA0100")
         await h.rollback()
     assert db.peek(prefix) == 1
-    assert db.audit(prefix) == []
+    assert [row[0] for row in db.audit(prefix)] == ["create"]
 
 
 async def test_reset_to_an_id_of_another_prefix_is_refused(db: Db, prefix: str) -> None:
@@ -326,7 +328,9 @@ async def test_the_seeds_reset_example_makes_the_next_id_aaaa0001(db: Db, scope:
         await h.service.reset_sequence("TEST", "TEST-ZZZ9999", scope=scope)
         assert await h.service.generate_id("TEST", scope=scope) == "TEST-AAAA0001"
         await h.commit()
-    assert db.audit("TEST", scope) == [("reset", 0, 26**3 * 9999, None, None)]
+    registered, reset = db.audit("TEST", scope)
+    assert registered[:3] == ("register", None, 0)
+    assert reset == ("reset", 0, 26**3 * 9999, None, None)
 
 
 # --- reading ----------------------------------------------------------------------------------
@@ -366,27 +370,26 @@ async def test_get_prefix_stats(db: Db, prefix: str) -> None:
         unknown = await h.service.get_prefix_stats(prefix)
         await h.service.bulk_generate_ids(prefix, 3)
         await h.commit()
-    assert unknown["exists"] is False
-    assert (unknown["latest_id"], unknown["next_id"], unknown["count_issued"]) == (
+    assert unknown.exists is False
+    assert (unknown.latest_id, unknown.next_id, unknown.count_issued) == (
         None,
         f"{prefix}-AAA0001",
         0,
     )
     async with db.session() as h:
         stats = await h.service.get_prefix_stats(prefix)
-    assert stats["exists"] is True
-    assert stats["prefix"] == prefix
-    assert (stats["latest_id"], stats["next_id"], stats["count_issued"]) == (
+    assert stats.exists is True
+    assert stats.prefix == prefix
+    assert (stats.latest_id, stats.next_id, stats.count_issued) == (
         f"{prefix}-AAA0003",
         f"{prefix}-AAA0004",
         3,
     )
-    assert stats["is_active"] is True
-    assert stats["format"] == {"separator": "-", "letter_width": 3, "digit_width": 4}
-    assert stats["warning"] is None
-    for key in ("created_at", "updated_at"):
-        stamp = datetime.fromisoformat(stats[key])
-        assert stamp.tzinfo is not None
+    assert stats.is_active is True
+    assert stats.format == IdFormat("-", 3, 4)
+    assert stats.warning is None
+    for key, stamp in (("created_at", stats.created_at), ("updated_at", stats.updated_at)):
+        assert stamp is not None and stamp.tzinfo is not None
         assert abs(datetime.now(UTC) - stamp) < timedelta(minutes=2), (key, stamp)
 
 
@@ -440,14 +443,7 @@ async def test_health_check_has_the_seeds_shape_and_leaves_nothing(db: Db, prefi
         assert await h.service.get_current_id(prefix) == pending
         await h.commit()
     for health in (first, second):
-        assert health["status"] == "healthy", health
-        assert set(health) == {
-            "status",
-            "message",
-            "prefix_count",
-            "test_id_generated",
-            "timestamp",
-        }
+        assert health.healthy, health
         assert health["status"] == "healthy"
         assert health["message"] == "ID Manager service is operational"
         assert health["test_id_generated"] == f"{HEALTH}-AAA0001"
@@ -590,7 +586,7 @@ async def test_use_cases_own_and_commit_their_transaction(db: Db, prefix: str) -
     result = await use_cases.run(lambda s: s.reset_sequence(prefix, f"{prefix}-AAA0009"))
     assert result.next_id == f"{prefix}-AAA0010"
     assert db.peek(prefix) == 9
-    assert [row[0] for row in db.audit(prefix)] == ["reset"]
+    assert [row[0] for row in db.audit(prefix)] == ["create", "reset"]
     with pytest.raises(PrefixNotFoundError):
         await db.use_cases(create_missing=False).run(lambda s: s.generate_id(prefix + "X"))
 
@@ -599,9 +595,10 @@ async def test_use_case_allocation_is_one_statement_committed_before_it_returns(
     db: Db, backend: str, prefix: str
 ) -> None:
     use_cases = db.use_cases()
+    first = await use_cases.allocate(prefix, 2)  # creates the sequence, audited
+    assert list(first) == ids(prefix, 1, 2)
     with db.statements() as seen:
-        first = await use_cases.allocate(prefix, 3)
-    assert list(first) == ids(prefix, 1, 3)
+        assert list(await use_cases.allocate(prefix)) == ids(prefix, 3, 3)
     assert db.peek(prefix) == 3  # visible to another connection: committed
     if backend != "mariadb":
         # Autocommit: the statement alone, no BEGIN or COMMIT round trips.
@@ -628,7 +625,7 @@ async def test_migrate_is_idempotent(fresh_db: Db, prefix: str) -> None:
     with fresh_db.reader.connect() as connection:
         assert connection.execute(
             sa.text("SELECT version_num FROM idmanager_alembic_version")
-        ).all() == [("001",)]
+        ).all() == [("002",)]
     assert fresh_db.peek(prefix) == 3
     assert await issue(fresh_db, prefix) == [f"{prefix}-AAA0004"]
 
@@ -714,12 +711,12 @@ async def test_an_unreachable_database_is_a_storage_error(
 async def test_mariadb_timestamps_are_utc_whatever_the_session_zone(url: str, prefix: str) -> None:
     engine = idmanager.create_engine(url, connect_args={"init_command": "SET time_zone='+05:00'"})
     try:
-        use_cases = idmanager.SyncIdManagerUseCases(engine)
+        use_cases = idmanager.connect(engine)
         use_cases.run(lambda s: s.generate_id(prefix))
         stats = use_cases.run(lambda s: s.get_prefix_stats(prefix))
     finally:
         engine.dispose()
-    stamp = datetime.fromisoformat(stats["created_at"])
+    stamp = stats.created_at
     assert abs(datetime.now(UTC) - stamp) < timedelta(minutes=2), stamp
 
 

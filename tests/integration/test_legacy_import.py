@@ -19,21 +19,38 @@ from idmanager import (
     InvalidIdError,
     InvalidInputError,
     PrefixInactiveError,
+    ServiceOptions,
     StorageError,
-    SyncIdManagerUseCases,
+    connect,
 )
+from idmanager.application import legacy
 from idmanager.application.legacy import (
     ImportReport,
     LegacyRow,
     OnCorrupt,
     Status,
-    import_legacy,
     plan_row,
     read_latest,
-    source_engine,
 )
+from idmanager.cli.import_legacy import row_line, summary_line
 from idmanager.infrastructure.database import sync_url
+from idmanager.infrastructure.legacy_source import read_legacy_rows, source_engine
 from legacy_seed import SEED_ROWS, create_seed_table
+
+
+def import_legacy(
+    source: sa.Engine,
+    target: sa.Engine,
+    *,
+    table: str = "id_managers",
+    actor: str = "import-legacy",
+    **options: Any,
+) -> ImportReport:
+    """Read the seed's table from ``source`` and import it into ``target``, as the CLI does."""
+    rows = [LegacyRow(*values) for values in read_legacy_rows(source, table)]
+    use_cases = connect(target, ServiceOptions(actor=actor))
+    return legacy.import_legacy(rows, use_cases, table=table, **options)
+
 
 # What each row becomes: (status, the next ID it leaves, or None).
 EXPECTED: dict[str, tuple[Status, str | None]] = {
@@ -118,7 +135,7 @@ def by_prefix(report: ImportReport) -> dict[str, tuple[Status, str | None]]:
 
 def state(target: sa.Engine, scope: str) -> dict[str, tuple[int, bool]]:
     """Return every sequence of ``scope``: prefix -> (last_value, is_active)."""
-    managers = SyncIdManagerUseCases(target).run(
+    managers = connect(target).run(
         lambda s: s.get_all_prefixes(scope=scope, limit=1000), commit=False
     )
     return {m.prefix: (m.last_value, m.is_active) for m in managers}
@@ -135,9 +152,7 @@ def audit_count(target: sa.Engine, scope: str) -> int:
 
 
 def next_ids(target: sa.Engine, scope: str, prefix: str, count: int) -> list[str]:
-    return SyncIdManagerUseCases(target).run(
-        lambda s: [s.generate_id(prefix, scope=scope) for _ in range(count)]
-    )
+    return connect(target).run(lambda s: [s.generate_id(prefix, scope=scope) for _ in range(count)])
 
 
 # --- planning: pure, no database -------------------------------------------------------------
@@ -236,9 +251,8 @@ def test_import_continues_every_sequence_exactly_after_its_latest_id(
             sa.text("SELECT prefix FROM id_managers WHERE scope = :scope"), {"scope": scope}
         ).scalars()
         assert set(prefixes) == set(IMPORTABLE)
-    # Every sequence the import moved or deactivated is audited (WH, PKG and UOM were only
-    # created, with nothing issued, as a first use would).
-    assert audit_count(target, scope) == len(IMPORTABLE) - 3
+    # Every sequence the import created is audited once, as imported, with its legacy ID.
+    assert audit_count(target, scope) == len(IMPORTABLE)
 
 
 def test_rerunning_the_import_changes_nothing(
@@ -260,7 +274,7 @@ def test_rerunning_the_import_changes_nothing(
 def test_a_sequence_already_further_is_never_moved_backwards(
     run_import: Callable[..., ImportReport], target: sa.Engine, scope: str
 ) -> None:
-    use_cases = SyncIdManagerUseCases(target)
+    use_cases = connect(target)
     use_cases.run(lambda s: s.reset_sequence("CUS", "CUS-AAC0001", scope=scope))
     use_cases.run(lambda s: s.reset_sequence("PUR", "PUR-AAA0001", scope=scope))  # equal
     use_cases.run(lambda s: s.reset_sequence("SAL", "SAL-AAA0005", scope=scope))  # behind
@@ -291,7 +305,7 @@ def test_fail_mode_writes_nothing_when_a_row_cannot_be_read(
 def test_fail_mode_imports_a_clean_table(source: sa.Engine, target: sa.Engine, scope: str) -> None:
     report = import_legacy(source, target, table="legacy", scope=scope)
     assert report.written and report.table == "legacy"
-    assert [line.line() for line in report.rows] == [
+    assert [row_line(row) for row in report.rows] == [
         "imported CUS -> next CUS-AAB0013",
         "imported PUR -> next PUR-AAA0002 (inactive)",
     ]
@@ -301,12 +315,12 @@ def test_fail_mode_imports_a_clean_table(source: sa.Engine, target: sa.Engine, s
 def test_reset_mode_restarts_unreadable_rows_at_the_first_id(
     run_import: Callable[..., ImportReport], target: sa.Engine, scope: str
 ) -> None:
-    use_cases = SyncIdManagerUseCases(target)
+    use_cases = connect(target)
     use_cases.run(lambda s: s.reset_sequence("OLD", "OLD-AAA0042", scope=scope))
     report = run_import(on_corrupt=OnCorrupt.RESET)
     rows = {row.prefix or row.legacy_prefix: row for row in report.rows}
     assert (rows["BAD"].status, rows["BAD"].next_id) == (Status.RESET, "BAD-AAA0001")
-    assert "BAD-invalidID" in rows["BAD"].line() and "restarted" in rows["BAD"].line()
+    assert "BAD-invalidID" in row_line(rows["BAD"]) and "restarted" in row_line(rows["BAD"])
     # Reset never moves an existing sequence backwards either.
     assert (rows["OLD"].status, rows["OLD"].next_id) == (Status.UNCHANGED, "OLD-AAA0043")
     # A prefix that breaks the rules cannot be restarted: refused, the rest imported.
@@ -325,13 +339,13 @@ def test_dry_run_reports_the_real_outcome_and_writes_nothing(
     assert audit_count(target, scope) == 0
     real = run_import(on_corrupt="skip")
     assert dry.rows == real.rows
-    assert "dry run, nothing written" in dry.summary()
+    assert "dry run, nothing written" in summary_line(dry)
 
 
 def test_another_format_in_the_target_is_refused(
     run_import: Callable[..., ImportReport], target: sa.Engine, scope: str
 ) -> None:
-    SyncIdManagerUseCases(target).run(
+    connect(target).run(
         lambda s: s.configure_prefix("CUS", scope=scope, fmt=idmanager.IdFormat(digit_width=6))
     )
     report = run_import(on_corrupt="skip")

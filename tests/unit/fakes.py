@@ -1,19 +1,33 @@
-"""An in-memory ``IdManagerRepository``: the storage contract without a database."""
+"""An in-memory storage: the repository and transaction contracts without a database."""
 
 from __future__ import annotations
 
+import copy
+import threading
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime
+from typing import TypeVar
 
 from idmanager.domain.entity import HEALTH_CHECK_PREFIX, IdManager
-from idmanager.domain.errors import IdManagerError, StorageError
-from idmanager.domain.format import IdFormat
-from idmanager.domain.repository import AuditEntry, IdManagerRepository
+from idmanager.domain.errors import IdManagerError
+from idmanager.domain.format import DEFAULT_FORMAT, MAX_ORDINAL, IdFormat
+from idmanager.domain.repository import (
+    AsyncTransactions,
+    AuditEntry,
+    AuditQuery,
+    IdManagerRepository,
+    SequenceQuery,
+    StoredAudit,
+    Transactions,
+)
+
+T = TypeVar("T")
 
 
 def _copy(manager: IdManager) -> IdManager:
     # Hand out copies, as a database hands out rows: callers mutating them change nothing.
-    return replace(manager, extra=dict(manager.extra))
+    return replace(manager)
 
 
 class FakeRepository(IdManagerRepository):
@@ -24,7 +38,7 @@ class FakeRepository(IdManagerRepository):
 
     def __init__(self) -> None:
         self.rows: dict[tuple[str, str], IdManager] = {}
-        self.audit: list[AuditEntry] = []
+        self.audit: list[StoredAudit] = []
         self.calls: list[str] = []
         self.fail: IdManagerError | None = None
         self._next_row_id = 1
@@ -34,34 +48,23 @@ class FakeRepository(IdManagerRepository):
         if self.fail is not None:
             raise self.fail
 
-    def _create(self, scope: str, prefix: str, fmt: IdFormat, created_by: str | None) -> IdManager:
-        now = datetime.now(UTC)
-        row = IdManager(
-            prefix,
-            scope,
-            format=fmt,
-            id=self._next_row_id,
-            created_at=now,
-            updated_at=now,
-            created_by=created_by,
-        )
-        self._next_row_id += 1
-        self.rows[scope, prefix] = row
-        return row
-
-    def allocate(
-        self, scope: str, prefix: str, count: int, *, create: bool, fmt: IdFormat
-    ) -> IdManager | None:
+    def allocate(self, scope: str, prefix: str, count: int) -> IdManager | None:
         self._call("allocate")
         row = self.rows.get((scope, prefix))
-        if row is None:
-            if not create:
-                return None
-            row = self._create(scope, prefix, fmt, None)
-        if not row.is_active:
+        if row is None or not row.is_active or row.last_value > MAX_ORDINAL - count:
             return None
         row.last_value += count
         row.updated_at = datetime.now(UTC)
+        return _copy(row)
+
+    def insert(self, manager: IdManager) -> IdManager | None:
+        self._call("insert")
+        if (manager.scope, manager.prefix) in self.rows:
+            return None
+        now = datetime.now(UTC)
+        row = replace(manager, id=self._next_row_id, created_at=now, updated_at=now)
+        self._next_row_id += 1
+        self.rows[manager.scope, manager.prefix] = row
         return _copy(row)
 
     def release(self, scope: str, prefix: str, *, expected: int, new: int) -> bool:
@@ -76,11 +79,6 @@ class FakeRepository(IdManagerRepository):
         self._call("get")
         row = self.rows.get((scope, prefix))
         return _copy(row) if row else None
-
-    def ensure(self, scope: str, prefix: str, fmt: IdFormat, created_by: str | None) -> None:
-        self._call("ensure")
-        if (scope, prefix) not in self.rows:
-            self._create(scope, prefix, fmt, created_by)
 
     def update(self, manager: IdManager) -> None:
         self._call("update")
@@ -98,12 +96,16 @@ class FakeRepository(IdManagerRepository):
             if prefix != HEALTH_CHECK_PREFIX and (scope is None or row_scope == scope)
         ]
 
-    def list(
-        self, *, scope: str | None, skip: int, limit: int, active_only: bool
-    ) -> list[IdManager]:
-        self._call("list")
-        rows = [r for r in self._user_rows(scope) if r.is_active or not active_only]
-        return [_copy(r) for r in rows[skip : skip + limit]]
+    def list_sequences(self, query: SequenceQuery) -> list[IdManager]:
+        self._call("list_sequences")
+        rows = [
+            r
+            for r in self._user_rows(query.scope)
+            if (query.active is None or r.is_active == query.active)
+            and (not query.search or query.search in r.prefix)
+            and (not query.template or r.template == query.template)
+        ]
+        return [_copy(r) for r in rows[query.skip : query.skip + query.limit]]
 
     def totals(self, *, scope: str | None) -> tuple[int, int]:
         self._call("totals")
@@ -112,24 +114,82 @@ class FakeRepository(IdManagerRepository):
 
     def add_audit(self, entry: AuditEntry) -> None:
         self._call("add_audit")
-        self.audit.append(entry)
+        self.audit.append(
+            StoredAudit(len(self.audit) + 1, datetime.now(UTC), entry, DEFAULT_FORMAT)
+        )
+
+    def list_audit(self, query: AuditQuery) -> list[StoredAudit]:
+        self._call("list_audit")
+        found = []
+        for stored in reversed(self.audit):
+            entry = stored.entry
+            row = self.rows.get((entry.scope, entry.prefix))
+            wanted = (
+                (query.scope is None or entry.scope == query.scope)
+                and (query.prefix is None or entry.prefix == query.prefix)
+                and (query.actor is None or entry.actor == query.actor)
+                and (query.action is None or entry.action == query.action)
+                and (query.since is None or stored.at >= query.since)
+                and (query.until is None or stored.at < query.until)
+                and (query.before is None or stored.id < query.before)
+            )
+            if wanted:
+                found.append(replace(stored, format=row.format if row else DEFAULT_FORMAT))
+        return found[: query.limit]
 
     def probe(self, prefix: str, fmt: IdFormat) -> int:
         self._call("probe")
-        key = ("", prefix)
-        saved = self.rows.get(key)
-        saved = _copy(saved) if saved else None
-        try:
-            manager = self.allocate("", prefix, 1, create=True, fmt=fmt)
-        finally:  # the savepoint's rollback
-            if saved is None:
-                self.rows.pop(key, None)
-            else:
-                self.rows[key] = saved
-        if manager is None:
-            raise StorageError(f"The health check sequence {prefix} is deactivated")
-        return manager.last_value
+        return 1
+
+    def entries(self) -> list[AuditEntry]:
+        """Return the audit entries recorded so far, oldest first."""
+        return [stored.entry for stored in self.audit]
 
     def snapshot(self) -> dict[tuple[str, str], tuple[int, bool, IdFormat]]:
         """Return what the storage holds, to compare before and after an operation."""
         return {k: (r.last_value, r.is_active, r.format) for k, r in self.rows.items()}
+
+
+class FakeTransactions(Transactions):
+    """Transactions over a :class:`FakeRepository`: a rollback restores what was there.
+
+    One transaction at a time, as SQLite runs them; ``commits`` and ``rollbacks`` count them.
+    """
+
+    def __init__(self, repository: FakeRepository | None = None) -> None:
+        self.repository = repository or FakeRepository()
+        self.commits = 0
+        self.rollbacks = 0
+        self._lock = threading.Lock()
+
+    def run(self, work: Callable[[IdManagerRepository], T], *, commit: bool = True) -> T:
+        with self._lock:
+            saved = (copy.deepcopy(self.repository.rows), list(self.repository.audit))
+            try:
+                result = work(self.repository)
+            except BaseException:
+                self._restore(saved)
+                raise
+            if commit:
+                self.commits += 1
+            else:
+                self._restore(saved)
+            return result
+
+    def _restore(self, saved: tuple[dict[tuple[str, str], IdManager], list[StoredAudit]]) -> None:
+        self.rollbacks += 1
+        self.repository.rows, self.repository.audit = saved
+
+
+class AsyncFakeTransactions(AsyncTransactions):
+    """The async face of :class:`FakeTransactions` (the same storage)."""
+
+    def __init__(self, sync: FakeTransactions | None = None) -> None:
+        self.sync = sync or FakeTransactions()
+
+    @property
+    def repository(self) -> FakeRepository:
+        return self.sync.repository
+
+    async def run(self, work: Callable[[IdManagerRepository], T], *, commit: bool = True) -> T:
+        return self.sync.run(work, commit=commit)

@@ -13,9 +13,12 @@ from idmanager import (
     IdManager,
     InvalidCountError,
     InvalidIdError,
+    InvalidPrefixError,
     ResetRefusedError,
+    SequenceStats,
     format_id,
 )
+from idmanager.application.results import to_json
 from idmanager.domain.entity import WIDTH_WARNING_RATIO, check_count
 
 THREE_LETTERS = 26**3 * 9999  # IDs from AAA0001 to ZZZ9999
@@ -154,9 +157,10 @@ def test_width_usage_of_digits_only(last_value: int, usage: float) -> None:
 
 def test_stats_describe_the_sequence() -> None:
     created = datetime(2025, 6, 28, 11, 30, tzinfo=UTC)
-    manager = IdManager("CUS", last_value=10_000, created_at=created, updated_at=created)
-    stats = manager.stats()
-    assert stats == {
+    manager = IdManager(
+        "CUS", last_value=10_000, created_at=created, updated_at=created, created_by="ops"
+    )
+    assert to_json(SequenceStats.of(manager)) == {
         "prefix": "CUS",
         "scope": "",
         "exists": True,
@@ -165,8 +169,10 @@ def test_stats_describe_the_sequence() -> None:
         "count_issued": 10_000,
         "is_active": True,
         "format": {"separator": "-", "letter_width": 3, "digit_width": 4},
+        "template": None,
         "created_at": "2025-06-28T11:30:00+00:00",
         "updated_at": "2025-06-28T11:30:00+00:00",
+        "created_by": "ops",
         "width_usage": pytest.approx(10_000 / THREE_LETTERS),
         "warning": None,
     }
@@ -174,10 +180,28 @@ def test_stats_describe_the_sequence() -> None:
 
 def test_stats_warn_near_the_end_of_a_letter_width() -> None:
     below = IdManager("CUS", last_value=int(THREE_LETTERS * WIDTH_WARNING_RATIO) - 1)
-    assert below.stats()["warning"] is None
+    assert below.width_warning() is None
     near = IdManager("CUS", last_value=int(THREE_LETTERS * 0.95))
-    assert near.stats()["warning"] == "CUS has used 95% of its current letter width"
-    assert IdManager("CUS", last_value=THREE_LETTERS + 5).stats()["warning"] is None
+    assert near.width_warning() == "CUS has used 95% of its current letter width"
+    assert SequenceStats.of(near).warning == near.width_warning()
+    assert IdManager("CUS", last_value=THREE_LETTERS + 5).width_warning() is None
+
+
+def test_the_entity_refuses_a_bad_prefix_with_the_seed_messages() -> None:
+    with pytest.raises(InvalidPrefixError, match="^Prefix cannot be empty$"):
+        IdManager("")
+    with pytest.raises(
+        InvalidPrefixError,
+        match="^Prefix can only contain uppercase letters, numbers, and underscores$",
+    ):
+        IdManager("test-invalid")
+    assert IdManager(" test ").prefix == "TEST"
+
+
+def test_a_sequence_reads_as_its_prefix_and_latest_id() -> None:
+    assert str(IdManager("TEST", last_value=1)) == "TEST: TEST-AAA0001"
+    assert str(IdManager("TEST")) == "TEST: no ID issued yet"
+    assert str(IdManager("CUS", "acme", last_value=2)) == "CUS (scope acme): CUS-AAA0002"
 
 
 # --- check_count ------------------------------------------------------------------------------

@@ -6,7 +6,13 @@ from datetime import UTC, date, datetime, timedelta, timezone
 
 import pytest
 
-from idmanager import InvalidPrefixError, InvalidScopeError, SyncIdManagerService, parse_id
+from idmanager import (
+    InvalidPrefixError,
+    InvalidScopeError,
+    ServiceOptions,
+    SyncIdManagerService,
+    parse_id,
+)
 from idmanager.domain.period import fiscal_year, resolve_prefix
 
 from .fakes import FakeRepository
@@ -74,7 +80,7 @@ def test_each_period_is_its_own_sequence_and_back_dated_documents_join_theirs() 
 
 
 def test_fiscal_start_is_a_service_option() -> None:
-    service = SyncIdManagerService(FakeRepository(), fiscal_year_start=4)
+    service = SyncIdManagerService(FakeRepository(), ServiceOptions(fiscal_year_start=4))
     assert service.generate_id("FY{FY}", on=date(2026, 4, 1)) == "FY2027-AAA0001"
     assert service.generate_id("FY{FY}", on=date(2026, 3, 31)) == "FY2026-AAA0001"
 

@@ -17,9 +17,12 @@ from idmanager import (
     PrefixInactiveError,
     PrefixNotFoundError,
     ResetRefusedError,
+    ServiceOptions,
+    ServiceStats,
     StorageError,
     SyncIdManagerService,
 )
+from idmanager.domain.entity import IdManager
 
 from .fakes import FakeRepository
 
@@ -33,7 +36,7 @@ def repo() -> FakeRepository:
 
 @pytest.fixture
 def service(repo: FakeRepository) -> SyncIdManagerService:
-    return SyncIdManagerService(repo, max_count=1000, actor="alice")
+    return SyncIdManagerService(repo, ServiceOptions(max_count=1000, actor="alice"))
 
 
 # --- generating -------------------------------------------------------------------------------
@@ -94,7 +97,7 @@ def test_bad_prefix_uses_the_seed_message(service: SyncIdManagerService) -> None
 
 
 def test_unknown_prefix_refused_when_not_created_on_first_use(repo: FakeRepository) -> None:
-    service = SyncIdManagerService(repo, create_missing=False)
+    service = SyncIdManagerService(repo, ServiceOptions(create_missing=False))
     with pytest.raises(PrefixNotFoundError, match="VEN"):
         service.generate_id("VEN")
     assert repo.rows == {}
@@ -133,7 +136,8 @@ def test_deactivated_prefix_refuses_and_activation_restores(
     service.deactivate_prefix("WH")  # already inactive: no second audit entry
     assert service.activate_prefix("WH").is_active is True
     assert service.generate_id("WH") == "WH-AAA0002"
-    assert [(e.prefix, e.action, e.actor) for e in repo.audit] == [
+    assert [(e.prefix, e.action, e.actor) for e in repo.entries()] == [
+        ("WH", "create", "alice"),
         ("WH", "deactivate", "alice"),
         ("WH", "activate", "alice"),
     ]
@@ -157,9 +161,9 @@ def test_seed_reset_example(service: SyncIdManagerService, repo: FakeRepository)
         "TEST-AAAA0001",
     )
     assert service.generate_id("TEST") == "TEST-AAAA0001"
-    assert len(repo.audit) == 1
-    entry = repo.audit[0]
-    assert (entry.prefix, entry.action, entry.old_value, entry.new_value, entry.actor) == (
+    registered, reset = repo.entries()
+    assert (registered.action, registered.actor) == ("register", "alice")
+    assert (reset.prefix, reset.action, reset.old_value, reset.new_value, reset.actor) == (
         "TEST",
         "reset",
         0,
@@ -172,11 +176,11 @@ def test_backwards_reset_refused_unless_forced(
     service: SyncIdManagerService, repo: FakeRepository
 ) -> None:
     service.bulk_generate_ids("TEST", 3)
-    before = repo.snapshot()
+    before, audited = repo.snapshot(), len(repo.audit)
     with pytest.raises(ResetRefusedError, match="force=True"):
         service.reset_sequence("TEST", "TEST-AAA0001")
     assert repo.snapshot() == before
-    assert repo.audit == []
+    assert len(repo.audit) == audited
     result = service.reset_sequence("TEST", "TEST-AAA0001", force=True)
     assert (result.previous_id, result.next_id, result.forced) == (
         "TEST-AAA0003",
@@ -184,7 +188,15 @@ def test_backwards_reset_refused_unless_forced(
         True,
     )
     assert service.generate_id("TEST") == "TEST-AAA0002"
-    assert [(e.old_value, e.new_value, e.detail) for e in repo.audit] == [(3, 1, "forced")]
+    assert [(e.action, e.old_value, e.new_value, e.detail) for e in repo.entries()] == [
+        (
+            "create",
+            None,
+            3,
+            "created on first use, first ID TEST-AAA0001 (separator '-', 3 letters, 4 digits)",
+        ),
+        ("reset", 3, 1, "forced"),
+    ]
 
 
 def test_reset_to_none_restarts_only_with_force_once_issued(
@@ -197,12 +209,13 @@ def test_reset_to_none_restarts_only_with_force_once_issued(
     assert service.get_current_id("NEW") == "NEW-AAA0002"
     assert service.reset_sequence("NEW", None, True).latest_id is None
     assert service.generate_id("NEW") == "NEW-AAA0001"
-    assert [(e.old_value, e.new_value) for e in repo.audit] == [(0, 0), (2, 0)]
+    resets = [(e.old_value, e.new_value) for e in repo.entries() if e.action == "reset"]
+    assert resets == [(0, 0), (2, 0)]
 
 
 def test_dry_run_changes_nothing(service: SyncIdManagerService, repo: FakeRepository) -> None:
     service.generate_id("REC")
-    before = repo.snapshot()
+    before, audited = repo.snapshot(), len(repo.audit)
     result = service.reset_sequence("REC", "REC-AAB0000", dry_run=True)
     assert (result.latest_id, result.next_id, result.dry_run) == (
         "REC-AAA9999",
@@ -214,7 +227,7 @@ def test_dry_run_changes_nothing(service: SyncIdManagerService, repo: FakeReposi
     with pytest.raises(ResetRefusedError):
         service.reset_sequence("REC", None, dry_run=True)
     assert repo.snapshot() == before
-    assert repo.audit == []
+    assert len(repo.audit) == audited
 
 
 def test_reset_to_another_prefix_is_refused(
@@ -225,7 +238,7 @@ def test_reset_to_another_prefix_is_refused(
         service.reset_sequence("RST", "CUS-AAA0005")
     assert str(info.value) == "Reset ID must start with 'RST-'"
     assert repo.rows["", "RST"].last_value == 1
-    assert repo.audit == []
+    assert [e.action for e in repo.entries()] == ["create"]
 
 
 # --- configuration and statistics ---------------------------------------------------------------
@@ -249,14 +262,15 @@ def test_stats_of_unknown_and_known_prefixes(
     service: SyncIdManagerService, repo: FakeRepository
 ) -> None:
     stats = service.get_prefix_stats("UOM")
-    assert stats["exists"] is False
-    assert (stats["latest_id"], stats["next_id"], stats["count_issued"]) == (None, "UOM-AAA0001", 0)
+    assert stats.exists is False
+    assert (stats.latest_id, stats.next_id, stats.count_issued) == (None, "UOM-AAA0001", 0)
     assert repo.rows == {}
     service.bulk_generate_ids("UOM", 4)
     stats = service.get_prefix_stats("UOM")
-    assert (stats["exists"], stats["latest_id"], stats["count_issued"]) == (True, "UOM-AAA0004", 4)
+    assert (stats.exists, stats.latest_id, stats.count_issued) == (True, "UOM-AAA0004", 4)
+    assert stats.created_by == "alice"
     service.bulk_generate_ids("PKG", 6)
-    assert service.get_service_stats() == {"prefix_count": 2, "total_issued": 10}
+    assert service.get_service_stats() == ServiceStats(prefix_count=2, total_issued=10)
 
 
 def test_get_all_prefixes_lists_user_prefixes_in_order(
@@ -265,11 +279,11 @@ def test_get_all_prefixes_lists_user_prefixes_in_order(
     for prefix in ("VEN", "CUS", "INVY"):
         service.generate_id(prefix)
     service.deactivate_prefix("INVY")
-    repo.ensure("", "_HEALTH_CHECK_", IdFormat(), None)  # a leftover from an older version
+    repo.insert(IdManager("_HEALTH_CHECK_"))  # a leftover from an older version
     assert [m.prefix for m in service.get_all_prefixes()] == ["CUS", "INVY", "VEN"]
     assert [m.prefix for m in service.get_all_prefixes(active_only=True)] == ["CUS", "VEN"]
     assert [m.prefix for m in service.get_all_prefixes(skip=1, limit=1)] == ["INVY"]
-    assert service.get_service_stats()["prefix_count"] == 3
+    assert service.get_service_stats().prefix_count == 3
     with pytest.raises(InvalidInputError):
         service.get_all_prefixes(skip=-1)
 
@@ -284,13 +298,7 @@ def test_health_check_in_the_seed_shape(
     before = repo.snapshot()
     for _ in range(2):  # it can run forever: it changes nothing
         health = service.health_check()
-        assert set(health) == {
-            "status",
-            "message",
-            "prefix_count",
-            "test_id_generated",
-            "timestamp",
-        }
+        assert health.healthy
         assert health["status"] == "healthy"
         assert health["message"] == "ID Manager service is operational"
         assert health["prefix_count"] == 1
@@ -317,7 +325,7 @@ def test_health_check_reports_storage_errors(
 
 
 async def test_async_service_generates_and_bulks(repo: FakeRepository) -> None:
-    service = IdManagerService(repo, max_count=100)
+    service = IdManagerService(repo, ServiceOptions(max_count=100))
     assert await service.generate_id("PUR") == "PUR-AAA0001"
     repo.calls.clear()
     assert await service.bulk_generate_ids("PUR", 3) == [
@@ -345,7 +353,7 @@ async def test_async_service_reset_and_activation(repo: FakeRepository) -> None:
     await service.activate_prefix("TEST")
     assert await service.generate_id("TEST") == "TEST-AAAA0002"
     assert [p.prefix for p in await service.get_all_prefixes()] == ["TEST"]
-    assert (await service.get_prefix_stats("TEST"))["count_issued"] == THREE_LETTERS + 2
+    assert (await service.get_prefix_stats("TEST")).count_issued == THREE_LETTERS + 2
 
 
 async def test_async_health_check(repo: FakeRepository) -> None:

@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from ..application.block_cache import BlockCache
 from ..application.options import ServiceOptions
 from ..application.use_cases import IdManagerUseCases
-from ..connect import connect
+from ..compose import connect
 from ..domain.errors import StorageError
 from ..infrastructure.database import async_url, create_async_engine
 from ..infrastructure.migrate import migrate

@@ -206,8 +206,13 @@ def apply_row(service: SyncIdManagerService, planned: PlannedRow, *, scope: str 
         )
     if current is None or current.last_value < ordinal:
         try:
+            stored = planned.row.latest_id
             manager = service.import_sequence(
-                prefix, ordinal, scope=scope, is_active=planned.row.is_active
+                prefix,
+                ordinal,
+                scope=scope,
+                is_active=planned.row.is_active,
+                detail=f"legacy latest ID {stored!r}" if stored is not None else "legacy: none",
             )
         except ResetRefusedError:
             # Created and moved on by an allocation since the read above: it is further.

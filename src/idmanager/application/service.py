@@ -16,6 +16,7 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from ..domain.entity import HEALTH_CHECK_PREFIX, IdManager, check_count
 from ..domain.errors import (
+    ConflictError,
     FormatLockedError,
     IdManagerError,
     InvalidInputError,
@@ -147,16 +148,28 @@ class SyncIdManagerService:
                 manager = self._create_on_first_use(key, count, prefix)
         return manager.issued(count)
 
+    def _refusal(self, key: Key, count: int) -> IdManagerError:
+        """Explain why an existing sequence refused an allocation (off the fast path)."""
+        scope, name = key
+        # A locking read: it sees the latest committed state, as the refused write did (a
+        # plain read could see an older snapshot, where the sequence was still active).
+        existing = self.repository.get(scope, name, for_update=True)
+        if existing is None:
+            return PrefixNotFoundError(f"Prefix {name}{_where(scope)} is not registered")
+        if not existing.is_active:
+            return PrefixInactiveError(
+                f"Prefix {name}{_where(scope)} is inactive and issues no new IDs"
+            )
+        return ConflictError(
+            f"Prefix {name} cannot issue {count:,} more IDs: it would pass the last ID a "
+            f"sequence can reach (ordinal {MAX_ORDINAL:,})"
+        )
+
     def _create_on_first_use(self, key: Key, count: int, prefix: str) -> IdManager:
         """Create the sequence with ``count`` IDs issued, or say why it issues none."""
         scope, name = key
         if not self.options.create_missing:
-            existing = self.repository.get(scope, name)
-            if existing is None:
-                raise PrefixNotFoundError(f"Prefix {name}{_where(scope)} is not registered")
-            raise PrefixInactiveError(
-                f"Prefix {name}{_where(scope)} is inactive and issues no new IDs"
-            )
+            raise self._refusal(key, count)
         fmt = self.options.default_format
         new = IdManager(
             name,
@@ -168,12 +181,10 @@ class SyncIdManagerService:
         )
         created = self.repository.insert(new)
         if created is None:
-            # It exists: inactive, or created by another transaction since our first try.
+            # It exists: inactive, full, or created by another transaction since our try.
             manager = self.repository.allocate(scope, name, count)
             if manager is None:
-                raise PrefixInactiveError(
-                    f"Prefix {name}{_where(scope)} is inactive and issues no new IDs"
-                )
+                raise self._refusal(key, count)
             return manager
         self._audit(
             created,
@@ -492,15 +503,36 @@ class SyncIdManagerService:
         return self._change(manager, apply, AuditAction.CONFIGURE)
 
     def import_sequence(
-        self, prefix: str, latest_value: int, *, scope: str = "", is_active: bool = True
+        self,
+        prefix: str,
+        latest_value: int,
+        *,
+        scope: str = "",
+        is_active: bool = True,
+        detail: str | None = None,
     ) -> IdManager:
-        """Continue a sequence issued elsewhere: make ``latest_value`` its counter (audited).
+        """Continue a sequence issued elsewhere: make ``latest_value`` its counter.
 
-        The sequence is created with the default format if missing; it never moves
-        backwards (``ResetRefusedError``).
+        A missing sequence is created with the default format; an existing one is moved
+        forward, never backwards (``ResetRefusedError``). One audit entry either way.
         """
         key = self.key(prefix, scope)
         fmt = self.options.default_format
+        manager = self.repository.get(*key, for_update=True)
+        if manager is None:
+            new = IdManager(
+                key[1],
+                key[0],
+                last_value=latest_value,
+                is_active=is_active,
+                format=fmt,
+                created_by=self.options.actor,
+            )
+            created = self.repository.insert(new)
+            if created is not None:
+                self._audit(created, AuditAction.IMPORT, None, latest_value, detail)
+                return created
+            manager = self._get(key, for_update=True)  # created meanwhile: move it instead
 
         def apply(manager: IdManager) -> None:
             if latest_value:
@@ -508,11 +540,14 @@ class SyncIdManagerService:
                 manager.last_value = manager.reset_target(shown, force=False)
             manager.is_active = is_active
 
-        manager = self._locked(key, fmt, apply)
-        return self._change(manager, apply, AuditAction.IMPORT)
+        return self._change(manager, apply, AuditAction.IMPORT, detail)
 
     def _change(
-        self, manager: IdManager, apply: Callable[[IdManager], None], action: AuditAction
+        self,
+        manager: IdManager,
+        apply: Callable[[IdManager], None],
+        action: AuditAction,
+        note: str | None = None,
     ) -> IdManager:
         """Apply a change to a locked sequence; store and audit it if anything changed."""
         before = (manager.last_value, manager.is_active, manager.format)
@@ -526,6 +561,8 @@ class SyncIdManagerService:
             for name, old, new in zip(("counter", "active", "format"), before, after, strict=True)
             if old != new and name != "counter"
         ]
+        if note:
+            changes.append(note)
         self._audit(manager, action, before[0], manager.last_value, "; ".join(changes) or None)
         # Read back what the database now holds (its updated_at among it).
         return self.repository.get(manager.scope, manager.prefix) or manager

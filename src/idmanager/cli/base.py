@@ -30,7 +30,7 @@ from ..application.options import ServiceOptions
 from ..application.results import to_json
 from ..application.service import SyncIdManagerService
 from ..application.use_cases import SyncIdManagerUseCases
-from ..connect import connect
+from ..compose import connect
 from ..domain.errors import IdManagerError, ResetRefusedError
 from ..infrastructure.database import create_engine, sync_url
 from ..infrastructure.migrate import migrate as apply_migrations

@@ -117,8 +117,8 @@ def import_legacy(
         print_json(outcome.to_dict())
     else:
         for row in outcome.rows:
-            typer.echo(_line(row))
-        typer.echo(_summary(outcome))
+            typer.echo(row_line(row))
+        typer.echo(summary_line(outcome))
     if outcome.failed:
         result = "a real run would write nothing" if dry_run else "nothing was written"
         fail(
@@ -129,7 +129,7 @@ def import_legacy(
         )
 
 
-def _line(row: legacy.RowReport) -> str:
+def row_line(row: legacy.RowReport) -> str:
     """Describe one row of the import in one line."""
     name = row.prefix or repr(row.legacy_prefix)
     stored = repr(row.legacy_latest_id) if row.legacy_latest_id is not None else "NULL"
@@ -158,7 +158,7 @@ def _line(row: legacy.RowReport) -> str:
     return f"skipped {name}: {row.reason}"
 
 
-def _summary(report: legacy.ImportReport) -> str:
+def summary_line(report: legacy.ImportReport) -> str:
     """Describe the whole import in one line."""
     counts = ", ".join(f"{n} {status}" for status, n in report.counts().items())
     if report.written:

@@ -101,7 +101,8 @@ class IdManagerRepository(ABC):
     def allocate(self, scope: str, prefix: str, count: int) -> IdManager | None:
         """Add ``count`` to an active sequence in one atomic statement; return its new state.
 
-        Returns None, changing nothing, when the sequence is missing or inactive.
+        Returns None, changing nothing, when the sequence is missing or inactive, or when
+        ``count`` more would pass the last ordinal storage can hold.
         """
 
     @abstractmethod

@@ -130,7 +130,8 @@ def _sqlite(orig: BaseException, text: str) -> Failure | None:
 def classify(exc: BaseException) -> Failure:
     """Return what a database (or connection) error means."""
     orig = _driver_error(exc)
-    found = _pg(orig) or _mysql(orig) or _sqlite(orig, _first_line(exc))
+    # MySQL first: PyMySQL errors carry a generic SQLSTATE beside their precise number.
+    found = _mysql(orig) or _sqlite(orig, _first_line(exc)) or _pg(orig)
     if found is not None:
         return found
     # No code: a failure below the SQL level (a socket, a pool, a driver that lost the

@@ -27,7 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.orm import Session
 
 from ..domain.entity import HEALTH_CHECK_PREFIX, IdManager
-from ..domain.errors import ConflictError, StorageError
+from ..domain.errors import StorageError
 from ..domain.format import MAX_ORDINAL, IdFormat
 from ..domain.repository import (
     AuditAction,
@@ -131,13 +131,6 @@ def _statement(dialect: str, name: str) -> Executable:
     return _STATEMENTS[dialect][name]
 
 
-def _exhausted(prefix: str, count: int) -> ConflictError:
-    return ConflictError(
-        f"Prefix {prefix} cannot issue {count:,} more IDs: it would pass the last ID a "
-        f"sequence can reach (ordinal {MAX_ORDINAL:,})"
-    )
-
-
 def _like(part: str) -> str:
     # '_' is a prefix character and a LIKE wildcard: escape it (and '%', and the escape).
     return "%" + part.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
@@ -229,20 +222,7 @@ class IdManagerRepositoryImpl(IdManagerRepository):
         if self.dialect in _MYSQL:
             return self._allocate_mysql(params)
         row = self._named("allocate", params).first()
-        if row is None:
-            self._check_room(scope, prefix, count)
-            return None
-        return _entity(row)
-
-    def _check_room(self, scope: str, prefix: str, count: int) -> None:
-        """Raise if an allocation was refused because the sequence would overflow (rare)."""
-        existing = self.get(scope, prefix)
-        if (
-            existing is not None
-            and existing.is_active
-            and existing.last_value > MAX_ORDINAL - count
-        ):
-            raise _exhausted(prefix, count)
+        return _entity(row) if row is not None else None
 
     def _allocate_mysql(self, params: dict[str, Any]) -> IdManager | None:
         # Two statements: MySQL has no RETURNING on UPDATE. The write locks the row until the
@@ -251,7 +231,6 @@ class IdManagerRepositoryImpl(IdManagerRepository):
         # transaction's snapshot, which for a prefix deactivated after the snapshot shows it
         # still active with an old last_value.
         if self._named("allocate", params).rowcount == 0:
-            self._check_room(params["key_scope"], params["key_prefix"], params["count"])
             return None
         row = self._named("get_for_update", params).first()
         return _entity(row) if row is not None else None
