@@ -2,33 +2,45 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+DEV := $(VENV)/.installed-dev
+SERVER := $(VENV)/.installed-server
 
-.PHONY: run test lint typecheck unit bench clean
+.PHONY: run test check lint typecheck fast bench clean
 
-$(STAMP): pyproject.toml
+$(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
-	touch $(STAMP)
 
-run: $(STAMP)
+# Serving needs the server extra only.
+$(SERVER): pyproject.toml | $(VENV)/bin/python
+	$(BIN)/pip install --quiet -e '.[server]'
+	touch $(SERVER)
+
+$(DEV): pyproject.toml | $(VENV)/bin/python
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(DEV) $(SERVER)
+
+run: $(SERVER)
 	$(BIN)/idmanager serve --host 127.0.0.1 --port 8000
 
-test: $(STAMP) lint typecheck
+# Everything: lint, types, the fast tier and every test against the real databases.
+test: $(DEV) lint typecheck
 	$(BIN)/pytest
 
-lint: $(STAMP)
+# Lint, types and the fast in-process tier (no database server needed): under a minute.
+check: $(DEV) lint typecheck fast
+
+lint: $(DEV)
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
 
-typecheck: $(STAMP)
+typecheck: $(DEV)
 	$(BIN)/mypy
 
-unit: $(STAMP)
-	$(BIN)/pytest tests/unit
+fast: $(DEV)
+	$(BIN)/pytest tests/unit tests/test_architecture.py
 
-bench: $(STAMP)
+bench: $(DEV)
 	$(BIN)/python bench/run.py
 
 clean:

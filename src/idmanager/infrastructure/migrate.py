@@ -25,6 +25,8 @@ def alembic_config(url: str | URL | None = None) -> Config:
 
     url = url or os.environ.get("IDMANAGER_DATABASE_URL") or DEFAULT_DATABASE_URL
     config = Config()
+    # The URL below is the one to use, whatever the environment says.
+    config.attributes["idmanager"] = True
     config.set_main_option("script_location", str(MIGRATIONS))
     # Alembic runs synchronously: use the backend's sync driver whatever the URL names.
     rendered = sync_url(url).render_as_string(hide_password=False)

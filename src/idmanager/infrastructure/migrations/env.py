@@ -1,6 +1,12 @@
-"""Alembic environment: migrations run on a sync connection of the configured URL."""
+"""Alembic environment: migrations run on a sync connection of the configured URL.
+
+The URL is, first found: ``alembic -x url=...``, the ``IDMANAGER_DATABASE_URL`` environment
+variable, then ``sqlalchemy.url`` of the configuration (``idmanager migrate`` sets that one).
+"""
 
 from __future__ import annotations
+
+import os
 
 from alembic import context
 from sqlalchemy import pool
@@ -13,10 +19,13 @@ config = context.config
 
 
 def run_migrations() -> None:
-    url = context.get_x_argument(as_dictionary=True).get("url") or config.get_main_option(
-        "sqlalchemy.url"
+    url = (
+        context.get_x_argument(as_dictionary=True).get("url")
+        or (None if config.attributes.get("idmanager") else os.environ.get("IDMANAGER_DATABASE_URL"))
+        or config.get_main_option("sqlalchemy.url")
     )
-    assert url, "set sqlalchemy.url or pass -x url=..."
+    if not url:
+        raise SystemExit("No database URL: set IDMANAGER_DATABASE_URL or pass -x url=...")
     engine = create_engine(url, poolclass=pool.NullPool)
     with engine.connect() as connection:
         context.configure(
