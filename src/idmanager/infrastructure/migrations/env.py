@@ -19,9 +19,11 @@ config = context.config
 
 
 def run_migrations() -> None:
+    # `idmanager migrate` names its URL itself; the environment is for `alembic` users.
+    from_environment = None if config.attributes.get("idmanager") else "IDMANAGER_DATABASE_URL"
     url = (
         context.get_x_argument(as_dictionary=True).get("url")
-        or (None if config.attributes.get("idmanager") else os.environ.get("IDMANAGER_DATABASE_URL"))
+        or (os.environ.get(from_environment) if from_environment else None)
         or config.get_main_option("sqlalchemy.url")
     )
     if not url:
