@@ -1,4 +1,4 @@
-"""Bearer API keys with roles. Keys are compared in constant time and never logged."""
+"""Bearer API keys with roles and scopes. Keys are compared in constant time and never logged."""
 
 from __future__ import annotations
 
@@ -6,27 +6,62 @@ import hashlib
 import hmac
 from collections.abc import Mapping
 from dataclasses import dataclass
+from fnmatch import fnmatchcase
 
 from ..domain.errors import ForbiddenError, NotAuthenticatedError
-from ..settings import Role
+from ..settings import ApiKey, Role
 
 
 @dataclass(frozen=True, slots=True)
 class Principal:
-    """Who is calling: a role, and a name for the audit trail that does not reveal the key."""
+    """Who is calling: a role, the scopes it may use, and a name for the audit trail that
+    does not reveal the key."""
 
     role: Role
     actor: str
+    scopes: tuple[str, ...] | None = None  # glob patterns; None: every scope
+
+    def may(self, needed: Role) -> bool:
+        """Return True when the role includes ``needed``."""
+        return self.role.rank >= needed.rank
+
+    def allows(self, scope: str) -> bool:
+        """Return True when this caller may use ``scope``."""
+        return self.scopes is None or any(fnmatchcase(scope, p) for p in self.scopes)
+
+    def check_scope(self, scope: str) -> str:
+        """Return ``scope`` if this caller may use it.
+
+        Raises:
+            ForbiddenError: the key is bound to other scopes.
+        """
+        if not self.allows(scope):
+            raise ForbiddenError(f"This key may not use scope {scope!r}")
+        return scope
+
+    @property
+    def only_scope(self) -> str | None:
+        """Return the one scope a key bound to a single exact scope may use, else None."""
+        if self.scopes is not None and len(self.scopes) == 1:
+            pattern = self.scopes[0]
+            if not any(c in pattern for c in "*?["):
+                return pattern
+        return None
 
 
 ANONYMOUS = Principal(Role.ADMIN, "anonymous")
 
 
+def fingerprint(key: str) -> str:
+    """Return a short, stable name of a key that does not reveal it."""
+    return hashlib.sha256(key.encode()).hexdigest()[:12]
+
+
 class KeyRing:
     """The configured API keys. With none, every request is allowed (loopback-only serving)."""
 
-    def __init__(self, keys: Mapping[str, Role]) -> None:
-        self._keys = [(key.encode(), Role(role)) for key, role in keys.items()]
+    def __init__(self, keys: Mapping[str, ApiKey]) -> None:
+        self._keys = [(key.encode(), spec) for key, spec in keys.items()]
 
     @property
     def open(self) -> bool:
@@ -46,15 +81,14 @@ class KeyRing:
                 "Missing bearer token: send 'Authorization: Bearer <API key>'"
             )
         given = token.encode()
-        found: Role | None = None
+        found: ApiKey | None = None
         # Compare with every key, not stopping at a match: timing reveals nothing.
-        for key, role in self._keys:
+        for key, spec in self._keys:
             if hmac.compare_digest(key, given):
-                found = role
+                found = spec
         if found is None:
             raise NotAuthenticatedError("Invalid API key")
-        fingerprint = hashlib.sha256(given).hexdigest()[:12]
-        return Principal(found, f"api-key:{fingerprint}")
+        return Principal(found.role, f"api-key:{fingerprint(token)}", found.scopes)
 
     def authorize(self, token: str | None, needed: Role) -> Principal:
         """Return the caller if its role includes ``needed``.
@@ -64,7 +98,7 @@ class KeyRing:
             ForbiddenError: a role too low.
         """
         principal = self.identify(token)
-        if principal.role.rank < needed.rank:
+        if not principal.may(needed):
             raise ForbiddenError(
                 f"This operation needs the '{needed}' role; the key has '{principal.role}'"
             )
