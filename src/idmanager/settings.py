@@ -78,6 +78,8 @@ def _parse_keys(text: str) -> dict[str, ApiKey]:
         # The role is the first part after the key that names one: keys rarely hold ':',
         # scopes may (a scope is letters, digits and _.:@-).
         at = next((i for i, part in enumerate(parts) if i and part in _ROLES), None)
+        if at is None and len(parts) == 2:
+            _key_spec(number, parts[1], None)  # names the unknown role
         if at is None:
             raise ValueError(
                 f"API key #{number}: expected 'key:role' or 'key:role:scopes' with a role of "
