@@ -90,6 +90,18 @@ class KeyRing:
             raise NotAuthenticatedError("Invalid API key")
         return Principal(found.role, f"api-key:{fingerprint(token)}", found.scopes)
 
+    def by_fingerprint(self, name: str) -> Principal | None:
+        """Return the caller whose key has the fingerprint ``name``, or None if no key has.
+
+        A console session names its key only by fingerprint; looking it up on every request
+        ends the sessions of a key that is no longer configured.
+        """
+        found: Principal | None = None
+        for key, spec in self._keys:
+            if hmac.compare_digest(fingerprint(key.decode()).encode(), name.encode()):
+                found = Principal(spec.role, f"api-key:{name}", spec.scopes)
+        return found
+
     def authorize(self, token: str | None, needed: Role) -> Principal:
         """Return the caller if its role includes ``needed``.
 
