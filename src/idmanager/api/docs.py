@@ -42,7 +42,8 @@ def _problem_content(operation: dict[str, Any]) -> None:
         content = response.get("content", {})
         schema = content.get("application/json", {}).get("schema", {})
         if status[:1] in "45" and schema.get("$ref", "").endswith("/Problem"):
-            content[PROBLEM_JSON] = content.pop("application/json")
+            # Keep the examples the route documented under problem+json itself.
+            content[PROBLEM_JSON] = content.pop("application/json") | content.get(PROBLEM_JSON, {})
 
 
 def install_docs(app: FastAPI) -> None:

@@ -101,7 +101,7 @@ def _documented(kinds: Iterable[ProblemKind]) -> dict[str, Any]:
     }
 
 
-_INPUT = ("validation-error", "invalid-prefix", "invalid-scope")
+_INPUT = ("validation-error", "invalid-prefix", "invalid-scope", "invalid-input")
 _STORAGE = ("sequence-busy", "storage-unavailable")
 _BODY = ("bad-json", "body-too-large")
 
@@ -282,7 +282,9 @@ async def reset_sequence(
     "/ids/{id:text}",
     summary="Parse an ID",
     response_model=ParsedIdResponse,
-    responses=problems("invalid-id", "invalid-prefix", "invalid-scope", *_STORAGE),
+    responses=problems(
+        "validation-error", "invalid-id", "invalid-prefix", "invalid-scope", *_STORAGE
+    ),
     tags=["ids"],
 )
 async def read_id(
@@ -330,7 +332,7 @@ async def list_audit(
     since: Annotated[datetime | None, Query(description="From this time on (ISO-8601).")] = None,
     until: Annotated[datetime | None, Query(description="Before this time (ISO-8601).")] = None,
     before: Annotated[
-        int | None, Query(ge=1, description="The next_cursor of the previous page.")
+        int | None, Query(ge=1, le=2**63 - 1, description="The next_cursor of the previous page.")
     ] = None,
     limit: Annotated[int, Query(ge=1, le=1000, description="Most entries to return.")] = 100,
 ) -> AuditPage:
