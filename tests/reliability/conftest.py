@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
+
+from .clusters import GaleraCluster, PgReplicatedPair
 
 URL_FIXTURES = {"sqlite": "sqlite_url", "postgresql": "postgres_url", "mariadb": "mariadb_url"}
 
@@ -11,3 +15,35 @@ URL_FIXTURES = {"sqlite": "sqlite_url", "postgresql": "postgres_url", "mariadb":
 def url(backend: str, request: pytest.FixtureRequest) -> str:
     """The session's migrated database of ``backend``."""
     return str(request.getfixturevalue(URL_FIXTURES[backend]))
+
+
+@pytest.fixture
+def galera() -> Iterator[GaleraCluster]:
+    """A throwaway 3-node MariaDB Galera cluster on loopback, Synced; killed and deleted after."""
+    cluster = GaleraCluster(3)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.destroy()
+
+
+def _pg_pair(synchronous: bool) -> Iterator[PgReplicatedPair]:
+    pair = PgReplicatedPair(synchronous=synchronous)
+    try:
+        pair.start()
+        yield pair
+    finally:
+        pair.destroy()
+
+
+@pytest.fixture
+def pg_sync_pair() -> Iterator[PgReplicatedPair]:
+    """A throwaway PostgreSQL primary with a synchronous standby, streaming."""
+    yield from _pg_pair(True)
+
+
+@pytest.fixture
+def pg_async_pair() -> Iterator[PgReplicatedPair]:
+    """A throwaway PostgreSQL primary with an asynchronous standby, streaming."""
+    yield from _pg_pair(False)
