@@ -26,6 +26,7 @@ from ..infrastructure.migrate import migrate
 from ..settings import Settings
 from . import operations, routes
 from .allocation import Allocator, CachedAllocator, DatabaseAllocator
+from .console import install_console
 from .docs import install_docs, install_openapi
 from .errors import install_error_handlers
 from .limits import BodyLimit
@@ -194,5 +195,6 @@ def create_app(
     app.include_router(routes.router)
     app.include_router(operations.router)
     install_docs(app)
+    install_console(app, settings)  # /console, its static files, and / leading there
     install_openapi(app, max_bulk=settings.max_bulk)
     return app
