@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from .domain.errors import (
     AccessDeniedError,
+    AmbiguousFormatError,
     BusyError,
     ConflictError,
     ForbiddenError,
@@ -23,6 +24,7 @@ from .domain.errors import (
     InvalidInputError,
     InvalidPrefixError,
     InvalidScopeError,
+    LimitReachedError,
     NotAuthenticatedError,
     PrefixInactiveError,
     PrefixNotFoundError,
@@ -145,6 +147,24 @@ KINDS: tuple[ProblemKind, ...] = (
         FormatLockedError,
     ),
     ProblemKind(
+        "ambiguous-format",
+        409,
+        "Ambiguous format",
+        EXIT_CONFLICT,
+        "Prefix COLA (no separator, 2 letters) would write the IDs of COL (no separator, "
+        "3 letters), such as COLAAA0001: give one of them a separator",
+        AmbiguousFormatError,
+    ),
+    ProblemKind(
+        "sequence-limit",
+        409,
+        "Sequence limit reached",
+        EXIT_CONFLICT,
+        "The service already holds 100,000 sequences, its limit (IDMANAGER_MAX_SEQUENCES); "
+        "no new prefix is created",
+        LimitReachedError,
+    ),
+    ProblemKind(
         "conflict",
         409,
         "Conflict",
@@ -210,6 +230,35 @@ KINDS: tuple[ProblemKind, ...] = (
         "Request body too large",
         EXIT_INPUT,
         "The request body must not exceed 65,536 bytes",
+    ),
+    ProblemKind(
+        "host-not-allowed",
+        400,
+        "Host not allowed",
+        EXIT_INPUT,
+        "Host 'rebind.attacker.example' is not one this service answers to "
+        "(IDMANAGER_ALLOWED_HOSTS)",
+    ),
+    ProblemKind(
+        "unsupported-media-type",
+        415,
+        "Unsupported media type",
+        EXIT_INPUT,
+        "Send JSON bodies as application/json; form and text bodies are refused",
+    ),
+    ProblemKind(
+        "cross-site-request",
+        403,
+        "Cross-site request refused",
+        EXIT_ACCESS,
+        "A change requested from another site's page (Origin https://evil.example) is refused",
+    ),
+    ProblemKind(
+        "loopback-only",
+        403,
+        "Loopback only",
+        EXIT_ACCESS,
+        "No API keys are configured: this service answers its own machine only",
     ),
     ProblemKind(
         "internal-error",

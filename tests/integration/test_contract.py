@@ -66,8 +66,10 @@ async def test_one_id_costs_one_statement(db: Db, prefix: str) -> None:
         with db.statements() as continued:
             await h.service.generate_id(prefix)
         await h.commit()
-    # The first allocation finds no sequence, creates it with its IDs and audits that: once.
-    assert len(created) == one_statement(db) + 2, created
+    # The first allocation creates the sequence with its IDs and audits that, once. MariaDB
+    # allocates and creates in one upsert (InnoDB's gap locks would deadlock a look first).
+    extra = 1 if db.backend == "mariadb" else 2
+    assert len(created) == one_statement(db) + extra, created
     assert created[-1].startswith("INSERT INTO id_manager_audit"), created
     assert len(continued) == one_statement(db), continued
 

@@ -107,6 +107,17 @@ class FakeRepository(IdManagerRepository):
         ]
         return [_copy(r) for r in rows[query.skip : query.skip + query.limit]]
 
+    def overlapping(self, scope: str, prefix: str) -> list[IdManager]:
+        self._call("overlapping")
+        return [
+            _copy(row)
+            for (row_scope, name), row in sorted(self.rows.items())
+            if row_scope == scope
+            and not row.format.separator
+            and name != prefix
+            and (name.startswith(prefix) or prefix.startswith(name))
+        ]
+
     def totals(self, *, scope: str | None) -> tuple[int, int]:
         self._call("totals")
         rows = self._user_rows(scope)

@@ -31,6 +31,11 @@ class ServiceOptions:
     lock_timeout_ms: int | None = None
     """Wait at most this long for a sequence another transaction holds, then raise
     ``BusyError``; 0 does not wait at all; None waits as the database session does."""
+    max_sequences: int | None = None
+    """Create no sequence past this many in all (``LimitReachedError``); None: no limit."""
+    period_window_days: int | None = None
+    """A document date for a period template must lie within this many days of today
+    (``InvalidInputError``); None: any date."""
 
     def __post_init__(self) -> None:
         if type(self.max_count) is not int or self.max_count < 1:
@@ -39,6 +44,10 @@ class ServiceOptions:
             raise InvalidInputError(
                 f"fiscal_year_start must be a month from 1 to 12, got {self.fiscal_year_start!r}"
             )
+        for name in ("max_sequences", "period_window_days"):
+            value = getattr(self, name)
+            if value is not None and (type(value) is not int or value < 0):
+                raise InvalidInputError(f"{name} must be a non-negative integer, got {value!r}")
         if self.lock_timeout_ms is not None and self.lock_timeout_ms < 0:
             raise InvalidInputError(
                 f"lock_timeout_ms cannot be negative, got {self.lock_timeout_ms!r}"

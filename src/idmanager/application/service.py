@@ -16,12 +16,14 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from ..domain.entity import HEALTH_CHECK_PREFIX, IdManager, check_count
 from ..domain.errors import (
+    AmbiguousFormatError,
     ConflictError,
     FormatLockedError,
     IdManagerError,
     InvalidInputError,
     InvalidPrefixError,
     InvalidScopeError,
+    LimitReachedError,
     PrefixInactiveError,
     PrefixNotFoundError,
 )
@@ -31,6 +33,7 @@ from ..domain.format import (
     IdFormat,
     IdRange,
     ParsedId,
+    collision,
     format_id,
     normalize_prefix,
     parse_id,
@@ -76,10 +79,22 @@ def sequence_key(
     Raises:
         InvalidPrefixError, InvalidScopeError: naming what is wrong.
     """
+    window = options.period_window_days
+    if on is not None and window is not None and is_template(prefix):
+        distance = abs((_day(on) - datetime.now(UTC).date()).days)
+        if distance > window:
+            raise InvalidInputError(
+                f"Date {_day(on).isoformat()} is {distance:,} days from today; documents "
+                f"may be dated at most {window:,} days before or after today"
+            )
     value = resolve_prefix(prefix, on, fiscal_year_start=options.fiscal_year_start)
     if value == HEALTH_CHECK_PREFIX:
         raise InvalidPrefixError(f"Prefix {HEALTH_CHECK_PREFIX} is reserved for the health check")
     return check_scope(scope), value
+
+
+def _day(on: date) -> date:
+    return on.date() if isinstance(on, datetime) else on
 
 
 def describe_format(prefix: str, fmt: IdFormat) -> str:
@@ -143,9 +158,11 @@ class SyncIdManagerService:
         key = self.key(prefix, scope, on)
         check_count(count, self.options.max_count)
         with self._waiting():
-            manager = self.repository.allocate(*key, count)
-            if manager is None:
-                manager = self._create_on_first_use(key, count, prefix)
+            if self.options.create_missing and self.repository.creates_while_allocating():
+                manager = self._allocate_creating(key, count, prefix)
+            else:
+                found = self.repository.allocate(*key, count)
+                manager = found or self._create_on_first_use(key, count, prefix)
         return manager.issued(count)
 
     def _refusal(self, key: Key, count: int) -> IdManagerError:
@@ -165,35 +182,50 @@ class SyncIdManagerService:
             f"sequence can reach (ordinal {MAX_ORDINAL:,})"
         )
 
-    def _create_on_first_use(self, key: Key, count: int, prefix: str) -> IdManager:
-        """Create the sequence with ``count`` IDs issued, or say why it issues none."""
-        scope, name = key
-        if not self.options.create_missing:
-            raise self._refusal(key, count)
-        fmt = self.options.default_format
-        new = IdManager(
-            name,
-            scope,
+    def _new(self, key: Key, count: int, prefix: str) -> IdManager:
+        """Return the sequence a first allocation creates, with ``count`` IDs issued."""
+        return IdManager(
+            key[1],
+            key[0],
             last_value=count,
-            format=fmt,
+            format=self.options.default_format,
             created_by=self.options.actor,
             template=normalize_template(prefix) if is_template(prefix) else None,
         )
+
+    def _create_on_first_use(self, key: Key, count: int, prefix: str) -> IdManager:
+        """Create the sequence with ``count`` IDs issued, or say why it issues none."""
+        if not self.options.create_missing:
+            raise self._refusal(key, count)
+        new = self._new(key, count, prefix)
+        self._check_new(new)
         created = self.repository.insert(new)
         if created is None:
             # It exists: inactive, full, or created by another transaction since our try.
-            manager = self.repository.allocate(scope, name, count)
+            manager = self.repository.allocate(*key, count)
             if manager is None:
                 raise self._refusal(key, count)
             return manager
-        self._audit(
-            created,
-            AuditAction.CREATE,
-            None,
-            count,
-            f"created on first use, {describe_format(name, fmt)}",
-        )
+        self._audit_creation(created, count)
         return created
+
+    def _allocate_creating(self, key: Key, count: int, prefix: str) -> IdManager:
+        """Allocate, creating a missing sequence in the same statement; check it after.
+
+        A refused creation then leaves the row in the transaction, which must be rolled
+        back (the use cases roll back on any error).
+        """
+        manager, created = self.repository.allocate_or_create(self._new(key, count, prefix), count)
+        if manager is None:
+            raise self._refusal(key, count)
+        if created:
+            self._check_new(manager, created=True)
+            self._audit_creation(manager, count)
+        return manager
+
+    def _audit_creation(self, manager: IdManager, count: int) -> None:
+        detail = f"created on first use, {describe_format(manager.prefix, manager.format)}"
+        self._audit(manager, AuditAction.CREATE, None, count, detail)
 
     def generate_id(self, prefix: str, *, scope: str = "", on: date | None = None) -> str:
         """Allocate the next ID of ``prefix``."""
@@ -393,6 +425,7 @@ class SyncIdManagerService:
                 prefix, scope, format=fmt, created_by=self.options.actor, template=template
             )
             validate(fresh)
+            self._check_new(fresh)
             if self.repository.insert(fresh) is not None:
                 self._audit(fresh, AuditAction.REGISTER, None, 0, describe_format(prefix, fmt))
             manager = self.repository.get(scope, prefix, for_update=True)
@@ -491,6 +524,7 @@ class SyncIdManagerService:
                         f"Prefix {manager.prefix} has issued IDs; its format can no longer change"
                     )
                 manager.format = fmt
+                self._check_unambiguous(manager)
             if is_active is not None:
                 manager.is_active = is_active
             if latest_id is not None:
@@ -528,6 +562,7 @@ class SyncIdManagerService:
                 format=fmt,
                 created_by=self.options.actor,
             )
+            self._check_new(new)
             created = self.repository.insert(new)
             if created is not None:
                 self._audit(created, AuditAction.IMPORT, None, latest_value, detail)
@@ -541,6 +576,32 @@ class SyncIdManagerService:
             manager.is_active = is_active
 
         return self._change(manager, apply, AuditAction.IMPORT, detail)
+
+    def _check_new(self, manager: IdManager, *, created: bool = False) -> None:
+        """Refuse a new sequence past the limit, or one whose IDs another could write.
+
+        ``created``: the sequence is already among those counted.
+        """
+        limit = self.options.max_sequences
+        if limit is not None and self.repository.totals(scope=None)[0] - created >= limit:
+            raise LimitReachedError(
+                f"The service already holds {limit:,} sequences, its limit; "
+                f"{manager.prefix} is not created"
+            )
+        self._check_unambiguous(manager)
+
+    def _check_unambiguous(self, manager: IdManager) -> None:
+        """Refuse a format under which this sequence and another of its scope write one ID."""
+        if manager.format.separator:
+            return  # a separator marks where the prefix ends: nothing else can match
+        for other in self.repository.overlapping(manager.scope, manager.prefix):
+            same = collision(manager.prefix, manager.format, other.prefix, other.format)
+            if same is not None:
+                raise AmbiguousFormatError(
+                    f"Prefix {manager.prefix} ({_shape(manager.format)}) would write IDs of "
+                    f"{other.prefix} ({_shape(other.format)}), such as {same}: give one of "
+                    "them a separator or other widths"
+                )
 
     def _change(
         self,
@@ -589,6 +650,12 @@ class SyncIdManagerService:
             prefix_count=prefix_count,
             test_id_generated=format_id(HEALTH_CHECK_PREFIX, ordinal),
         )
+
+
+def _shape(fmt: IdFormat) -> str:
+    separator = f"separator {fmt.separator!r}" if fmt.separator else "no separator"
+    letters = f"{fmt.letter_width} letters" if fmt.letter_width else "digits only"
+    return f"{separator}, {letters}, {fmt.digit_width} digits"
 
 
 def _template_of(prefix: str) -> str | None:

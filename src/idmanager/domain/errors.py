@@ -49,6 +49,14 @@ class FormatLockedError(ConflictError):
     """A prefix's format cannot change once it has issued an ID."""
 
 
+class AmbiguousFormatError(ConflictError):
+    """Two sequences of one scope could write the same ID (prefixes without a separator)."""
+
+
+class LimitReachedError(ConflictError):
+    """The service holds as many sequences as it is configured to create."""
+
+
 class AccessDeniedError(IdManagerError, PermissionError):
     """The caller may not do this: no valid credentials, or a role or scope too narrow."""
 

@@ -349,3 +349,71 @@ def _split_body(body: str, shown: str, fmt: IdFormat, lenient: bool) -> tuple[st
                 else f"Invalid ID {shown!r}: expected at least {fmt.digit_width} digits"
             )
     return letters, number
+
+
+def collision(first: str, first_fmt: IdFormat, second: str, second_fmt: IdFormat) -> str | None:
+    """Return an ID that both sequences would write, or None when no string is an ID of both.
+
+    Only sequences without a separator can collide: a separator is never a prefix or body
+    character, so it marks where the prefix ends. Without one, ``COL`` with three letters and
+    ``COLA`` with two both write ``COLAAA0001``; ``D`` with five digits and ``D0`` with four
+    both write ``D00001``. The witness is checked by reading it strictly as an ID of both.
+    """
+    if first_fmt.separator or second_fmt.separator or first == second:
+        return None
+    (a, fa), (b, fb) = sorted([(first, first_fmt), (second, second_fmt)], key=lambda s: len(s[0]))
+    if not b.startswith(a):
+        return None
+    witness = _witness(a, fa, b[len(a) :], fb)
+    if witness is None:
+        return None
+    try:
+        parse_id(witness, fmt=fa, prefix=a)
+        parse_id(witness, fmt=fb, prefix=b)
+    except InvalidIdError:  # beyond the last ordinal: no such ID is ever issued
+        return None
+    return witness
+
+
+def _digits(length: int, minimum: int) -> str:
+    """Return a number written in ``length`` digits: zero-padded at the minimum width only."""
+    return "0" * (length - 1) + "1" if length == minimum else "1" + "0" * (length - 1)
+
+
+def _witness(a: str, fa: IdFormat, extra: str, fb: IdFormat) -> str | None:
+    """Return ``a + body``, a body of ``fa`` that reads as ``extra + body'`` of ``fb``, or None.
+
+    Bodies are letters then digits: ``extra`` must be letters then digits too.
+    """
+    match = re.fullmatch(r"([A-Z]*)([0-9]*)", extra)
+    if match is None:
+        return None
+    letters, digits = match.groups()
+    if not digits:
+        # The second's letters continue the extra ones; the digits must be the same.
+        if fa.letter_width == 0:
+            return None
+        if fb.letter_width:
+            if fa.digit_width != fb.digit_width:
+                return None
+            more = max(fb.letter_width, fa.letter_width - len(letters))
+            return a + letters + "A" * more + _digits(fa.digit_width, fa.digit_width)
+        # Digits only after the extra letters: they must be exactly the first's digits.
+        if len(letters) < fa.letter_width or fa.digit_width < fb.digit_width:
+            return None
+        return a + letters + _digits(fa.digit_width, fb.digit_width)
+    if fb.letter_width:
+        return None  # letters would follow the extra digits
+    if fa.letter_width:
+        rest = fa.digit_width - len(digits)
+        if len(letters) < fa.letter_width or rest < fb.digit_width:
+            return None
+        return a + letters + digits + _digits(rest, fb.digit_width)
+    if letters:
+        return None
+    if digits[0] == "0":
+        # Leading zeros only pad a number to exactly the first's width.
+        rest = fa.digit_width - len(digits)
+        return a + digits + _digits(rest, fb.digit_width) if rest >= fb.digit_width else None
+    rest = max(fb.digit_width, fa.digit_width - len(digits))
+    return a + digits + _digits(rest, fb.digit_width)

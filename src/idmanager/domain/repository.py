@@ -81,6 +81,15 @@ class SequenceQuery:
 class IdManagerRepository(ABC):
     """Sequence storage. Implementations never commit: the caller owns the transaction."""
 
+    def creates_while_allocating(self) -> bool:
+        """Return True where allocation should create a missing sequence in one statement.
+
+        Storage where looking for a missing row locks the gap it would go in (InnoDB under
+        REPEATABLE READ) deadlocks when transactions create one new sequence at once: it
+        allocates and creates together instead (:meth:`allocate_or_create`).
+        """
+        return False
+
     async def run(self, fn: Callable[[], T]) -> T:
         """Run ``fn``, whose repository calls are synchronous, where this storage allows them.
 
@@ -104,6 +113,20 @@ class IdManagerRepository(ABC):
         Returns None, changing nothing, when the sequence is missing or inactive, or when
         ``count`` more would pass the last ordinal storage can hold.
         """
+
+    def allocate_or_create(self, new: IdManager, count: int) -> tuple[IdManager | None, bool]:
+        """Allocate ``count`` from ``new``'s sequence, creating it as ``new`` if missing.
+
+        ``new`` carries ``count`` as its ``last_value``. Returns the sequence's new state
+        (None, changing nothing, when it is inactive or full) and whether it was created.
+        """
+        manager = self.allocate(new.scope, new.prefix, count)
+        if manager is not None:
+            return manager, False
+        created = self.insert(new)
+        if created is not None:
+            return created, True
+        return self.allocate(new.scope, new.prefix, count), False
 
     @abstractmethod
     def insert(self, manager: IdManager) -> IdManager | None:
@@ -131,6 +154,12 @@ class IdManagerRepository(ABC):
     @abstractmethod
     def list_sequences(self, query: SequenceQuery) -> list[IdManager]:
         """Return sequences ordered by scope and prefix, leaving out reserved prefixes."""
+
+    @abstractmethod
+    def overlapping(self, scope: str, prefix: str) -> list[IdManager]:
+        """Return the sequences of ``scope`` without a separator whose prefix starts with
+        ``prefix``, or is the start of it (``prefix`` itself left out): the only ones whose
+        IDs could be written like those of ``prefix``."""
 
     @abstractmethod
     def totals(self, *, scope: str | None) -> tuple[int, int]:

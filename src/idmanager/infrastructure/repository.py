@@ -37,7 +37,7 @@ from ..domain.repository import (
     SequenceQuery,
     StoredAudit,
 )
-from .errors import Failure, classify, translate_errors
+from .errors import translate_errors
 from .models import IdManagerAuditModel, IdManagerModel
 
 T = TypeVar("T")
@@ -131,9 +131,14 @@ def _statement(dialect: str, name: str) -> Executable:
     return _STATEMENTS[dialect][name]
 
 
+_ESCAPE = "/"  # not a backslash: MySQL reads those in string literals too
+
+
 def _like(part: str) -> str:
-    # '_' is a prefix character and a LIKE wildcard: escape it (and '%', and the escape).
-    return "%" + part.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+    """Return a LIKE pattern matching ``part`` anywhere ('_' is a prefix character and a
+    LIKE wildcard: escape it, and '%', and the escape)."""
+    escaped = part.replace("/", "//").replace("%", "/%").replace("_", "/_")
+    return f"%{escaped}%"
 
 
 class IdManagerRepositoryImpl(IdManagerRepository):
@@ -141,6 +146,9 @@ class IdManagerRepositoryImpl(IdManagerRepository):
 
     The repository joins the transaction of the session (or connection) and never commits it.
     """
+
+    def creates_while_allocating(self) -> bool:
+        return self.dialect in _MYSQL
 
     def __init__(self, session: Session | AsyncSession | Connection | AsyncConnection) -> None:
         self._async = session if isinstance(session, AsyncSession | AsyncConnection) else None
@@ -240,18 +248,39 @@ class IdManagerRepositoryImpl(IdManagerRepository):
         if self.dialect not in _MYSQL:
             row = self._named("insert", values).first()
             return _entity(row) if row is not None else None
-        # A duplicate key fails only this statement on MySQL, not the transaction.
-        try:
-            with translate_errors():
-                connection = (
-                    self.session.connection() if isinstance(self.session, Session) else self.session
-                )
-                connection.execute(mysql_insert(_TABLE).values(values))
-        except StorageError as exc:
-            if exc.__cause__ is not None and classify(exc.__cause__) is Failure.DUPLICATE:
-                return None
-            raise
+        # A no-op update of an existing row rather than a duplicate-key error: the error
+        # would leave a shared lock that deadlocks with the next write of the row.
+        result = self._execute(
+            mysql_insert(_TABLE).values(values).on_duplicate_key_update(id=_TABLE.c.id)
+        )
+        if not _inserted(result):
+            return None
         return self.get(manager.scope, manager.prefix, for_update=True)
+
+    def allocate_or_create(self, new: IdManager, count: int) -> tuple[IdManager | None, bool]:
+        if self.dialect not in _MYSQL:
+            return super().allocate_or_create(new, count)
+        t = _TABLE.c
+        may = t.is_active & (t.last_value <= MAX_ORDINAL - count)
+        # Assignments run left to right and see the values already assigned: the time first,
+        # while last_value still holds its old value.
+        statement = (
+            mysql_insert(_TABLE)
+            .values(_row(new))
+            .on_duplicate_key_update(
+                [
+                    ("updated_at", func.if_(may, func.current_timestamp(), t.updated_at)),
+                    ("last_value", func.if_(may, t.last_value + count, t.last_value)),
+                ]
+            )
+        )
+        result = self._execute(statement)
+        created = _inserted(result)
+        if not created and result.rowcount != 2:  # 2: an existing row was updated
+            return None, False
+        row = self._named("get_for_update", {"key_scope": new.scope, "key_prefix": new.prefix})
+        found = row.first()
+        return (_entity(found) if found is not None else None), created
 
     def release(self, scope: str, prefix: str, *, expected: int, new: int) -> bool:
         t = _TABLE.c
@@ -290,10 +319,21 @@ class IdManagerRepositoryImpl(IdManagerRepository):
         if query.active is not None:
             statement = statement.where(t.is_active == query.active)
         if query.search:
-            statement = statement.where(t.prefix.like(_like(query.search), escape="\\"))
+            statement = statement.where(t.prefix.like(_like(query.search), escape=_ESCAPE))
         if query.template:
             statement = statement.where(t.template == query.template)
         statement = statement.order_by(t.scope, t.prefix).offset(query.skip).limit(query.limit)
+        return [_entity(row) for row in self._execute(statement)]
+
+    def overlapping(self, scope: str, prefix: str) -> list[IdManager]:
+        t = _TABLE.c
+        starts = [prefix[:i] for i in range(1, len(prefix))]
+        statement = select(*_COLUMNS).where(
+            t.scope == scope,
+            t.separator == "",
+            t.prefix != prefix,
+            t.prefix.in_(starts) | t.prefix.like(_like(prefix)[1:], escape=_ESCAPE),
+        )
         return [_entity(row) for row in self._execute(statement)]
 
     def totals(self, *, scope: str | None) -> tuple[int, int]:
@@ -374,6 +414,15 @@ class IdManagerRepositoryImpl(IdManagerRepository):
         if manager is None:
             raise StorageError(f"The health check could not create its sequence {prefix}")
         return manager.last_value
+
+
+def _inserted(result: Any) -> bool:
+    """Return whether an INSERT … ON DUPLICATE KEY UPDATE inserted its row.
+
+    With the FOUND_ROWS flag SQLAlchemy sets, one affected row is an insert or an update
+    that changed nothing; only an insert reports the new AUTO_INCREMENT id.
+    """
+    return bool(result.rowcount == 1 and result.lastrowid)
 
 
 def _naive_utc(moment: datetime, dialect: str) -> datetime:
