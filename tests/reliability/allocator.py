@@ -59,7 +59,7 @@ async def run_cache(url: str, prefix: str, count: int, stream: bool) -> tuple[li
     """Allocate through a block cache; with ``stream``, print each ID as it is handed out."""
     engine = idmanager.create_async_engine(url)
     cache = idmanager.BlockCache(
-        idmanager.IdManagerUseCases(engine).run, initial_block=50, min_block=50, max_block=400
+        idmanager.connect(engine).run, initial_block=50, min_block=50, max_block=400
     )
     async with engine.connect():
         pass

@@ -12,7 +12,7 @@ import threading
 import pytest
 
 import idmanager
-from idmanager import BlockCache, IdManagerUseCases, SyncBlockCache, SyncIdManagerUseCases, parse_id
+from idmanager import BlockCache, SyncBlockCache, connect, parse_id
 
 from .test_concurrency import ALLOCATOR, last_value
 
@@ -50,7 +50,7 @@ def go(process: subprocess.Popen[str]) -> None:
 
 async def test_tasks_and_threads_share_nothing_twice(url: str, prefix: str) -> None:
     engine = idmanager.create_async_engine(url)
-    cache = BlockCache(IdManagerUseCases(engine).run, initial_block=100, min_block=100)
+    cache = BlockCache(connect(engine).run, initial_block=100, min_block=100)
 
     async def worker() -> list[str]:
         return [await cache.generate_id(prefix) for _ in range(200)]
@@ -60,7 +60,7 @@ async def test_tasks_and_threads_share_nothing_twice(url: str, prefix: str) -> N
     await engine.dispose()
 
     sync_engine = idmanager.create_engine(url)
-    sync_cache = SyncBlockCache(SyncIdManagerUseCases(sync_engine).run, initial_block=100)
+    sync_cache = SyncBlockCache(connect(sync_engine).run, initial_block=100)
     thread_ids: list[list[str]] = [[] for _ in range(8)]
 
     def thread_worker(out: list[str]) -> None:
@@ -106,7 +106,7 @@ def test_four_processes_unique_and_increasing_per_process(url: str, prefix: str)
 
 async def test_hand_back_only_when_nobody_allocated_since(url: str, prefix: str) -> None:
     engine = idmanager.create_async_engine(url)
-    use_cases = IdManagerUseCases(engine)
+    use_cases = connect(engine)
     cache = BlockCache(use_cases.run, initial_block=100, min_block=100)
     assert await cache.generate_id(prefix) == f"{prefix}-AAA0001"
     other = await use_cases.run(lambda s: s.generate_id(prefix))  # "another process"

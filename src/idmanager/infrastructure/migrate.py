@@ -59,7 +59,7 @@ def migrate(url: str | URL | None = None, revision: str = "head") -> None:
 # transactional, but the loser stops at its first CREATE, before the winner's). Once the
 # winner has finished, the upgrade is a no-op, so the losers retry.
 _ATTEMPTS = 5
-_RACE_MARKERS = ("already exists", "duplicate key", "duplicate entry")
+_RACE_MARKERS = ("already exists", "duplicate key", "duplicate entry", "duplicate column")
 
 
 def _lost_race(exc: StorageError) -> bool:

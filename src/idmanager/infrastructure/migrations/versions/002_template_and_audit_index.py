@@ -15,12 +15,21 @@ depends_on = None
 
 
 def upgrade() -> None:
-    # batch: SQLite cannot add a column with ALTER TABLE in every form Alembic emits.
-    with op.batch_alter_table("id_managers") as batch:
-        batch.add_column(sa.Column("template", sa.String(255), nullable=True))
+    # Each step checks first: MySQL's DDL is not transactional, so a run stopped halfway (or
+    # a replica that lost the race to migrate) finds part of it done already.
+    inspector = sa.inspect(op.get_bind())
+    if "template" not in {c["name"] for c in inspector.get_columns("id_managers")}:
+        # batch: SQLite cannot add a column with ALTER TABLE in every form Alembic emits.
+        with op.batch_alter_table("id_managers") as batch:
+            batch.add_column(sa.Column("template", sa.String(255), nullable=True))
+    indexes = {i["name"] for i in inspector.get_indexes("id_manager_audit")}
     # The audit trail of one sequence, newest first, without reading every entry.
-    op.create_index("ix_id_manager_audit_sequence", "id_manager_audit", ["scope", "prefix", "id"])
-    op.create_index("ix_id_manager_audit_created_at", "id_manager_audit", ["created_at"])
+    if "ix_id_manager_audit_sequence" not in indexes:
+        op.create_index(
+            "ix_id_manager_audit_sequence", "id_manager_audit", ["scope", "prefix", "id"]
+        )
+    if "ix_id_manager_audit_created_at" not in indexes:
+        op.create_index("ix_id_manager_audit_created_at", "id_manager_audit", ["created_at"])
 
 
 def downgrade() -> None:
