@@ -29,7 +29,7 @@ class Role(StrEnum):
 
 MIN_KEY_LENGTH = 16
 _ROLES = {role.value for role in Role}
-_SCOPE_PATTERN = re.compile(r"[A-Za-z0-9_.:@*?\[\]!-]+")
+_SCOPE_PATTERN = re.compile(r"[A-Za-z0-9_.:@*?-]+")
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,7 +49,7 @@ def _key_spec(number: int, role: str, scopes: str | None) -> ApiKey:
         if not patterns or not all(_SCOPE_PATTERN.fullmatch(p) for p in patterns):
             raise ValueError(
                 f"API key #{number}: its scopes must be patterns of letters, digits, _.:@- "
-                "and the wildcards * ? [], separated by |"
+                "and the wildcards * and ?, separated by |"
             )
     return ApiKey(Role(role), patterns)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import threading
+from fnmatch import fnmatchcase
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -102,6 +103,7 @@ class FakeRepository(IdManagerRepository):
             r
             for r in self._user_rows(query.scope)
             if (query.active is None or r.is_active == query.active)
+            and (query.scopes is None or any(fnmatchcase(r.scope, p) for p in query.scopes))
             and (not query.search or query.search in r.prefix)
             and (not query.template or r.template == query.template)
         ]
@@ -137,6 +139,7 @@ class FakeRepository(IdManagerRepository):
             row = self.rows.get((entry.scope, entry.prefix))
             wanted = (
                 (query.scope is None or entry.scope == query.scope)
+                and (query.scopes is None or any(fnmatchcase(entry.scope, p) for p in query.scopes))
                 and (query.prefix is None or entry.prefix == query.prefix)
                 and (query.actor is None or entry.actor == query.actor)
                 and (query.action is None or entry.action == query.action)

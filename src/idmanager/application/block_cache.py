@@ -59,6 +59,8 @@ class _Reservation:
     installed_at: float = 0.0
     # The fetch of the next block in flight: an asyncio task, or an event for threads.
     fetch: asyncio.Task[None] | threading.Event | None = None
+    # Evicted (idle, or past the bound): whoever still holds it starts a fresh one.
+    evicted: bool = False
 
     @property
     def left(self) -> int:
@@ -125,6 +127,8 @@ class _Blocks:
         grow_below: float = 5.0,
         shrink_above: float = 60.0,
         fiscal_year_start: int = 1,
+        max_prefixes: int = 10_000,
+        idle_after: float = 600.0,
     ) -> None:
         if not 1 <= min_block <= initial_block <= max_block:
             raise ValueError(
@@ -133,11 +137,14 @@ class _Blocks:
         self.initial_block, self.min_block, self.max_block = initial_block, min_block, max_block
         self.grow_below, self.shrink_above = grow_below, shrink_above
         self.fiscal_year_start = fiscal_year_start
+        self.max_prefixes, self.idle_after = max_prefixes, idle_after
         self.stats = CacheStats()
         self._reservations: dict[Key, _Reservation] = {}
         # (scope, prefix) as the caller wrote it -> its reservation; periods resolve each time.
+        # Bounded: spellings are many (case, spaces), reservations are per normalized name.
         self._known: dict[Key, _Reservation] = {}
         self._closed = False
+        self._swept_at = time.monotonic()
 
     def _reservation(self, prefix: str, scope: str, on: date | None) -> _Reservation:
         if self._closed:
@@ -153,8 +160,42 @@ class _Blocks:
         if reservation is None:
             reservation = self._reservations.setdefault(key, _Reservation(key, self.initial_block))
         if "{" not in prefix:  # a period template resolves anew each time: the date moves
+            if len(self._known) >= 4 * self.max_prefixes:
+                self._known.clear()  # a lookup aid only: spellings in use come back at once
             self._known[(scope, prefix)] = reservation
         return reservation
+
+    def holds(self, prefix: str, scope: str = "", on: date | None = None) -> bool:
+        """Return True when this cache reserves IDs of the sequence (so it exists)."""
+        if (scope, prefix) in self._known:
+            return True
+        key = (scope, resolve_prefix(prefix, on, fiscal_year_start=self.fiscal_year_start))
+        return key in self._reservations
+
+    def _idle(self) -> list[_Reservation]:
+        """Take out the reservations to evict: idle too long, or the oldest past the bound.
+
+        An evicted prefix hands back its unused tail, as at shutdown, and is reserved anew
+        on its next use. Looked at, at most, once a minute or when the bound is passed.
+        """
+        now = time.monotonic()
+        over = len(self._reservations) - self.max_prefixes
+        if over <= 0 and now - self._swept_at < 60:
+            return []
+        self._swept_at = now
+        by_age = sorted(self._reservations.values(), key=lambda r: r.installed_at)
+        evicted = [
+            r
+            for i, r in enumerate(by_age)
+            if (i < over or now - r.installed_at > self.idle_after) and r.fetch is None
+        ]
+        for reservation in evicted:
+            reservation.evicted = True
+            self._reservations.pop(reservation.key, None)
+        if evicted:
+            gone = {id(r) for r in evicted}
+            self._known = {k: r for k, r in self._known.items() if id(r) not in gone}
+        return evicted
 
     def _ready(self, prefix: str, scope: str, count: int) -> list[str] | None:
         """Return ``count`` IDs already formatted in a known prefix's chunk, else None.
@@ -176,6 +217,13 @@ class _Blocks:
         if self._closed:
             raise RuntimeError("The block cache is closed")
         return reservation.take()
+
+    def _current(self, reservation: _Reservation) -> _Reservation:
+        """Return ``reservation``, or the one that replaced it if it was evicted."""
+        if not reservation.evicted:
+            return reservation
+        fresh = _Reservation(reservation.key, self.initial_block)
+        return self._reservations.setdefault(reservation.key, fresh)
 
     def _fetch_operation(self, reservation: _Reservation) -> tuple[int, Operation]:
         scope, prefix = reservation.key
@@ -210,7 +258,14 @@ class _Blocks:
         """Yield, per prefix, the unused count and the operation that hands back its tail."""
         self._closed = True
         self._known.clear()
-        for (scope, prefix), reservation in list(self._reservations.items()):
+        reservations = list(self._reservations.values())
+        self._reservations.clear()
+        return self._hand_back(reservations)
+
+    @staticmethod
+    def _hand_back(reservations: list[_Reservation]) -> Iterator[tuple[int, Operation | None]]:
+        for reservation in reservations:
+            scope, prefix = reservation.key
             with reservation.lock:
                 ranges = sorted(reservation.unused())
                 reservation.empty()
@@ -224,7 +279,6 @@ class _Blocks:
                 first = lower_first
             unused = sum(b - a + 1 for a, b in ranges)
             yield unused, partial(_release, prefix, scope, first, last)
-        self._reservations.clear()
 
     def _account(self, unused: int, returned: object) -> None:
         assert isinstance(returned, int)
@@ -247,6 +301,7 @@ class BlockCache(_Blocks):
     def __init__(self, run: Callable[[Operation], Awaitable[object]], **options: Any) -> None:
         super().__init__(**options)
         self._run = run
+        self._evicting: set[asyncio.Future[None]] = set()
 
     async def generate_id(self, prefix: str, *, scope: str = "", on: date | None = None) -> str:
         """Return the next ID of ``prefix`` from the reserved block, fetching one if needed.
@@ -261,10 +316,24 @@ class BlockCache(_Blocks):
                 if pos < reservation.ready:
                     reservation.pos = pos + 1
                     return reservation.chunk[pos]
-        return await self._generate(self._reservation(prefix, scope, on))
+        reservation = self._reservation(prefix, scope, on)
+        evicted = self._idle()
+        if evicted:
+            self._evicting.add(task := asyncio.ensure_future(self._give_back(evicted)))
+            task.add_done_callback(self._evicting.discard)
+        return await self._generate(reservation)
+
+    async def _give_back(self, evicted: list[_Reservation]) -> None:
+        for unused, operation in self._hand_back(evicted):
+            try:
+                returned = await self._run(operation) if operation else 0
+            except Exception:  # the database is away: those IDs are a gap, as after a crash
+                returned = 0
+            self._account(unused, returned)
 
     async def _generate(self, reservation: _Reservation) -> str:
         while True:
+            reservation = self._current(reservation)
             with reservation.lock:
                 value = self._take(reservation)
                 if reservation.wants_block():
@@ -294,6 +363,8 @@ class BlockCache(_Blocks):
 
     async def close(self) -> None:
         """Stop, and hand back each prefix's unused tail where nobody allocated since."""
+        if self._evicting:
+            await asyncio.gather(*self._evicting, return_exceptions=True)
         for reservation in list(self._reservations.values()):
             if isinstance(reservation.fetch, asyncio.Task):
                 await asyncio.gather(reservation.fetch, return_exceptions=True)
@@ -326,10 +397,14 @@ class SyncBlockCache(_Blocks):
                 if pos < reservation.ready:
                     reservation.pos = pos + 1
                     return reservation.chunk[pos]
-        return self._generate(self._reservation(prefix, scope, on))
+        reservation = self._reservation(prefix, scope, on)
+        for unused, operation in self._hand_back(self._idle()):
+            self._account(unused, self._run(operation) if operation else 0)
+        return self._generate(reservation)
 
     def _generate(self, reservation: _Reservation) -> str:
         while True:
+            reservation = self._current(reservation)
             with reservation.lock:
                 value = self._take(reservation)
                 mine = reservation.wants_block()

@@ -296,12 +296,14 @@ class SyncIdManagerService:
         active: bool | None = None,
         search: str | None = None,
         template: str | None = None,
+        scopes: tuple[str, ...] | None = None,
     ) -> list[IdManager]:
         """Return the sequences, ordered by scope and prefix.
 
         ``active`` keeps only active (True) or inactive (False) ones; ``active_only`` is the
         seed's spelling of ``active=True``. ``search`` keeps prefixes containing it;
-        ``template`` the periods of one template (``INV{YYYY}``).
+        ``template`` the periods of one template (``INV{YYYY}``); ``scopes`` the scopes that
+        match one of its patterns (``*`` and ``?``).
         """
         if not (0 <= skip <= MAX_ORDINAL and 0 <= limit <= MAX_ORDINAL):
             raise InvalidInputError(f"skip and limit must be between 0 and {MAX_ORDINAL}")
@@ -309,6 +311,7 @@ class SyncIdManagerService:
             check_scope(scope)
         query = SequenceQuery(
             scope=scope,
+            scopes=scopes,
             active=True if active_only else active,
             search=search.strip().upper() if search and search.strip() else None,
             template=normalize_template(template) if template else None,
@@ -348,10 +351,12 @@ class SyncIdManagerService:
         until: datetime | None = None,
         before: int | None = None,
         limit: int = 100,
+        scopes: tuple[str, ...] | None = None,
     ) -> AuditPage:
         """Return the audit trail, newest first, a page at a time.
 
-        Every filter is optional; pass the page's ``next_cursor`` as ``before`` for the next.
+        Every filter is optional (``scopes``: patterns of ``*`` and ``?``, one of which the
+        scope must match); pass the page's ``next_cursor`` as ``before`` for the next.
         """
         if not 1 <= limit <= MAX_PAGE:
             raise InvalidInputError(f"limit must be between 1 and {MAX_PAGE}, got {limit}")
@@ -364,6 +369,7 @@ class SyncIdManagerService:
             raise InvalidInputError(f"Unknown action {action!r}; use one of {choices}") from None
         query = AuditQuery(
             scope=check_scope(scope) if scope is not None else None,
+            scopes=scopes,
             prefix=resolve_prefix(prefix, fiscal_year_start=self.options.fiscal_year_start)
             if prefix
             else None,

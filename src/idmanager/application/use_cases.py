@@ -62,6 +62,15 @@ class _Steps:
         return created
 
 
+def _changes(actor: str | None, create: bool | None) -> dict[str, Any]:
+    changes: dict[str, Any] = {}
+    if actor is not None:
+        changes["actor"] = actor
+    if create is not None:
+        changes["create_missing"] = create
+    return changes
+
+
 class SyncIdManagerUseCases(_Steps):
     """Run service operations each in its own committed transaction (threads, scripts)."""
 
@@ -80,11 +89,18 @@ class SyncIdManagerUseCases(_Steps):
         return self.transactions.run(self._work(operation), commit=commit)
 
     def allocate(
-        self, prefix: str, count: int = 1, *, scope: str = "", on: date | None = None
+        self,
+        prefix: str,
+        count: int = 1,
+        *,
+        scope: str = "",
+        on: date | None = None,
+        actor: str | None = None,
+        create: bool | None = None,
     ) -> IdRange:
         """Allocate ``count`` IDs, committed before they are returned (one round trip when
-        the sequence exists)."""
-        return self._drive(self._allocation(prefix, count, scope, on))
+        the sequence exists). ``actor`` and ``create`` apply to a sequence created now."""
+        return self._drive(self._allocation(prefix, count, scope, on, **_changes(actor, create)))
 
     def _drive(self, steps: Steps[T]) -> T:
         result: Any = None
@@ -113,11 +129,19 @@ class IdManagerUseCases(_Steps):
         return await self.transactions.run(self._work(operation), commit=commit)
 
     async def allocate(
-        self, prefix: str, count: int = 1, *, scope: str = "", on: date | None = None
+        self,
+        prefix: str,
+        count: int = 1,
+        *,
+        scope: str = "",
+        on: date | None = None,
+        actor: str | None = None,
+        create: bool | None = None,
     ) -> IdRange:
         """Allocate ``count`` IDs, committed before they are returned (one round trip when
-        the sequence exists)."""
-        return await self._drive(self._allocation(prefix, count, scope, on))
+        the sequence exists). ``actor`` and ``create`` apply to a sequence created now."""
+        steps = self._allocation(prefix, count, scope, on, **_changes(actor, create))
+        return await self._drive(steps)
 
     async def _drive(self, steps: Steps[T]) -> T:
         result: Any = None

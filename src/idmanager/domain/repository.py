@@ -57,6 +57,7 @@ class AuditQuery:
     """Which audit entries to read: every filter is optional; newest first."""
 
     scope: str | None = None
+    scopes: tuple[str, ...] | None = None  # glob patterns (* and ?); None: any scope
     prefix: str | None = None
     actor: str | None = None
     action: AuditAction | None = None
@@ -71,6 +72,7 @@ class SequenceQuery:
     """Which sequences to list, ordered by scope and prefix."""
 
     scope: str | None = None  # None: every scope
+    scopes: tuple[str, ...] | None = None  # glob patterns (* and ?); None: any scope
     active: bool | None = None  # None: active and inactive
     search: str | None = None  # a part of the prefix
     template: str | None = None  # only the periods of this template

@@ -15,7 +15,9 @@ from sqlalchemy import (
     Row,
     Table,
     bindparam,
+    false,
     func,
+    or_,
     select,
     text,
     update,
@@ -132,6 +134,16 @@ def _statement(dialect: str, name: str) -> Executable:
 
 
 _ESCAPE = "/"  # not a backslash: MySQL reads those in string literals too
+
+
+def _glob(pattern: str) -> str:
+    """Return a LIKE pattern for a glob of ``*`` and ``?`` (scope patterns of API keys)."""
+    escaped = pattern.replace("/", "//").replace("%", "/%").replace("_", "/_")
+    return escaped.replace("*", "%").replace("?", "_")
+
+
+def _in_scopes(column: Any, patterns: tuple[str, ...]) -> Any:
+    return or_(*(column.like(_glob(p), escape=_ESCAPE) for p in patterns)) if patterns else false()
 
 
 def _like(part: str) -> str:
@@ -316,6 +328,8 @@ class IdManagerRepositoryImpl(IdManagerRepository):
         statement = select(*_COLUMNS).where(t.prefix != HEALTH_CHECK_PREFIX)
         if query.scope is not None:
             statement = statement.where(t.scope == query.scope)
+        if query.scopes is not None:
+            statement = statement.where(_in_scopes(t.scope, query.scopes))
         if query.active is not None:
             statement = statement.where(t.is_active == query.active)
         if query.search:
@@ -385,6 +399,8 @@ class IdManagerRepositoryImpl(IdManagerRepository):
         for value, column in conditions:
             if value is not None:
                 statement = statement.where(column == value)
+        if query.scopes is not None:
+            statement = statement.where(_in_scopes(a.scope, query.scopes))
         if query.since is not None:
             statement = statement.where(a.created_at >= _naive_utc(query.since, self.dialect))
         if query.until is not None:
