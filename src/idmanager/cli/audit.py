@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
@@ -13,14 +13,12 @@ from ..domain.repository import AuditAction
 from ..infrastructure.database import DEFAULT_DATABASE_URL
 from .base import EXIT_CODES, DatabaseUrl, Json, app, console, print_json, run, when
 
-Moment = Annotated[
-    datetime | None,
-    typer.Option(
-        formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S"],
-        metavar="TIME",
-        show_default=False,
-    ),
-]
+# Typer takes one Option per parameter: what --since and --until share, as its arguments.
+_TIME: dict[str, Any] = {
+    "formats": ["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S"],
+    "metavar": "TIME",
+    "show_default": False,
+}
 
 
 def _utc(moment: datetime | None) -> datetime | None:
@@ -54,8 +52,12 @@ def audit(
         AuditAction | None,
         typer.Option("--action", help="Only this kind of change.", show_default=False),
     ] = None,
-    since: Annotated[Moment, typer.Option("--since", help="From this time on (UTC).")] = None,
-    until: Annotated[Moment, typer.Option("--until", help="Before this time (UTC).")] = None,
+    since: Annotated[
+        datetime | None, typer.Option("--since", help="From this time on (UTC).", **_TIME)
+    ] = None,
+    until: Annotated[
+        datetime | None, typer.Option("--until", help="Before this time (UTC).", **_TIME)
+    ] = None,
     before: Annotated[
         int | None,
         typer.Option(

@@ -202,9 +202,13 @@ class Backend:
         apply_migrations(database_url)
 
 
+# Typer 0.2x runs on its own copy of Click, whose context stack click's function cannot see.
+_current_context = getattr(typer.main, "get_current_context", click.get_current_context)
+
+
 def backend() -> Backend:
     """Return the backend of this invocation (the SQL one unless a test gave another)."""
-    found = click.get_current_context().find_object(Backend)
+    found = _current_context().find_object(Backend)
     return found if found is not None else Backend()
 
 
