@@ -110,7 +110,8 @@ async def page(
             link=lambda path="", **query: link(base, path, **query),
             visit=found,
             csrf_field=CSRF_FIELD,
-            banner=await banner(request),
+            # Only for a logged-in caller: a stranger learns nothing and probes nothing.
+            banner=await banner(request) if found and found.principal else None,
             words=words,
             **context,
         )

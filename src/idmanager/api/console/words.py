@@ -89,5 +89,6 @@ def scope(name: str) -> str:
 def format_short(fmt: IdFormat) -> str:
     """Return a format in a few words, for a table cell."""
     separator = f"'{fmt.separator}'" if fmt.separator else "no separator"
-    letters = f"{fmt.letter_width} letters" if fmt.letter_width else "no letters"
-    return f"{separator}, {letters}, {fmt.digit_width} digits"
+    letters = {0: "no letters", 1: "1 letter"}.get(fmt.letter_width, f"{fmt.letter_width} letters")
+    digits = "1 digit" if fmt.digit_width == 1 else f"{fmt.digit_width} digits"
+    return f"{separator}, {letters}, {digits}"
