@@ -24,8 +24,20 @@ Allocated = tuple[str, Sequence[str]]  # the resolved prefix, and its IDs in ord
 class Allocator(Protocol):
     """Allocates IDs for the HTTP route."""
 
-    async def allocate(self, prefix: str, count: int, scope: str, on: date | None) -> Allocated:
-        """Return the resolved prefix and ``count`` new IDs."""
+    async def allocate(
+        self,
+        prefix: str,
+        count: int,
+        scope: str,
+        on: date | None,
+        actor: str | None = None,
+        create: bool = True,
+    ) -> Allocated:
+        """Return the resolved prefix and ``count`` new IDs.
+
+        ``actor`` is named as the creator of a sequence this creates; ``create`` False
+        refuses to create one (``PrefixNotFoundError``).
+        """
 
     async def close(self) -> None:
         """Release what the allocator holds (at shutdown)."""
@@ -37,8 +49,18 @@ class DatabaseAllocator:
     def __init__(self, use_cases: IdManagerUseCases) -> None:
         self.use_cases = use_cases
 
-    async def allocate(self, prefix: str, count: int, scope: str, on: date | None) -> Allocated:
-        ids = await self.use_cases.allocate(prefix, count, scope=scope, on=on)
+    async def allocate(
+        self,
+        prefix: str,
+        count: int,
+        scope: str,
+        on: date | None,
+        actor: str | None = None,
+        create: bool = True,
+    ) -> Allocated:
+        ids = await self.use_cases.allocate(
+            prefix, count, scope=scope, on=on, actor=actor, create=create
+        )
         return ids.prefix, ids
 
     async def close(self) -> None:
@@ -54,10 +76,25 @@ class CachedAllocator:
         self.max_count = max_count
         self.served = 0  # IDs handed out from the cache, for the metrics
 
-    async def allocate(self, prefix: str, count: int, scope: str, on: date | None) -> Allocated:
+    async def allocate(
+        self,
+        prefix: str,
+        count: int,
+        scope: str,
+        on: date | None,
+        actor: str | None = None,
+        create: bool = True,
+    ) -> Allocated:
         cache = self.cache
+        # A sequence the cache does not hold yet is reached through the database once: its
+        # creation, if any, is then checked and audited under the caller's name, and blocks
+        # are fetched only for sequences that exist.
         if cache is None or count > self.max_count:
-            return await self.database.allocate(prefix, count, scope, on)
+            return await self.database.allocate(prefix, count, scope, on, actor, create)
+        if not cache.holds(prefix, scope, on):
+            allocated = await self.database.allocate(prefix, count, scope, on, actor, create)
+            cache.admit(prefix, scope, on)  # it exists: the next requests take blocks
+            return allocated
         try:
             if count == 1:
                 ids = [await cache.generate_id(prefix, scope=scope, on=on)]
@@ -67,7 +104,7 @@ class CachedAllocator:
             if self.cache is not None:
                 raise
             # Closed meanwhile: the database serves the last requests while the tails go back.
-            return await self.database.allocate(prefix, count, scope, on)
+            return await self.database.allocate(prefix, count, scope, on, actor, create)
         self.served += count
         return resolve_prefix(prefix, on, fiscal_year_start=cache.fiscal_year_start), ids
 

@@ -29,9 +29,11 @@ from .allocation import Allocator, CachedAllocator, DatabaseAllocator
 from .console import install_console
 from .docs import install_docs, install_openapi
 from .errors import install_error_handlers
+from .guard import Guard
 from .limits import BodyLimit
 from .logs import configure_logging
 from .metrics import Metrics
+from .operations import HealthProbe
 from .security import KeyRing
 
 logger = logging.getLogger("idmanager.api")
@@ -173,6 +175,8 @@ def create_app(
         redoc_url=None,
         # Operation IDs are the route functions' names: 'allocate_ids', 'reset_sequence', ...
         generate_unique_id_function=lambda route: route.name,
+        # A redirect to the slash-less path would be built from the Host header.
+        redirect_slashes=False,
     )
     options = ServiceOptions(max_count=settings.max_bulk, create_missing=settings.create_missing)
     engine = build_engine(settings) if use_cases is None else None
@@ -187,11 +191,14 @@ def create_app(
         )
     app.state.use_cases = use_cases
     app.state.keys = KeyRing(settings.api_keys)
-    app.state.metrics = Metrics(engine)
+    app.state.metrics = Metrics(engine, max_labels=settings.metrics_max_prefixes)
+    app.state.health = HealthProbe(use_cases, settings.health_cache_s)
     # Chosen by the lifespan: the database, or the block cache in front of it.
     app.state.allocator = DatabaseAllocator(app.state.use_cases)
     install_error_handlers(app)
     app.add_middleware(BodyLimit)
+    # Outermost: requests from the wrong host, peer or site are refused before anything.
+    app.add_middleware(Guard, settings=settings)
     app.include_router(routes.router)
     app.include_router(operations.router)
     install_docs(app)

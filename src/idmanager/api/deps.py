@@ -71,10 +71,16 @@ def document_date(text: str | None) -> date | None:
         raise InvalidInputError(f"Invalid date {text!r}: not a calendar date") from None
 
 
-async def _admin_use_cases(request: Request, principal: AdminAccess) -> IdManagerUseCases:
-    # The same sessions, with the caller named in the audit trail of resets and changes.
-    base: IdManagerUseCases = request.app.state.use_cases
-    return base.with_options(actor=principal.actor)
+class Admin:
+    """An admin caller and the use cases that name it in the audit trail."""
+
+    def __init__(self, principal: Principal, use_cases: IdManagerUseCases) -> None:
+        self.principal = principal
+        self.use_cases = use_cases.with_options(actor=principal.actor)
 
 
-AdminUseCases = Annotated[IdManagerUseCases, Depends(_admin_use_cases)]
+async def _admin(request: Request, principal: AdminAccess) -> Admin:
+    return Admin(principal, request.app.state.use_cases)
+
+
+AdminUseCases = Annotated[Admin, Depends(_admin)]

@@ -14,6 +14,7 @@ from ..application.block_cache import CacheStats
 if TYPE_CHECKING:
     from .allocation import CachedAllocator
 
+OTHER = "_other"
 # Allocation is one statement: most requests take milliseconds, a lock wait up to seconds.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -21,11 +22,16 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 class Metrics:
     """The service's metrics."""
 
-    def __init__(self, engine: AsyncEngine | None) -> None:
+    def __init__(self, engine: AsyncEngine | None, *, max_labels: int = 100) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        # Prefixes with a label of their own: the first ones seen, up to the bound. Whatever
+        # callers invent after that is counted under one label, so the page stays small.
+        self.max_labels = max_labels
+        self.labels: dict[str, str] = {}
         self.ids_allocated = Counter(
             "idmanager_ids_allocated",
-            "IDs allocated, by prefix.",
+            "IDs allocated, by prefix (a period template counts its periods together; "
+            "prefixes past IDMANAGER_METRICS_MAX_PREFIXES count as '_other').",
             ["prefix"],
             registry=self.registry,
         )
@@ -55,9 +61,16 @@ class Metrics:
         """Export the statistics of the block cache that ``allocator`` serves from."""
         self.registry.register(_BlockCacheCollector(allocator))
 
-    def allocated(self, prefix: str, count: int, seconds: float) -> None:
-        """Record one successful allocation."""
-        self.ids_allocated.labels(prefix).inc(count)
+    def allocated(self, requested: str, prefix: str, count: int, seconds: float) -> None:
+        """Record one successful allocation of ``prefix`` (``requested`` as the caller wrote
+        it: a template names its family)."""
+        name = requested.strip().upper() if "{" in requested else prefix
+        label = self.labels.get(name)
+        if label is None:
+            label = name if len(self.labels) < self.max_labels else OTHER
+            if label is name:
+                self.labels[name] = name
+        self.ids_allocated.labels(label).inc(count)
         self.allocation_latency.observe(seconds)
 
     def render(self) -> bytes:

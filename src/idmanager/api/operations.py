@@ -1,16 +1,64 @@
-"""Routes for operators and orchestrators: health, liveness and metrics (no API key)."""
+"""Routes for operators and orchestrators: health, liveness and metrics."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+import asyncio
+import dataclasses
+import logging
+import time
+
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from ..application.results import HealthReport, to_json
-from .deps import MetricsDep, UseCases
+from ..application.use_cases import IdManagerUseCases
+from ..domain.errors import AccessDeniedError
+from ..settings import Role, Settings
+from .deps import Credentials, MetricsDep, ReadAccess
 from .schemas import Liveness
+from .security import KeyRing
 
+logger = logging.getLogger("idmanager.api")
 router = APIRouter(tags=["operations"])
+UNHEALTHY = "ID Manager service error: database unavailable"
+
+
+class HealthProbe:
+    """The health check, shared: at most one probe of the database per ``ttl`` seconds.
+
+    A flood of health requests then costs one pooled connection, not one each.
+    """
+
+    def __init__(self, use_cases: IdManagerUseCases, ttl: float) -> None:
+        self.use_cases, self.ttl = use_cases, ttl
+        self._last: tuple[float, HealthReport] | None = None
+        self._lock = asyncio.Lock()
+
+    async def report(self) -> HealthReport:
+        """Return a report at most ``ttl`` seconds old, probing the database if needed."""
+        if self._fresh() is None:
+            async with self._lock:  # the first caller probes; the others wait and share it
+                if self._fresh() is None:
+                    report = await self.use_cases.run(lambda s: s.health_check(), commit=False)
+                    if not report.healthy:
+                        logger.warning("health check failed: %s", report.message)
+                    self._last = (time.monotonic(), report)
+        fresh = self._fresh()
+        assert fresh is not None
+        return fresh
+
+    def _fresh(self) -> HealthReport | None:
+        if self._last is None or time.monotonic() - self._last[0] > self.ttl:
+            return None
+        return self._last[1]
+
+
+def _anonymous(report: HealthReport) -> HealthReport:
+    """Return what a caller without a key may know: up or down, nothing of the database."""
+    if report.healthy:
+        return dataclasses.replace(report, prefix_count=None)
+    return dataclasses.replace(report, message=UNHEALTHY, error_type=None)
 
 
 @router.get(
@@ -19,9 +67,19 @@ router = APIRouter(tags=["operations"])
     response_model=HealthReport,
     responses={503: {"model": HealthReport, "description": "The database is unavailable."}},
 )
-async def health(use_cases: UseCases) -> JSONResponse:
-    """Run the health check: a real allocation, rolled back; 503 when unhealthy."""
-    report = await use_cases.run(lambda s: s.health_check(), commit=False)
+async def health(request: Request, credentials: Credentials) -> JSONResponse:
+    """Run the health check (a real allocation, rolled back); 503 when unhealthy.
+
+    Without a key, the answer says only whether the service works; with a read key it
+    names the failure and counts the prefixes.
+    """
+    probe: HealthProbe = request.app.state.health
+    report = await probe.report()
+    keys: KeyRing = request.app.state.keys
+    try:
+        keys.authorize(credentials.credentials if credentials else None, Role.READ)
+    except AccessDeniedError:
+        report = _anonymous(report)
     return JSONResponse(to_json(report), status_code=200 if report.healthy else 503)
 
 
@@ -37,6 +95,17 @@ async def live() -> Liveness:
     response_class=Response,
     responses={200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}}},
 )
-async def metrics(metrics: MetricsDep) -> Response:
-    """Expose Prometheus metrics."""
-    return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
+async def metrics(request: Request, metrics: MetricsDep, credentials: Credentials) -> Response:
+    """Expose Prometheus metrics (a read key is needed unless IDMANAGER_METRICS_PUBLIC)."""
+    settings: Settings = request.app.state.settings
+    if not settings.metrics_public:
+        keys: KeyRing = request.app.state.keys
+        principal = keys.authorize(credentials.credentials if credentials else None, Role.READ)
+        if principal.scopes is not None:
+            principal.check_scope("*")  # metrics count every tenant: not for a bound key
+    # Off the event loop: allocations go on while the page is written.
+    body = await asyncio.to_thread(metrics.render)
+    return Response(body, media_type=CONTENT_TYPE_LATEST)
+
+
+__all__ = ["ReadAccess", "router"]

@@ -17,6 +17,7 @@ from ..domain.errors import PrefixNotFoundError
 from ..domain.format import IdFormat, IdRange
 from ..domain.repository import AuditAction
 from ..problems import PROBLEM_JSON, ProblemKind, kind
+from ..settings import Settings
 from .allocation import Allocator
 from .deps import (
     AdminUseCases,
@@ -128,7 +129,7 @@ def _ids_body(prefix: str, chunks: Iterable[Sequence[str]], count: int) -> Itera
 async def allocate_ids(
     request: Request,
     prefix: PrefixPath,
-    _: GenerateAccess,
+    principal: GenerateAccess,
     count: Annotated[int, Query(ge=1, description="How many IDs to allocate.")] = 1,
     scope: Scope = "",
     on: OnDate = None,
@@ -138,10 +139,14 @@ async def allocate_ids(
     # The hot route reads the app's state itself: each dependency FastAPI solves costs about
     # a tenth of the throughput of an allocation served from the block cache.
     state = request.app.state
+    settings: Settings = state.settings
     allocator: Allocator = state.allocator
-    name, ids = await allocator.allocate(prefix, count, scope, document_date(on))
+    create = settings.create_missing and principal.may(settings.create_role)
+    name, ids = await allocator.allocate(
+        prefix, count, principal.check_scope(scope), document_date(on), principal.actor, create
+    )
     metrics: Metrics = state.metrics
-    metrics.allocated(name, count, time.perf_counter() - started)
+    metrics.allocated(prefix, name, count, time.perf_counter() - started)
     if count > STREAM_ABOVE and isinstance(ids, IdRange):
         body = _ids_body(name, ids.chunks(), count)
         return StreamingResponse(body, status_code=201, media_type="application/json")
@@ -158,7 +163,7 @@ async def allocate_ids(
 )
 async def list_prefixes(
     use_cases: UseCases,
-    _: ReadAccess,
+    principal: ReadAccess,
     skip: Annotated[int, Query(ge=0, le=MAX_SKIP, description="Sequences to skip.")] = 0,
     limit: Annotated[int, Query(ge=1, le=1000, description="Most sequences to return.")] = 100,
     active_only: Annotated[bool, Query(description="Leave out inactive prefixes.")] = False,
@@ -178,6 +183,7 @@ async def list_prefixes(
     ] = None,
 ) -> PrefixList:
     """List the sequences, ordered by scope and prefix."""
+    scope = principal.check_scope(scope) if scope is not None else principal.only_scope
     managers = await use_cases.run(
         lambda s: s.get_all_prefixes(
             scope=scope,
@@ -187,6 +193,7 @@ async def list_prefixes(
             active=active,
             search=search,
             template=template,
+            scopes=principal.scopes,
         ),
         commit=False,
     )
@@ -202,9 +209,14 @@ async def list_prefixes(
     tags=["prefixes"],
 )
 async def prefix_stats(
-    prefix: PrefixPath, use_cases: UseCases, _: ReadAccess, scope: Scope = "", on: OnDate = None
+    prefix: PrefixPath,
+    use_cases: UseCases,
+    principal: ReadAccess,
+    scope: Scope = "",
+    on: OnDate = None,
 ) -> SequenceStats:
     """Show the state and statistics of one prefix."""
+    principal.check_scope(scope)
     day = document_date(on)
     stats = await use_cases.run(
         lambda s: s.get_prefix_stats(prefix, scope=scope, on=day), commit=False
@@ -233,14 +245,15 @@ async def prefix_stats(
 async def configure_prefix(
     prefix: PrefixPath,
     body: ConfigureRequest,
-    use_cases: AdminUseCases,
+    admin: AdminUseCases,
     scope: Scope = "",
     on: OnDate = None,
 ) -> SequenceStats:
     """Register a prefix, or change its format, state or starting point (admin)."""
+    admin.principal.check_scope(scope)
     fmt = IdFormat(**body.format.model_dump()) if body.format else None
     day = document_date(on)
-    manager = await use_cases.run(
+    manager = await admin.use_cases.run(
         lambda s: s.configure_prefix(
             prefix,
             scope=scope,
@@ -264,13 +277,14 @@ async def configure_prefix(
 async def reset_sequence(
     prefix: PrefixPath,
     body: ResetRequest,
-    use_cases: AdminUseCases,
+    admin: AdminUseCases,
     scope: Scope = "",
     on: OnDate = None,
 ) -> ResetResult:
     """Make `reset_to` the latest ID; refused (409) backwards unless `force` (admin)."""
+    admin.principal.check_scope(scope)
     day = document_date(on)
-    return await use_cases.run(
+    return await admin.use_cases.run(
         lambda s: s.reset_sequence(
             prefix, body.reset_to, body.force, scope=scope, on=day, dry_run=body.dry_run
         ),
@@ -290,7 +304,7 @@ async def reset_sequence(
 async def read_id(
     id: Annotated[str, Path(description="The ID to read.", examples=["cus-aab12"])],
     use_cases: UseCases,
-    _: ReadAccess,
+    principal: ReadAccess,
     scope: Scope = "",
     prefix: Annotated[
         str | None,
@@ -298,6 +312,7 @@ async def read_id(
     ] = None,
 ) -> ParsedIdResponse:
     """Parse and validate an ID, correcting case, padding and `0000` where unambiguous."""
+    principal.check_scope(scope)
     parsed = await use_cases.run(lambda s: s.read_id(id, scope=scope, prefix=prefix), commit=False)
     return ParsedIdResponse(
         prefix=parsed.prefix,
@@ -320,7 +335,7 @@ async def read_id(
 )
 async def list_audit(
     use_cases: UseCases,
-    _: ReadAccess,
+    principal: ReadAccess,
     scope: Annotated[
         str | None, Query(max_length=255, description="Only this scope; all when omitted.")
     ] = None,
@@ -337,9 +352,12 @@ async def list_audit(
     limit: Annotated[int, Query(ge=1, le=1000, description="Most entries to return.")] = 100,
 ) -> AuditPage:
     """List who changed which sequence, when and how; newest first, a page at a time."""
+    if scope is not None:
+        principal.check_scope(scope)
     return await use_cases.run(
         lambda s: s.list_audit(
             scope=scope,
+            scopes=principal.scopes,
             prefix=prefix,
             actor=actor,
             action=action,

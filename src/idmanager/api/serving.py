@@ -10,20 +10,26 @@ socket created as TCP.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import socket
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 APP_FACTORY = "idmanager.api.app:create_app"
 
 
 def run(app: str = APP_FACTORY, *, workers: int = 1, **options: Any) -> None:
-    """Serve ``app`` (an import string) with ``uvicorn.run``; TCP_NODELAY in every worker."""
+    """Serve ``app`` (an import string) with ``uvicorn.run``; TCP_NODELAY in every worker.
+
+    Connections that send their headers too slowly are closed (:class:`HttpProtocol`).
+    """
     import uvicorn
 
     with _tcp_listener(uvicorn.Config):
-        uvicorn.run(app, workers=workers, **options)
+        uvicorn.run(app, workers=workers, http=HttpProtocol, **options)
 
 
 @contextlib.contextmanager
@@ -45,3 +51,55 @@ def _tcp_listener(config_class: Any) -> Iterator[None]:
         yield
     finally:
         config_class.bind_socket = original
+
+
+def _header_timeout() -> float:
+    from ..settings import Settings
+
+    return Settings().header_timeout_s
+
+
+class HttpProtocol(HttpToolsProtocol):
+    """uvicorn's HTTP protocol that closes a connection whose request headers come too slowly.
+
+    uvicorn bounds the idle time between requests (``timeout_keep_alive``) but not the time
+    a client takes to send one request's headers: 500 clients dribbling headers would hold
+    500 connections forever. The bound is ``IDMANAGER_HEADER_TIMEOUT_S``. With plain
+    uvicorn: ``--http idmanager.api.serving:HttpProtocol``.
+    """
+
+    header_timeout: float | None = None  # read from the settings by the first connection
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(cast(asyncio.Transport, transport))
+        self._header_timer: asyncio.TimerHandle | None = None
+        self._arm()
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._arm()
+
+    def on_headers_complete(self) -> None:
+        self._disarm()
+        super().on_headers_complete()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def _arm(self) -> None:
+        self._disarm()
+        if HttpProtocol.header_timeout is None:
+            HttpProtocol.header_timeout = _header_timeout()
+        self._header_timer = self.loop.call_later(HttpProtocol.header_timeout, self._too_slow)
+
+    def _disarm(self) -> None:
+        timer = getattr(self, "_header_timer", None)
+        if timer is not None:
+            timer.cancel()
+            self._header_timer = None
+
+    def _too_slow(self) -> None:
+        self._header_timer = None
+        if not self.transport.is_closing():
+            self.transport.close()

@@ -172,6 +172,10 @@ class _Blocks:
         key = (scope, resolve_prefix(prefix, on, fiscal_year_start=self.fiscal_year_start))
         return key in self._reservations
 
+    def admit(self, prefix: str, scope: str = "", on: date | None = None) -> None:
+        """Hold the sequence from now on: its next ID comes from a block fetched for it."""
+        self._reservation(prefix, scope, on)
+
     def _idle(self) -> list[_Reservation]:
         """Take out the reservations to evict: idle too long, or the oldest past the bound.
 

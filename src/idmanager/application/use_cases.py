@@ -46,8 +46,14 @@ class _Steps:
     def _work(self, operation: Operation[T]) -> Callable[[IdManagerRepository], T]:
         return lambda repository: operation(self._service(repository))
 
-    def _allocation(self, prefix: str, count: int, scope: str, on: date | None) -> Steps[IdRange]:
-        """Allocate in one statement when the sequence exists; else in a transaction."""
+    def _allocation(
+        self, prefix: str, count: int, scope: str, on: date | None, **changes: Any
+    ) -> Steps[IdRange]:
+        """Allocate in one statement when the sequence exists; else in a transaction.
+
+        ``changes`` vary the options of the second step, the one that may create the
+        sequence (who creates it, whether they may).
+        """
         key = sequence_key(prefix, scope, on, self.options)
         check_count(count, self.options.max_count)
         if self.options.lock_timeout_ms is None:
@@ -55,10 +61,13 @@ class _Steps:
             ids: IdRange | None = yield self._work(lambda s: s.allocate_existing(key, count)), True
             if ids is not None:
                 return ids
-        created: IdRange = yield (
-            self._work(lambda s: s.generate_range(prefix, count, scope=scope, on=on)),
-            False,
-        )
+        options = dataclasses.replace(self.options, **changes) if changes else self.options
+
+        def full(repository: IdManagerRepository) -> IdRange:
+            service = SyncIdManagerService(repository, options)
+            return service.generate_range(prefix, count, scope=scope, on=on)
+
+        created: IdRange = yield full, False
         return created
 
 

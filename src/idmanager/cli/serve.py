@@ -117,4 +117,12 @@ def serve(
     typer.echo(f"IdManager serving on {url} — docs at {url}/docs")
     if settings.loopback_only:
         typer.echo("No API keys configured (IDMANAGER_API_KEYS): serving loopback only.")
-    run(APP_FACTORY, factory=True, host=settings.host, port=settings.port, workers=workers)
+    run(
+        APP_FACTORY,
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        workers=workers,
+        timeout_keep_alive=settings.keep_alive_timeout_s,
+        limit_concurrency=settings.max_connections,
+    )

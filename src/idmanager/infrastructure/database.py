@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sqlite3
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, event
@@ -10,7 +14,11 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.ext.asyncio import create_async_engine as sa_create_async_engine
 
+from ..domain.errors import InvalidInputError
+
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./idmanager.db"
+# SQLITE_READONLY, SQLITE_CANTOPEN (no write access to the folder for the WAL files).
+_READ_ONLY_CODES = (8, 14)
 SQLITE_BUSY_TIMEOUT_S = 30.0
 
 _ASYNC_DRIVERS = {"postgresql": "asyncpg", "sqlite": "aiosqlite", "mysql": "aiomysql"}
@@ -49,20 +57,29 @@ def configure_sqlite(engine: Engine) -> None:
     """
 
     @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+    def _on_connect(dbapi_connection: Any, record: Any) -> None:
         # Let SQLAlchemy's "begin" event, not the driver, open transactions.
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         cursor.execute(f"PRAGMA busy_timeout = {int(SQLITE_BUSY_TIMEOUT_S * 1000)}")
-        cursor.execute("PRAGMA journal_mode = WAL")
+        try:
+            cursor.execute("PRAGMA journal_mode = WAL")
+        except sqlite3.Error as exc:
+            if getattr(exc, "sqlite_errorcode", 0) & 0xFF not in _READ_ONLY_CODES:
+                raise
+            # A read-only file (or folder): serve reads, and let writes be refused.
+            record.info["idmanager_read_only"] = True
         cursor.execute("PRAGMA synchronous = NORMAL")
         cursor.close()
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
         # In autocommit mode each statement is its own transaction: open none.
-        if conn.get_execution_options().get("isolation_level") != "AUTOCOMMIT":
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        if conn.get_execution_options().get("isolation_level") == "AUTOCOMMIT":
+            return
+        # A read-only database cannot take the write lock: a plain transaction reads.
+        read_only = conn.info.get("idmanager_read_only", False)
+        conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
 
 def configure_mysql(engine: Engine) -> None:
@@ -90,7 +107,32 @@ def _configure(engine: Engine) -> None:
 def _options(url: URL, kwargs: dict[str, Any]) -> dict[str, Any]:
     if url.get_backend_name() == "sqlite":
         kwargs.setdefault("connect_args", {}).setdefault("timeout", SQLITE_BUSY_TIMEOUT_S)
+        _prepare_sqlite_file(url)
     return kwargs
+
+
+def sqlite_path(url: URL) -> Path | None:
+    """Return the file of a SQLite URL, or None for an in-memory or URI database."""
+    database = url.database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    return Path(database)
+
+
+def _prepare_sqlite_file(url: URL) -> None:
+    """Refuse a missing folder at once; create a new database file readable by its owner only.
+
+    SQLite would otherwise create the file with the process's umask (often world-readable),
+    and a missing folder would only show as failed connections, forever.
+    """
+    path = sqlite_path(url)
+    if path is None or path.exists():
+        return
+    folder = path.parent.resolve()
+    if not folder.is_dir():
+        raise InvalidInputError(f"The SQLite database's folder {folder} does not exist")
+    with contextlib.suppress(FileExistsError):  # created meanwhile by another process
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
 
 
 def create_engine(url: str | URL = DEFAULT_DATABASE_URL, **kwargs: Any) -> Engine:

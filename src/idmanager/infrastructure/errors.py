@@ -162,7 +162,10 @@ def as_domain_error(exc: BaseException) -> StorageError | BusyError:
         return TransactionConflictError(
             f"A concurrent transaction won a conflict; nothing was allocated ({name}: {line})"
         )
-    if failure in (Failure.UNAVAILABLE, Failure.READ_ONLY):
+    if failure is Failure.READ_ONLY:
+        # A standby during a failover, or a read-only file: reads go on, writes wait.
+        return StorageError(f"Database read-only: {name}: {line}")
+    if failure is Failure.UNAVAILABLE:
         return StorageError(f"Database unavailable: {name}: {line}")
     return StorageError(f"Database error: {name}: {line}")
 
