@@ -116,6 +116,10 @@ async def http_error(request: Request, exc: Exception) -> Response:
         headers["Allow"] = ", ".join(_allowed_methods(request))
     if exc.status_code == 413:
         return problem(request, kind("body-too-large"), detail, headers=headers)
+    if exc.status_code == 400:
+        # FastAPI's own refusal of a body it cannot decode (not UTF-8, nested too deep).
+        bad_json = kind("bad-json")
+        return problem(request, bad_json, bad_json.example, headers=headers)
     body = problem_body(None, exc.status_code, title, detail, _instance(request))
     return JSONResponse(body, status_code=exc.status_code, headers=headers, media_type=PROBLEM_JSON)
 

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from ..domain.errors import StorageError
+from ..domain.errors import InvalidInputError, StorageError
 from ..infrastructure.database import DEFAULT_DATABASE_URL
 from ..infrastructure.migrate import migrate as apply_migrations
 from ..problems import EXIT_INPUT
@@ -106,6 +106,8 @@ def serve(
         checked_url(settings.database_url)
         try:
             apply_migrations(settings.database_url)
+        except InvalidInputError as exc:
+            fail(str(exc), EXIT_INPUT)
         except StorageError as exc:
             # Serve anyway: /health reports the outage and the app retries the migrations.
             typer.echo(f"warning: {' '.join(str(exc).split())}; retrying after start", err=True)
