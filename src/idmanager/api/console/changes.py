@@ -124,7 +124,9 @@ async def reset(request: Request, posted: PostedByAdmin, prefix: str) -> Respons
         error, status = str(exc), kind_of(exc).status
     context = {"stats": stats, "reset_to": reset_to, "plan": plan, "error": error}
     if wants_partial(request):
-        return partial(request, "_reset_plan.html", found, status=status, **context)
+        # 200 even for a refusal: htmx swaps in only successful answers, and the fragment
+        # carries the reason.
+        return partial(request, "_reset_plan.html", found, **context)
     return await page(request, "reset.html", found, status=status, **context)
 
 

@@ -135,7 +135,8 @@ async def lookup(request: Request, found: Viewer, id: str = "", scope: str = "")
     if id.strip():
         use_cases = _use_cases(request)
         try:
-            scope = found.caller.check_scope(scope)
+            # A key bound to one scope looks up there unless told otherwise.
+            scope = found.caller.check_scope(scope or found.caller.only_scope or "")
             parsed = await use_cases.run(lambda s: s.read_id(id, scope=scope), commit=False)
             name = parsed.prefix
             stats = await use_cases.run(
