@@ -28,7 +28,6 @@ from .service import SyncIdManagerService, check_scope
 from .use_cases import SyncIdManagerUseCases
 
 DEFAULT_TABLE = "id_managers"
-DEFAULT_ACTOR = "import-legacy"
 
 
 class OnCorrupt(StrEnum):

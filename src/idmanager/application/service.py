@@ -493,6 +493,8 @@ class SyncIdManagerService:
             self.repository.update(manager)
             action = AuditAction.ACTIVATE if active else AuditAction.DEACTIVATE
             self._audit(manager, action, None, None)
+            # Read back what the database now holds (its updated_at among it).
+            return self.repository.get(manager.scope, manager.prefix) or manager
         return manager
 
     def activate_prefix(self, prefix: str, *, scope: str = "", on: date | None = None) -> IdManager:

@@ -19,7 +19,6 @@ from datetime import datetime
 from importlib.metadata import PackageNotFoundError, version
 from typing import Annotated, Any, NoReturn, TypeVar
 
-import click
 import typer
 from rich.console import Console
 from sqlalchemy import Engine
@@ -31,7 +30,7 @@ from ..application.results import to_json
 from ..application.service import SyncIdManagerService
 from ..application.use_cases import SyncIdManagerUseCases
 from ..compose import connect
-from ..domain.errors import IdManagerError, ResetRefusedError
+from ..domain.errors import AccessDeniedError, IdManagerError, ResetRefusedError
 from ..infrastructure.database import create_engine, sync_url
 from ..infrastructure.migrate import migrate as apply_migrations
 from ..problems import EXIT_ERROR, EXIT_INPUT, KINDS, kind_of
@@ -42,7 +41,8 @@ T = TypeVar("T")
 def _exit_codes() -> str:
     codes: dict[int, list[str]] = {0: ["success"]}
     for found in KINDS:
-        if found.error is not None:
+        # Access is decided by the HTTP service's keys: never a command's outcome.
+        if found.error is not None and not issubclass(found.error, AccessDeniedError):
             codes.setdefault(found.exit_code, []).append(found.title.lower())
     codes[EXIT_ERROR].append("`health`: unhealthy")
     return "Exit codes: " + "; ".join(
@@ -202,8 +202,15 @@ class Backend:
         apply_migrations(database_url)
 
 
-# Typer 0.2x runs on its own copy of Click, whose context stack click's function cannot see.
-_current_context = getattr(typer.main, "get_current_context", click.get_current_context)
+def _current_context() -> Any:
+    # Recent Typer runs on a copy of Click of its own (and Click may not be installed at
+    # all); older Typer runs on Click, whose context stack is then the one to read.
+    getter = getattr(typer.main, "get_current_context", None)
+    if getter is None:
+        import click
+
+        getter = click.get_current_context
+    return getter()
 
 
 def backend() -> Backend:

@@ -365,7 +365,8 @@ def health(database_url: DatabaseUrl = DEFAULT_DATABASE_URL, as_json: Json = Fal
         print_json(result)
     elif result.healthy:
         typer.echo(
-            f"healthy: {result.message} ({result.prefix_count} prefixes, "
+            f"healthy: {result.message} ({result.prefix_count} "
+            f"prefix{'' if result.prefix_count == 1 else 'es'}, "
             f"test ID {result.test_id_generated})"
         )
     else:
