@@ -149,7 +149,7 @@ def test_help_lists_every_command_and_the_exit_codes_of_the_registry(backend: Fa
         "; 2 invalid prefix",
         "; 3 prefix inactive",
         "; 4 prefix not found;",
-        "; 5 sequence busy;",
+        "; 5 sequence busy",
     ]:
         assert meaning in flat
     for kind in KINDS:
