@@ -220,6 +220,19 @@ async def test_an_expired_session_asks_to_log_in_again(admin: Console) -> None:
     assert "Your session has ended" in page.text
 
 
+async def test_htmx_requests_get_fragments_for_errors_and_a_redirect_to_log_in(
+    admin: Console,
+) -> None:
+    htmx = {"HX-Request": "true"}
+    refused = await admin.http.post("/console/register", data={"step": "preview"}, headers=htmx)
+    assert refused.status_code == 200 and "<html" not in refused.text
+    assert "did not carry the security token" in refused.text
+    admin.now[0] += 480 * 60 + 1
+    ended = await admin.http.get("/console/register/preview?prefix=X", headers=htmx)
+    assert ended.status_code == 200 and ended.text == ""
+    assert ended.headers["hx-redirect"].startswith("/console/login?next=")
+
+
 async def test_a_forged_or_altered_cookie_is_refused(admin: Console) -> None:
     value = admin.http.cookies[COOKIE]
     payload, signature = value.split(".")

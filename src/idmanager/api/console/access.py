@@ -92,7 +92,8 @@ def start_session(request: Request, fingerprint: str | None) -> Session:
 
 async def _viewer(request: Request) -> Visit:
     found = await visit(request)
-    found.caller  # noqa: B018 - raises LoginRequired before any page is built
+    if found.principal is None:
+        raise LoginRequired(found.ended)
     return found
 
 
@@ -107,7 +108,8 @@ async def _posted(request: Request) -> tuple[Visit, FormData]:
 async def _posted_by_viewer(
     posted: Annotated[tuple[Visit, FormData], Depends(_posted)],
 ) -> tuple[Visit, FormData]:
-    posted[0].caller  # noqa: B018 - raises LoginRequired
+    if posted[0].principal is None:
+        raise LoginRequired(posted[0].ended)
     return posted
 
 

@@ -7,6 +7,7 @@ the audit trail: the same guards (a backwards reset is refused unless forced), t
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Request
@@ -122,7 +123,7 @@ async def reset(request: Request, posted: PostedByAdmin, prefix: str) -> Respons
                 return _done(request, stats, "reset")
     except IdManagerError as exc:
         error, status = str(exc), kind_of(exc).status
-    context = {"stats": stats, "reset_to": reset_to, "plan": plan, "error": error}
+    context: dict[str, Any] = {"stats": stats, "reset_to": reset_to, "plan": plan, "error": error}
     if wants_partial(request):
         # 200 even for a refusal: htmx swaps in only successful answers, and the fragment
         # carries the reason.

@@ -9,20 +9,21 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Coroutine
+from html import escape
 from http import HTTPStatus
 from typing import Any
 from urllib.parse import urlencode
 
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import RedirectResponse, Response
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
 
 from ...domain.errors import IdManagerError
 from ...problems import kind_of
 from .access import CsrfRefused, LoginRequired, visit
-from .render import base_path, page
+from .render import base_path, page, wants_partial
 from .session import COOKIE, Session
 from .state import console_state
 
@@ -86,7 +87,12 @@ async def error_response(request: Request, exc: Exception) -> Response:
         query = {"next": request.url.path}
         if exc.ended:
             query["ended"] = "1"
-        return RedirectResponse(base_path(request) + "/login?" + urlencode(query), 303)
+        target = base_path(request) + "/login?" + urlencode(query)
+        if wants_partial(request):
+            # htmx would follow a redirect and swap the login page into a fragment: ask it
+            # to load the login page instead.
+            return Response(status_code=200, headers={"HX-Redirect": target})
+        return RedirectResponse(target, 303)
     if isinstance(exc, CsrfRefused):
         return await error_page(
             request,
@@ -124,7 +130,13 @@ async def error_response(request: Request, exc: Exception) -> Response:
 
 
 async def error_page(request: Request, status: int, title: str, detail: str) -> Response:
-    """Render an error page; the banner still shows, so a database outage is visible."""
+    """Render an error page; the banner still shows, so a database outage is visible.
+
+    For htmx, a fragment with status 200: htmx swaps in only successful answers.
+    """
+    if wants_partial(request):
+        html = f'<p class="error" role="alert">{escape(title)}: {escape(detail)}</p>'
+        return HTMLResponse(html)
     try:
         found = await visit(request)
         return await page(request, "error.html", found, status=status, title=title, detail=detail)
