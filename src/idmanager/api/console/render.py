@@ -91,6 +91,22 @@ async def banner(request: Request) -> Banner:
     )
 
 
+def _render(request: Request, template: str, found: Visit | None, **context: Any) -> str:
+    base = base_path(request)
+    return (
+        console_state(request)
+        .env.get_template(template)
+        .render(
+            base=base,
+            link=lambda path="", **query: link(base, path, **query),
+            visit=found,
+            csrf_field=CSRF_FIELD,
+            words=words,
+            **context,
+        )
+    )
+
+
 async def page(
     request: Request,
     template: str,
@@ -100,43 +116,18 @@ async def page(
     **context: Any,
 ) -> HTMLResponse:
     """Render a whole page: ``template`` in the layout, with the banner and the caller."""
-    base = base_path(request)
-    html = (
-        console_state(request)
-        .env.get_template(template)
-        .render(
-            request_path=request.url.path,
-            base=base,
-            link=lambda path="", **query: link(base, path, **query),
-            visit=found,
-            csrf_field=CSRF_FIELD,
-            # Only for a logged-in caller: a stranger learns nothing and probes nothing.
-            banner=await banner(request) if found and found.principal else None,
-            words=words,
-            **context,
-        )
-    )
+    # The banner only for a logged-in caller: a stranger learns nothing and probes nothing.
+    shown = await banner(request) if found and found.principal else None
+    html = _render(request, template, found, banner=shown, **context)
     return HTMLResponse(html, status_code=status)
 
 
-def partial(
-    request: Request, template: str, found: Visit, *, status: int = 200, **context: Any
-) -> HTMLResponse:
-    """Render a fragment for htmx (a preview, a dry run): no layout, no banner."""
-    base = base_path(request)
-    html = (
-        console_state(request)
-        .env.get_template(template)
-        .render(
-            base=base,
-            link=lambda path="", **query: link(base, path, **query),
-            visit=found,
-            csrf_field=CSRF_FIELD,
-            words=words,
-            **context,
-        )
-    )
-    return HTMLResponse(html, status_code=status)
+def partial(request: Request, template: str, found: Visit, **context: Any) -> HTMLResponse:
+    """Render a fragment for htmx (a preview, a dry run): no layout, no banner.
+
+    Always 200: htmx swaps in only successful answers, and a fragment says what went wrong.
+    """
+    return HTMLResponse(_render(request, template, found, **context))
 
 
 def wants_partial(request: Request) -> bool:
