@@ -44,9 +44,9 @@ class HealthProbe:
                     if not report.healthy:
                         logger.warning("health check failed: %s", report.message)
                     self._last = (time.monotonic(), report)
-        fresh = self._fresh()
-        assert fresh is not None
-        return fresh
+        # The report just probed or shared, however short ``ttl`` is (0: every call probes).
+        assert self._last is not None
+        return self._last[1]
 
     def _fresh(self) -> HealthReport | None:
         if self._last is None or time.monotonic() - self._last[0] > self.ttl:
