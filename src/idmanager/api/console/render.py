@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
@@ -11,17 +10,15 @@ from fastapi import Request
 from fastapi.responses import HTMLResponse
 
 from ...application.results import HealthReport
-from ...application.use_cases import IdManagerUseCases
 from ...domain.errors import IdManagerError
 from ...infrastructure.database import async_url
 from ...settings import Settings
+from ..operations import HealthProbe
 from . import words
 from .access import Visit
 from .session import CSRF_FIELD
-from .state import ConsoleState, console_state
+from .state import console_state
 
-# A page view should not probe the database each time; a banner a few seconds old is fine.
-BANNER_HEALTH_S = 5.0
 _DATABASES = {"postgresql": "PostgreSQL", "sqlite": "SQLite", "mysql": "MySQL/MariaDB"}
 
 
@@ -56,26 +53,19 @@ def database_kind(url: str) -> str:
     return _DATABASES.get(backend, backend)
 
 
-async def health(request: Request, state: ConsoleState) -> HealthReport:
-    """Return the health report of the app's own check, run at most every few seconds."""
-    settings: Settings = request.app.state.settings
-    now = time.monotonic()
-    cached = state.health
-    if cached is not None and now - cached[0] < max(settings.health_cache_s, BANNER_HEALTH_S):
-        return cached[1]
-    use_cases: IdManagerUseCases = request.app.state.use_cases
+async def health(request: Request) -> HealthReport:
+    """Return the app's own health report: the probe ``/health`` shares, at most one a second."""
+    probe: HealthProbe = request.app.state.health
     try:
-        report = await use_cases.run(lambda s: s.health_check(), commit=False)
-    except IdManagerError as exc:
-        report = HealthReport("unhealthy", str(exc), "", error_type=type(exc).__name__)
-    state.health = (now, report)
-    return report
+        return await probe.report()
+    except IdManagerError as exc:  # the database could not even be asked
+        return HealthReport("unhealthy", str(exc), "", error_type=type(exc).__name__)
 
 
 async def banner(request: Request) -> Banner:
     """Return the banner of the app serving ``request``."""
     settings: Settings = request.app.state.settings
-    report = await health(request, console_state(request))
+    report = await health(request)
     text = (
         "healthy"
         if report.healthy

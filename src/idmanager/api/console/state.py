@@ -1,17 +1,16 @@
-"""What the console keeps per app: its signer, clock, templates and a cached health report."""
+"""What the console keeps per app: its session signer, its clock and its templates."""
 
 from __future__ import annotations
 
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from fastapi import Request
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
-from ...application.results import HealthReport
 from ...settings import Settings
 from .session import SessionSigner
 
@@ -38,7 +37,6 @@ class ConsoleState:
     signer: SessionSigner
     env: Environment
     clock: Callable[[], float] = time.time
-    health: tuple[float, HealthReport] | None = field(default=None)
 
     @classmethod
     def of(cls, settings: Settings) -> ConsoleState:
