@@ -23,7 +23,6 @@ from fastapi import FastAPI
 
 from idmanager.api.app import create_app
 from idmanager.api.console.session import COOKIE
-from idmanager.api.console.state import ConsoleState
 from idmanager.application.use_cases import IdManagerUseCases
 from idmanager.domain.errors import StorageError
 from idmanager.settings import Settings
@@ -76,11 +75,6 @@ class Console:
     store: AsyncFakeTransactions
     http: httpx.AsyncClient
     now: list[float] = field(default_factory=lambda: [1_800_000_000.0])
-
-    @property
-    def state(self) -> ConsoleState:
-        state: ConsoleState = self.app.state.console
-        return state
 
     async def login(self, key: str = ADMIN) -> httpx.Response:
         page = await self.http.get("/console/login")
