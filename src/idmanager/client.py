@@ -7,8 +7,10 @@
 Errors arrive as the library's own exceptions (``PrefixNotFoundError``, ``ResetRefusedError``,
 ``InvalidPrefixError``, ...). A 503 or a connection failure is retried with exponential backoff
 a bounded number of times, then raised as ``StorageError`` (or ``BusyError``); a 4xx is never
-retried. Needs only ``httpx`` (``pip install 'idmanager[client]'``): no database driver, no
-SQLAlchemy.
+retried. Every change (allocation, reset, configuration) carries an ``Idempotency-Key`` that its
+retries repeat: an answer lost on the way is given again, never done twice, so retried
+allocations leave neither duplicates nor gaps. Needs only ``httpx``
+(``pip install 'idmanager[client]'``): no database driver, no SQLAlchemy.
 
 Each request is described once (``_generate_id``, ``_get_prefix_stats``, ...); the two
 clients differ only in how they send it.
@@ -19,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -61,6 +64,9 @@ RETRY_ERRORS = (
     httpx.ReadError,
     httpx.WriteError,
 )
+# A request that timed out may have been done: sent again, only with its idempotency key.
+KEYED_RETRY_ERRORS = (*RETRY_ERRORS, httpx.ReadTimeout, httpx.WriteTimeout, httpx.PoolTimeout)
+IDEMPOTENCY_KEY = "Idempotency-Key"
 
 
 class ApiError(IdManagerError):
@@ -102,6 +108,12 @@ class _Call(Generic[T]):
     retry: bool = True
     # Statuses whose JSON body is an answer, not an error (the health check's 503).
     answers: frozenset[int] = frozenset()
+    headers: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def errors(self) -> tuple[type[Exception], ...]:
+        """Return the transport errors after which this request is sent again."""
+        return KEYED_RETRY_ERRORS if IDEMPOTENCY_KEY in self.headers else RETRY_ERRORS
 
     def outcome(self, response: httpx.Response) -> T:
         problem = "problem" in response.headers.get("content-type", "")
@@ -124,29 +136,49 @@ def _date(on: object) -> dict[str, Any]:
     return {} if on is None else {"date": str(on)}
 
 
+def _once(key: str | None) -> dict[str, str]:
+    """Return the header that makes a change safe to send again: one key per call, reused
+    by every retry of it, so a lost answer is given again instead of being done twice."""
+    return {IDEMPOTENCY_KEY: key or uuid.uuid4().hex}
+
+
 # -- the requests, each described once ---------------------------------------------------
 
 
-def _generate_id(prefix: str, *, scope: str = "", on: object = None) -> _Call[str]:
+def _generate_id(
+    prefix: str, *, scope: str = "", on: object = None, idempotency_key: str | None = None
+) -> _Call[str]:
     """Allocate the next ID of ``prefix`` (a template such as ``INV{YYYY}`` is resolved from
-    ``on``, the document's date)."""
+    ``on``, the document's date).
+
+    Exactly once, across retries: the call sends an idempotency key (``idempotency_key``,
+    or a new one) and every retry sends it again. Keep your own key to make it exactly once
+    across restarts of your program too.
+    """
     return _Call(
         "POST",
         _prefix_url(prefix) + "/ids",
         lambda data: str(data["ids"][0]),
         {"count": 1, "scope": scope, **_date(on)},
+        headers=_once(idempotency_key),
     )
 
 
 def _bulk_generate_ids(
-    prefix: str, count: int, *, scope: str = "", on: object = None
+    prefix: str,
+    count: int,
+    *,
+    scope: str = "",
+    on: object = None,
+    idempotency_key: str | None = None,
 ) -> _Call[list[str]]:
-    """Allocate ``count`` consecutive IDs of ``prefix``."""
+    """Allocate ``count`` consecutive IDs of ``prefix``, exactly once across retries."""
     return _Call(
         "POST",
         _prefix_url(prefix) + "/ids",
         lambda data: list(data["ids"]),
         {"count": count, "scope": scope, **_date(on)},
+        headers=_once(idempotency_key),
     )
 
 
@@ -189,8 +221,9 @@ def _configure_prefix(
     is_active: bool | None = None,
     latest_id: str | None = None,
     force: bool = False,
+    idempotency_key: str | None = None,
 ) -> _Call[SequenceStats]:
-    """Register ``prefix`` or change its format, state or starting point (admin)."""
+    """Register ``prefix`` or change its format, state or starting point (admin), once."""
     body: dict[str, Any] = {"force": force}
     if fmt is not None:
         body["format"] = to_json(fmt)
@@ -204,6 +237,7 @@ def _configure_prefix(
         lambda data: from_json(SequenceStats, data),
         {"scope": scope},
         body,
+        headers=_once(idempotency_key),
     )
 
 
@@ -214,8 +248,11 @@ def _reset_sequence(
     *,
     scope: str = "",
     dry_run: bool = False,
+    idempotency_key: str | None = None,
 ) -> _Call[ResetResult]:
-    """Make ``reset_to`` the latest ID; ``ResetRefusedError`` if backwards unforced (admin)."""
+    """Make ``reset_to`` the latest ID; ``ResetRefusedError`` if backwards unforced (admin).
+
+    Done once across retries (an idempotency key, as for allocations)."""
     body = {"reset_to": reset_to, "force": force, "dry_run": dry_run}
     return _Call(
         "POST",
@@ -223,6 +260,7 @@ def _reset_sequence(
         lambda data: from_json(ResetResult, data),
         {"scope": scope},
         body,
+        headers=_once(idempotency_key),
     )
 
 
@@ -375,9 +413,9 @@ class IdManagerClient(_Base):
             outcome: httpx.Response | Exception
             try:
                 outcome = self.http.request(
-                    call.method, call.url, params=call.params, json=call.body
+                    call.method, call.url, params=call.params, json=call.body, headers=call.headers
                 )
-            except RETRY_ERRORS as exc:
+            except call.errors as exc:
                 outcome = exc
             wait = self._next(call, attempt, outcome)
             if wait < 0:
@@ -433,9 +471,9 @@ class AsyncIdManagerClient(_Base):
             outcome: httpx.Response | Exception
             try:
                 outcome = await self.http.request(
-                    call.method, call.url, params=call.params, json=call.body
+                    call.method, call.url, params=call.params, json=call.body, headers=call.headers
                 )
-            except RETRY_ERRORS as exc:
+            except call.errors as exc:
                 outcome = exc
             wait = self._next(call, attempt, outcome)
             if wait < 0:

@@ -17,6 +17,7 @@ from .domain.errors import (
     ConflictError,
     ForbiddenError,
     FormatLockedError,
+    IdempotencyKeyReusedError,
     IdManagerError,
     InvalidCountError,
     InvalidFormatError,
@@ -104,6 +105,15 @@ KINDS: tuple[ProblemKind, ...] = (
         EXIT_INPUT,
         "Letter width must be between 0 and 8, got 9",
         InvalidFormatError,
+    ),
+    ProblemKind(
+        "idempotency-key-reused",
+        422,
+        "Idempotency key reused",
+        EXIT_INPUT,
+        "This Idempotency-Key was used with another request; a key names one request: send "
+        "a new key for a new request",
+        IdempotencyKeyReusedError,
     ),
     ProblemKind(
         "invalid-input",

@@ -207,6 +207,13 @@ class Settings(BaseSettings):
     max_connections: int = Field(
         1000, ge=1, description="Most connections and requests a worker serves at once (503 past)."
     )
+    idempotency_ttl_s: int = Field(
+        86_400,
+        ge=60,
+        le=30 * 86_400,
+        description="How long the answer to a request with an Idempotency-Key is kept "
+        "for its repeats.",
+    )
     console_secret: SecretStr | None = Field(
         None,
         description="The key that signs console sessions; set it when several workers or "

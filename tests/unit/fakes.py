@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import copy
 import threading
-from fnmatch import fnmatchcase
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime
-from typing import TypeVar
+from fnmatch import fnmatchcase
+from typing import Any, TypeVar
 
 from idmanager.domain.entity import HEALTH_CHECK_PREFIX, IdManager
 from idmanager.domain.errors import IdManagerError
@@ -17,7 +17,10 @@ from idmanager.domain.repository import (
     AsyncTransactions,
     AuditEntry,
     AuditQuery,
+    Claim,
     IdManagerRepository,
+    KeyAlreadyUsed,
+    Remembered,
     SequenceQuery,
     StoredAudit,
     Transactions,
@@ -40,6 +43,7 @@ class FakeRepository(IdManagerRepository):
     def __init__(self) -> None:
         self.rows: dict[tuple[str, str], IdManager] = {}
         self.audit: list[StoredAudit] = []
+        self.answers: dict[tuple[str, str], tuple[datetime, Remembered]] = {}
         self.calls: list[str] = []
         self.fail: IdManagerError | None = None
         self._next_row_id = 1
@@ -151,6 +155,25 @@ class FakeRepository(IdManagerRepository):
                 found.append(replace(stored, format=row.format if row else DEFAULT_FORMAT))
         return found[: query.limit]
 
+    def remember(self, claim: Claim, status: int, answer: str) -> None:
+        self._call("remember")
+        key = (claim.owner, claim.key)
+        if key in self.answers:
+            raise KeyAlreadyUsed
+        self.answers[key] = (datetime.now(UTC), Remembered(claim.fingerprint, status, answer))
+
+    def recall(self, owner: str, key: str) -> Remembered | None:
+        self._call("recall")
+        found = self.answers.get((owner, key))
+        return found[1] if found else None
+
+    def forget(self, before: datetime, limit: int) -> int:
+        self._call("forget")
+        old = [key for key, (at, _) in self.answers.items() if at < before][:limit]
+        for key in old:
+            del self.answers[key]
+        return len(old)
+
     def probe(self, prefix: str, fmt: IdFormat) -> int:
         self._call("probe")
         return 1
@@ -178,7 +201,12 @@ class FakeTransactions(Transactions):
 
     def run(self, work: Callable[[IdManagerRepository], T], *, commit: bool = True) -> T:
         with self._lock:
-            saved = (copy.deepcopy(self.repository.rows), list(self.repository.audit))
+            repository = self.repository
+            saved = (
+                copy.deepcopy(repository.rows),
+                list(repository.audit),
+                dict(repository.answers),
+            )
             try:
                 result = work(self.repository)
             except BaseException:
@@ -190,9 +218,9 @@ class FakeTransactions(Transactions):
                 self._restore(saved)
             return result
 
-    def _restore(self, saved: tuple[dict[tuple[str, str], IdManager], list[StoredAudit]]) -> None:
+    def _restore(self, saved: tuple[Any, ...]) -> None:
         self.rollbacks += 1
-        self.repository.rows, self.repository.audit = saved
+        self.repository.rows, self.repository.audit, self.repository.answers = saved
 
 
 class AsyncFakeTransactions(AsyncTransactions):

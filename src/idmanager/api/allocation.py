@@ -7,18 +7,24 @@ the rest from the database.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
+from collections import OrderedDict
 from collections.abc import Sequence
 from datetime import date
 from typing import Protocol
 
 from ..application.block_cache import BlockCache
-from ..application.use_cases import IdManagerUseCases
+from ..application.use_cases import IdManagerUseCases, Once
+from ..domain.errors import IdempotencyKeyReusedError
 from ..domain.period import resolve_prefix
+from ..domain.repository import Claim
 
 logger = logging.getLogger("idmanager.api")
 
 Allocated = tuple[str, Sequence[str]]  # the resolved prefix, and its IDs in order
+REUSED = "This Idempotency-Key was used with another request; send a new key for a new request"
 
 
 class Allocator(Protocol):
@@ -38,6 +44,18 @@ class Allocator(Protocol):
         ``actor`` is named as the creator of a sequence this creates; ``create`` False
         refuses to create one (``PrefixNotFoundError``).
         """
+
+    async def allocate_once(
+        self,
+        prefix: str,
+        count: int,
+        scope: str,
+        on: date | None,
+        actor: str | None,
+        create: bool,
+        claim: Claim,
+    ) -> Once[Allocated]:
+        """Allocate as :meth:`allocate`, once per claim: a repeat gets the same IDs."""
 
     async def close(self) -> None:
         """Release what the allocator holds (at shutdown)."""
@@ -63,18 +81,52 @@ class DatabaseAllocator:
         )
         return ids.prefix, ids
 
+    async def allocate_once(
+        self,
+        prefix: str,
+        count: int,
+        scope: str,
+        on: date | None,
+        actor: str | None,
+        create: bool,
+        claim: Claim,
+    ) -> Once[Allocated]:
+        # The answer is stored with the allocation, in the same transaction.
+        once = await self.use_cases.allocate_once(
+            prefix, count, claim, scope=scope, on=on, actor=actor, create=create
+        )
+        return Once((once.value.prefix, once.value), once.replayed)
+
     async def close(self) -> None:
         return None
 
 
 class CachedAllocator:
-    """Up to ``max_count`` IDs from the block cache; larger requests from the database."""
+    """Up to ``max_count`` IDs from the block cache; larger requests from the database.
 
-    def __init__(self, cache: BlockCache, database: DatabaseAllocator, max_count: int) -> None:
+    Answers to requests with an idempotency key are remembered in this process's memory
+    (bounded, expiring): a repeat that reaches this process gets the same IDs; one that
+    reaches another worker or replica does not (the block cache trades that for speed).
+    """
+
+    def __init__(
+        self,
+        cache: BlockCache,
+        database: DatabaseAllocator,
+        max_count: int,
+        *,
+        remember: int = 100_000,
+        ttl: float = 86_400.0,
+    ) -> None:
         self.cache: BlockCache | None = cache
         self.database = database
         self.max_count = max_count
         self.served = 0  # IDs handed out from the cache, for the metrics
+        self.remember, self.ttl = remember, ttl
+        # (owner, key) -> (when, fingerprint, the answer, or its future while in flight)
+        self._answers: OrderedDict[
+            tuple[str, str], tuple[float, str, asyncio.Future[Allocated]]
+        ] = OrderedDict()
 
     async def allocate(
         self,
@@ -107,6 +159,43 @@ class CachedAllocator:
             return await self.database.allocate(prefix, count, scope, on, actor, create)
         self.served += count
         return resolve_prefix(prefix, on, fiscal_year_start=cache.fiscal_year_start), ids
+
+    async def allocate_once(
+        self,
+        prefix: str,
+        count: int,
+        scope: str,
+        on: date | None,
+        actor: str | None,
+        create: bool,
+        claim: Claim,
+    ) -> Once[Allocated]:
+        key = (claim.owner, claim.key)
+        now = time.monotonic()
+        found = self._answers.get(key)
+        if found is not None and now - found[0] <= self.ttl:
+            if found[1] != claim.fingerprint:
+                raise IdempotencyKeyReusedError(REUSED)
+            # A repeat (even one racing the first): the first request's answer.
+            return Once(await asyncio.shield(found[2]), True)
+        answer: asyncio.Future[Allocated] = asyncio.get_running_loop().create_future()
+        self._answers[key] = (now, claim.fingerprint, answer)
+        while len(self._answers) > self.remember:
+            self._answers.popitem(last=False)
+        try:
+            allocated = await self.allocate(prefix, count, scope, on, actor, create)
+        except Exception as exc:
+            # Nothing was given: the key is free again, and waiting repeats learn why.
+            self._answers.pop(key, None)
+            answer.set_exception(exc)
+            answer.exception()  # retrieved: no "never retrieved" warning when none waits
+            raise
+        except BaseException:  # cancelled: the repeats waiting for it try again
+            self._answers.pop(key, None)
+            answer.cancel()
+            raise
+        answer.set_result(allocated)
+        return Once(allocated, False)
 
     async def close(self) -> None:
         """Hand back the unused tails of the blocks; new requests go to the database."""

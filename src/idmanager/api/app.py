@@ -10,6 +10,7 @@ import contextlib
 import logging
 import math
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
@@ -20,7 +21,7 @@ from ..application.block_cache import BlockCache
 from ..application.options import ServiceOptions
 from ..application.use_cases import IdManagerUseCases
 from ..compose import connect
-from ..domain.errors import StorageError
+from ..domain.errors import IdManagerError, StorageError
 from ..infrastructure.database import async_url, create_async_engine
 from ..infrastructure.migrate import migrate
 from ..settings import Settings
@@ -107,9 +108,13 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             logger.error("could not migrate the database at start: %s; retrying", exc)
             pending = asyncio.create_task(_migrate_until_done(settings.database_url))
     app.state.allocator = _allocator(app)
+    forgetting = asyncio.create_task(_forget_old_answers(app))
     try:
         yield
     finally:
+        forgetting.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await forgetting
         if pending is not None:
             pending.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -118,6 +123,27 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await allocator.close()
         if engine is not None:
             await engine.dispose()
+
+
+async def _forget_old_answers(app: FastAPI) -> None:
+    """Delete expired idempotency answers now and then, in small batches.
+
+    Every worker does it; the deletes are short and touch only old rows, so they never hold
+    up an allocation, and the table stays as small as one TTL's worth of keyed requests.
+    """
+    settings: Settings = app.state.settings
+    use_cases: IdManagerUseCases = app.state.use_cases
+    every = min(settings.idempotency_ttl_s / 10, 300.0)
+    while True:
+        await asyncio.sleep(every)
+        cutoff = datetime.now(UTC) - timedelta(seconds=settings.idempotency_ttl_s)
+        try:
+            forgotten = await use_cases.forget_answers(cutoff)
+        except IdManagerError as exc:  # the database is away: next time
+            logger.warning("could not delete expired idempotency answers: %s", exc)
+        else:
+            if forgotten:
+                logger.info("deleted %d expired idempotency answers", forgotten)
 
 
 def _allocator(app: FastAPI) -> Allocator:
@@ -142,7 +168,10 @@ def _allocator(app: FastAPI) -> Allocator:
         max_block=settings.block_cache_max_block,
     )
     allocator = CachedAllocator(
-        cache, database, min(settings.block_cache_max_count, settings.max_bulk)
+        cache,
+        database,
+        min(settings.block_cache_max_count, settings.max_bulk),
+        ttl=settings.idempotency_ttl_s,
     )
     metrics: Metrics = app.state.metrics
     metrics.watch_block_cache(allocator)

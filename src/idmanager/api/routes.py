@@ -4,22 +4,25 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import Response, StreamingResponse
 from starlette.convertors import Convertor, register_url_convertor
 
-from ..application.results import AuditPage, ResetResult, SequenceStats
+from ..application.results import AuditPage, ResetResult, SequenceStats, from_json, to_json
+from ..application.service import SyncIdManagerService
 from ..domain.errors import PrefixNotFoundError
 from ..domain.format import IdFormat, IdRange
-from ..domain.repository import AuditAction
+from ..domain.repository import AuditAction, Claim
 from ..problems import PROBLEM_JSON, ProblemKind, kind
 from ..settings import Settings
+from . import idempotency
 from .allocation import Allocator
 from .deps import (
+    Admin,
     AdminUseCases,
     GenerateAccess,
     OnDate,
@@ -28,6 +31,7 @@ from .deps import (
     UseCases,
     document_date,
 )
+from .idempotency import IdempotencyKey
 from .metrics import Metrics
 from .schemas import (
     ConfigureRequest,
@@ -38,6 +42,7 @@ from .schemas import (
     ResetRequest,
 )
 
+T = TypeVar("T")
 # Databases take a 64-bit OFFSET; no list is anywhere near this long.
 MAX_SKIP = 10**12
 # Up to this many IDs the body is built at once; above it, streamed a letter block at a time.
@@ -122,9 +127,16 @@ def _ids_body(prefix: str, chunks: Iterable[Sequence[str]], count: int) -> Itera
     status_code=201,
     response_model=IdsResponse,
     responses=problems(
-        *_INPUT, "invalid-count", "prefix-not-found", "prefix-inactive", "conflict", *_STORAGE
+        *_INPUT,
+        "invalid-count",
+        "idempotency-key-reused",
+        "prefix-not-found",
+        "prefix-inactive",
+        "conflict",
+        *_STORAGE,
     ),
     tags=["ids"],
+    openapi_extra={"parameters": [idempotency.OPENAPI_PARAMETER]},
 )
 async def allocate_ids(
     request: Request,
@@ -142,16 +154,33 @@ async def allocate_ids(
     settings: Settings = state.settings
     allocator: Allocator = state.allocator
     create = settings.create_missing and principal.may(settings.create_role)
-    name, ids = await allocator.allocate(
-        prefix, count, principal.check_scope(scope), document_date(on), principal.actor, create
-    )
+    scope = principal.check_scope(scope)
+    day = document_date(on)
+    # Read here, not as a parameter: the hot route solves as little as it can.
+    key = request.headers.get(idempotency.HEADER)
+    headers = None
+    if key is None:
+        name, ids = await allocator.allocate(prefix, count, scope, day, principal.actor, create)
+    else:
+        claim = idempotency.claim(principal, key, "allocate", prefix, count, scope, on)
+        assert claim is not None
+        once = await allocator.allocate_once(
+            prefix, count, scope, day, principal.actor, create, claim
+        )
+        (name, ids), headers = once.value, _replayed(once.replayed)
     metrics: Metrics = state.metrics
     metrics.allocated(prefix, name, count, time.perf_counter() - started)
     if count > STREAM_ABOVE and isinstance(ids, IdRange):
         body = _ids_body(name, ids.chunks(), count)
-        return StreamingResponse(body, status_code=201, media_type="application/json")
+        return StreamingResponse(
+            body, status_code=201, media_type="application/json", headers=headers
+        )
     content = b"".join(_ids_body(name, [list(ids)], count))
-    return Response(content, status_code=201, media_type="application/json")
+    return Response(content, status_code=201, media_type="application/json", headers=headers)
+
+
+def _replayed(replayed: bool) -> dict[str, str]:
+    return {idempotency.REPLAYED: "true" if replayed else "false"}
 
 
 @router.get(
@@ -238,6 +267,7 @@ async def prefix_stats(
         "invalid-id",
         "format-locked",
         "reset-refused",
+        "idempotency-key-reused",
         *_STORAGE,
     ),
     tags=["prefixes"],
@@ -246,6 +276,8 @@ async def configure_prefix(
     prefix: PrefixPath,
     body: ConfigureRequest,
     admin: AdminUseCases,
+    response: Response,
+    key: IdempotencyKey = None,
     scope: Scope = "",
     on: OnDate = None,
 ) -> SequenceStats:
@@ -253,8 +285,9 @@ async def configure_prefix(
     admin.principal.check_scope(scope)
     fmt = IdFormat(**body.format.model_dump()) if body.format else None
     day = document_date(on)
-    manager = await admin.use_cases.run(
-        lambda s: s.configure_prefix(
+
+    def configure(s: SyncIdManagerService) -> SequenceStats:
+        manager = s.configure_prefix(
             prefix,
             scope=scope,
             on=day,
@@ -263,33 +296,67 @@ async def configure_prefix(
             latest_id=body.latest_id,
             force=body.force,
         )
+        return SequenceStats.of(manager)
+
+    claim = idempotency.claim(
+        admin.principal, key, "configure", prefix, scope, on, body.model_dump_json()
     )
-    return SequenceStats.of(manager)
+    return await _once(admin, configure, claim, SequenceStats, response)
 
 
 @router.post(
     "/prefixes/{prefix}/reset",
     summary="Reset a sequence",
     response_model=ResetResult,
-    responses=problems(*_BODY, *_INPUT, "invalid-id", "reset-refused", *_STORAGE),
+    responses=problems(
+        *_BODY, *_INPUT, "invalid-id", "reset-refused", "idempotency-key-reused", *_STORAGE
+    ),
     tags=["prefixes"],
 )
 async def reset_sequence(
     prefix: PrefixPath,
     body: ResetRequest,
     admin: AdminUseCases,
+    response: Response,
+    key: IdempotencyKey = None,
     scope: Scope = "",
     on: OnDate = None,
 ) -> ResetResult:
     """Make `reset_to` the latest ID; refused (409) backwards unless `force` (admin)."""
     admin.principal.check_scope(scope)
     day = document_date(on)
-    return await admin.use_cases.run(
-        lambda s: s.reset_sequence(
+
+    def reset(s: SyncIdManagerService) -> ResetResult:
+        return s.reset_sequence(
             prefix, body.reset_to, body.force, scope=scope, on=day, dry_run=body.dry_run
-        ),
-        commit=not body.dry_run,
+        )
+
+    if body.dry_run:  # changes nothing: nothing to do once only
+        return await admin.use_cases.run(reset, commit=False)
+    claim = idempotency.claim(
+        admin.principal, key, "reset", prefix, scope, on, body.model_dump_json()
     )
+    return await _once(admin, reset, claim, ResetResult, response)
+
+
+async def _once(
+    admin: Admin,
+    operation: Callable[[SyncIdManagerService], T],
+    claim: Claim | None,
+    result: type[T],
+    response: Response,
+) -> T:
+    """Run an admin's change, once per idempotency key when it has one."""
+    if claim is None:
+        return await admin.use_cases.run(operation)
+    once = await admin.use_cases.run_once(
+        operation,
+        claim,
+        lambda value: json.dumps(to_json(value)),
+        lambda text: from_json(result, json.loads(text)),
+    )
+    response.headers.update(_replayed(once.replayed))
+    return once.value
 
 
 @router.get(

@@ -6,22 +6,33 @@ returns, so the IDs it returns are already permanent. Storage is reached only th
 in-memory fake in fast tests.
 
 The steps of an operation are written once, as a generator that yields each unit of work and
-receives its result; the sync and the async use cases only drive it.
+receives its result (or, for a key already used, has :class:`KeyAlreadyUsed` thrown in); the
+sync and the async use cases only drive it.
+
+An operation may carry a :class:`Claim` (an idempotency key): its answer is stored in the
+same transaction as its effect, and a repeat of the claim gets that answer back instead of
+a second effect.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Generator
-from datetime import date
-from typing import Any, TypeVar, cast
+from datetime import date, datetime
+from typing import Any, Generic, TypeVar, cast
 
 from ..domain.entity import check_count
+from ..domain.errors import BusyError, IdempotencyKeyReusedError
 from ..domain.format import IdRange
 from ..domain.repository import (
     AsyncTransactions,
+    Claim,
     IdManagerRepository,
+    KeyAlreadyUsed,
+    Remembered,
     Transactions,
+    allocation_answer,
+    allocation_of,
 )
 from .options import DEFAULT_OPTIONS, ServiceOptions
 from .service import SyncIdManagerService, sequence_key
@@ -32,10 +43,25 @@ Work = Callable[[IdManagerRepository], Any]
 # A unit of work and whether it is one statement (which may then run without BEGIN/COMMIT).
 Step = tuple[Work, bool]
 Steps = Generator[Step, Any, T]
+# A claim is tried again this often when its first holder rolled back while we waited.
+_CLAIM_ATTEMPTS = 3
+# Expired idempotency answers are deleted this many per transaction.
+FORGET_BATCH = 1000
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Once(Generic[T]):
+    """The result of a claimed operation, and whether it is the answer stored by an earlier
+    request with the same key (nothing was done this time)."""
+
+    value: T
+    replayed: bool
 
 
 class _Steps:
     """What the sync and the async use cases share: the options, and each operation's steps."""
+
+    transactions: Transactions | AsyncTransactions
 
     def __init__(self, options: ServiceOptions) -> None:
         self.options = options
@@ -47,28 +73,98 @@ class _Steps:
         return lambda repository: operation(self._service(repository))
 
     def _allocation(
-        self, prefix: str, count: int, scope: str, on: date | None, **changes: Any
-    ) -> Steps[IdRange]:
+        self,
+        prefix: str,
+        count: int,
+        scope: str,
+        on: date | None,
+        claim: Claim | None = None,
+        **changes: Any,
+    ) -> Steps[Once[IdRange]]:
         """Allocate in one statement when the sequence exists; else in a transaction.
 
         ``changes`` vary the options of the second step, the one that may create the
-        sequence (who creates it, whether they may).
+        sequence (who creates it, whether they may). With a ``claim`` the answer is stored
+        with the allocation, or the stored answer of an earlier request is returned.
         """
         key = sequence_key(prefix, scope, on, self.options)
         check_count(count, self.options.max_count)
-        if self.options.lock_timeout_ms is None:
-            # The session-level lock wait applies: the allocation can run alone.
-            ids: IdRange | None = yield self._work(lambda s: s.allocate_existing(key, count)), True
-            if ids is not None:
-                return ids
         options = dataclasses.replace(self.options, **changes) if changes else self.options
 
         def full(repository: IdManagerRepository) -> IdRange:
-            service = SyncIdManagerService(repository, options)
-            return service.generate_range(prefix, count, scope=scope, on=on)
+            ids = SyncIdManagerService(repository, options).generate_range(
+                prefix, count, scope=scope, on=on
+            )
+            if claim is not None:
+                repository.remember(claim, 201, allocation_answer(ids))
+            return ids
 
-        created: IdRange = yield full, False
-        return created
+        # The session-level lock wait applies to a statement run alone.
+        single = self.options.lock_timeout_ms is None
+        for _ in range(_CLAIM_ATTEMPTS):
+            try:
+                if claim is None and single:
+                    ids = yield self._work(lambda s: s.allocate_existing(key, count)), True
+                    if ids is not None:
+                        return Once(ids, False)
+                elif single and self.transactions.claims_in_one_statement():
+                    manager = yield (
+                        lambda r: r.allocate_remembering(*key, count, cast(Claim, claim), 201),
+                        True,
+                    )
+                    if manager is not None:
+                        return Once(manager.issued(count), False)
+                created: IdRange = yield full, False
+                return Once(created, False)
+            except KeyAlreadyUsed:
+                stored = yield from _recall(cast(Claim, claim))
+                if stored is not None:
+                    return Once(allocation_of(stored.answer), True)
+        raise _still_held()
+
+    def _claimed(
+        self,
+        operation: Operation[T],
+        claim: Claim,
+        encode: Callable[[T], str],
+        decode: Callable[[str], T],
+    ) -> Steps[Once[T]]:
+        """Run ``operation`` and store its answer with it; or return the stored answer."""
+
+        def work(repository: IdManagerRepository) -> T:
+            result = operation(self._service(repository))
+            repository.remember(claim, 200, encode(result))
+            return result
+
+        for _ in range(_CLAIM_ATTEMPTS):
+            try:
+                result: T = yield work, False
+                return Once(result, False)
+            except KeyAlreadyUsed:
+                stored = yield from _recall(claim)
+                if stored is not None:
+                    return Once(decode(stored.answer), True)
+        raise _still_held()
+
+
+def _recall(claim: Claim) -> Generator[Step, Any, Remembered | None]:
+    """Read the answer stored for a claim's key; refuse it for another request.
+
+    None: the request that held the key rolled back meanwhile (or its answer expired): the
+    claim may be tried again.
+    """
+    stored: Remembered | None = yield (lambda r: r.recall(claim.owner, claim.key)), False
+    if stored is not None and stored.fingerprint != claim.fingerprint:
+        raise IdempotencyKeyReusedError(
+            "This Idempotency-Key was used with another request; a key names one request: "
+            "send a new key for a new request"
+        )
+    return stored
+
+
+def _still_held() -> BusyError:
+    # Each time the key was taken, its holder rolled back before we could read its answer.
+    return BusyError("Another request with this Idempotency-Key is being processed; retry it")
 
 
 def _changes(actor: str | None, create: bool | None) -> dict[str, Any]:
@@ -85,7 +181,7 @@ class SyncIdManagerUseCases(_Steps):
 
     def __init__(self, transactions: Transactions, options: ServiceOptions = DEFAULT_OPTIONS):
         super().__init__(options)
-        self.transactions = transactions
+        self.transactions: Transactions = transactions
 
     def with_options(self, **changes: Any) -> SyncIdManagerUseCases:
         """Return use cases on the same storage with other options (say, the actor)."""
@@ -96,6 +192,16 @@ class SyncIdManagerUseCases(_Steps):
     def run(self, operation: Operation[T], *, commit: bool = True) -> T:
         """Run ``operation`` on a service in a new transaction; commit it, or roll it back."""
         return self.transactions.run(self._work(operation), commit=commit)
+
+    def run_once(
+        self,
+        operation: Operation[T],
+        claim: Claim,
+        encode: Callable[[T], str],
+        decode: Callable[[str], T],
+    ) -> Once[T]:
+        """Run ``operation`` once per claim: a repeat gets the first answer back."""
+        return self._drive(self._claimed(operation, claim, encode, decode))
 
     def allocate(
         self,
@@ -109,15 +215,46 @@ class SyncIdManagerUseCases(_Steps):
     ) -> IdRange:
         """Allocate ``count`` IDs, committed before they are returned (one round trip when
         the sequence exists). ``actor`` and ``create`` apply to a sequence created now."""
-        return self._drive(self._allocation(prefix, count, scope, on, **_changes(actor, create)))
+        steps = self._allocation(prefix, count, scope, on, **_changes(actor, create))
+        return self._drive(steps).value
+
+    def allocate_once(
+        self,
+        prefix: str,
+        count: int,
+        claim: Claim,
+        *,
+        scope: str = "",
+        on: date | None = None,
+        actor: str | None = None,
+        create: bool | None = None,
+    ) -> Once[IdRange]:
+        """Allocate as :meth:`allocate`, once per claim: a repeat gets the same IDs."""
+        steps = self._allocation(prefix, count, scope, on, claim, **_changes(actor, create))
+        return self._drive(steps)
+
+    def forget_answers(self, before: datetime, *, batch: int = FORGET_BATCH) -> int:
+        """Delete the idempotency answers stored before ``before``, a short transaction per
+        ``batch`` (no long lock); return how many."""
+        total = 0
+        while (done := self.transactions.run(lambda r: r.forget(before, batch))) > 0:
+            total += done
+            if done < batch:
+                break
+        return total
 
     def _drive(self, steps: Steps[T]) -> T:
         result: Any = None
+        thrown: KeyAlreadyUsed | None = None
         try:
             while True:
-                work, single = steps.send(result)
+                work, single = steps.throw(thrown) if thrown else steps.send(result)
+                thrown = None
                 run = self.transactions.run_single if single else self.transactions.run
-                result = run(work)
+                try:
+                    result = run(work)
+                except KeyAlreadyUsed as exc:
+                    thrown = exc
         except StopIteration as done:
             return cast(T, done.value)
 
@@ -127,7 +264,7 @@ class IdManagerUseCases(_Steps):
 
     def __init__(self, transactions: AsyncTransactions, options: ServiceOptions = DEFAULT_OPTIONS):
         super().__init__(options)
-        self.transactions = transactions
+        self.transactions: AsyncTransactions = transactions
 
     def with_options(self, **changes: Any) -> IdManagerUseCases:
         """Return use cases on the same storage with other options (say, the actor)."""
@@ -136,6 +273,16 @@ class IdManagerUseCases(_Steps):
     async def run(self, operation: Operation[T], *, commit: bool = True) -> T:
         """Run ``operation`` on a service in a new transaction; commit it, or roll it back."""
         return await self.transactions.run(self._work(operation), commit=commit)
+
+    async def run_once(
+        self,
+        operation: Operation[T],
+        claim: Claim,
+        encode: Callable[[T], str],
+        decode: Callable[[str], T],
+    ) -> Once[T]:
+        """Run ``operation`` once per claim: a repeat gets the first answer back."""
+        return await self._drive(self._claimed(operation, claim, encode, decode))
 
     async def allocate(
         self,
@@ -150,14 +297,44 @@ class IdManagerUseCases(_Steps):
         """Allocate ``count`` IDs, committed before they are returned (one round trip when
         the sequence exists). ``actor`` and ``create`` apply to a sequence created now."""
         steps = self._allocation(prefix, count, scope, on, **_changes(actor, create))
+        return (await self._drive(steps)).value
+
+    async def allocate_once(
+        self,
+        prefix: str,
+        count: int,
+        claim: Claim,
+        *,
+        scope: str = "",
+        on: date | None = None,
+        actor: str | None = None,
+        create: bool | None = None,
+    ) -> Once[IdRange]:
+        """Allocate as :meth:`allocate`, once per claim: a repeat gets the same IDs."""
+        steps = self._allocation(prefix, count, scope, on, claim, **_changes(actor, create))
         return await self._drive(steps)
+
+    async def forget_answers(self, before: datetime, *, batch: int = FORGET_BATCH) -> int:
+        """Delete the idempotency answers stored before ``before``, a short transaction per
+        ``batch`` (no long lock); return how many."""
+        total = 0
+        while (done := await self.transactions.run(lambda r: r.forget(before, batch))) > 0:
+            total += done
+            if done < batch:
+                break
+        return total
 
     async def _drive(self, steps: Steps[T]) -> T:
         result: Any = None
+        thrown: KeyAlreadyUsed | None = None
         try:
             while True:
-                work, single = steps.send(result)
+                work, single = steps.throw(thrown) if thrown else steps.send(result)
+                thrown = None
                 run = self.transactions.run_single if single else self.transactions.run
-                result = await run(work)
+                try:
+                    result = await run(work)
+                except KeyAlreadyUsed as exc:
+                    thrown = exc
         except StopIteration as done:
             return cast(T, done.value)

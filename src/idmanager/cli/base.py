@@ -11,7 +11,9 @@ or, in tests, whatever ``CliRunner.invoke(app, args, obj=backend)`` hands in.
 from __future__ import annotations
 
 import getpass
+import hashlib
 import json
+import re
 import socket
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -30,12 +32,19 @@ from ..application.results import to_json
 from ..application.service import SyncIdManagerService
 from ..application.use_cases import SyncIdManagerUseCases
 from ..compose import connect
-from ..domain.errors import AccessDeniedError, IdManagerError, ResetRefusedError
+from ..domain.errors import (
+    AccessDeniedError,
+    IdManagerError,
+    InvalidInputError,
+    ResetRefusedError,
+)
+from ..domain.repository import Claim
 from ..infrastructure.database import create_engine, sync_url
 from ..infrastructure.migrate import migrate as apply_migrations
 from ..problems import EXIT_ERROR, EXIT_INPUT, KINDS, kind_of
 
 T = TypeVar("T")
+_KEY = re.compile(r"[\x21-\x7e]{1,255}")
 
 
 def _exit_codes() -> str:
@@ -232,6 +241,22 @@ def run(
             return use_cases.run(operation, commit=commit)
     except IdManagerError as exc:
         report(exc)
+
+
+# The command line's idempotency keys are its own: one caller, apart from API keys.
+CLI_OWNER = "cli"
+
+
+def command_claim(key: str, *request: object) -> Claim:
+    """Return the claim of a command run with ``--idempotency-key``.
+
+    Raises:
+        InvalidInputError: the key is not 1 to 255 visible ASCII characters.
+    """
+    if not _KEY.fullmatch(key):
+        raise InvalidInputError("--idempotency-key must be 1 to 255 visible ASCII characters")
+    text = json.dumps([str(part) for part in request], separators=(",", ":"))
+    return Claim(CLI_OWNER, key, hashlib.sha256(text.encode()).hexdigest())
 
 
 def print_json(document: Any) -> None:

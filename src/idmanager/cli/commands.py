@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from ..application.options import ServiceOptions
 from ..application.results import SequenceStats
 from ..domain.entity import IdManager
 from ..domain.errors import IdManagerError
@@ -29,6 +30,7 @@ from .base import (
     Scope,
     app,
     backend,
+    command_claim,
     console,
     default_actor,
     fail,
@@ -57,6 +59,17 @@ def next_ids(
     scope: Scope = "",
     day: Day = None,
     actor: Actor = None,
+    idempotency_key: Annotated[
+        str | None,
+        typer.Option(
+            "--idempotency-key",
+            metavar="KEY",
+            help="Allocate once for KEY: run again with the same KEY (and the same PREFIX, "
+            "N, scope and date), the command prints the same IDs and allocates nothing. For "
+            "scripts that may be interrupted. Keys are kept 24 hours.",
+            show_default=False,
+        ),
+    ] = None,
     database_url: DatabaseUrl = DEFAULT_DATABASE_URL,
     as_json: Json = False,
 ) -> None:
@@ -66,11 +79,23 @@ def next_ids(
     "count", "ids"}. An unknown prefix is created on first use (audited under --actor).
     """
     on = day.date() if day else None
-    ids = run(
-        database_url,
-        lambda s: s.generate_range(prefix, count, scope=scope, on=on),
-        actor=actor or default_actor(),
-    )
+    options = ServiceOptions(actor=actor or default_actor())
+    try:
+        with backend().use_cases(database_url, options) as use_cases:
+            if idempotency_key is None:
+                ids = use_cases.run(lambda s: s.generate_range(prefix, count, scope=scope, on=on))
+            else:
+                claim = command_claim(idempotency_key, "next", prefix, count, scope, on)
+                once = use_cases.allocate_once(prefix, count, claim, scope=scope, on=on)
+                ids = once.value
+                if once.replayed:
+                    typer.echo(
+                        f"key {idempotency_key!r} was used before: these are its IDs, "
+                        "nothing was allocated now",
+                        err=True,
+                    )
+    except IdManagerError as exc:
+        report(exc)
     _write_ids(ids, scope, as_json)
 
 

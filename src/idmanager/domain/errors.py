@@ -29,6 +29,11 @@ class InvalidFormatError(InvalidInputError):
     """Format options that cannot describe a sequence."""
 
 
+class IdempotencyKeyReusedError(InvalidInputError):
+    """An ``Idempotency-Key`` sent again with another request than the one it was first used
+    with."""
+
+
 class PrefixNotFoundError(IdManagerError, LookupError):
     """The prefix has no sequence and the service does not create them on first use."""
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -11,7 +12,7 @@ from enum import StrEnum
 from typing import TypeVar
 
 from .entity import IdManager
-from .format import IdFormat
+from .format import IdFormat, IdRange
 
 T = TypeVar("T")
 
@@ -78,6 +79,28 @@ class SequenceQuery:
     template: str | None = None  # only the periods of this template
     skip: int = 0
     limit: int = 100
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """A request sent with an idempotency key: whose key, which key, which request."""
+
+    owner: str
+    key: str
+    fingerprint: str
+
+
+@dataclass(frozen=True, slots=True)
+class Remembered:
+    """The answer given to a claimed request, kept for its repeats."""
+
+    fingerprint: str
+    status: int
+    answer: str  # JSON
+
+
+class KeyAlreadyUsed(Exception):
+    """Raised by storage when a claim's key already has an answer (or one in flight)."""
 
 
 class IdManagerRepository(ABC):
@@ -176,8 +199,66 @@ class IdManagerRepository(ABC):
         """Return the audit entries that match, newest first."""
 
     @abstractmethod
+    def remember(self, claim: Claim, status: int, answer: str) -> None:
+        """Store the answer of a claimed request, in the caller's transaction.
+
+        Raises:
+            KeyAlreadyUsed: the key already has an answer (the transaction must be rolled
+                back: PostgreSQL aborts it).
+        """
+
+    @abstractmethod
+    def recall(self, owner: str, key: str) -> Remembered | None:
+        """Return the answer stored for ``owner``'s ``key``, if any."""
+
+    @abstractmethod
+    def forget(self, before: datetime, limit: int) -> int:
+        """Delete at most ``limit`` answers stored before ``before``; return how many."""
+
+    def remembers_in_one_statement(self) -> bool:
+        """Return True when :meth:`allocate_remembering` is one atomic statement."""
+        return False
+
+    def allocate_remembering(
+        self, scope: str, prefix: str, count: int, claim: Claim, status: int
+    ) -> IdManager | None:
+        """Allocate from an existing, active sequence and remember the answer with it.
+
+        The answer stored is :func:`allocation_answer` of the allocation. Returns None,
+        changing nothing, when the sequence is missing, inactive or full.
+
+        Raises:
+            KeyAlreadyUsed: as :meth:`remember` (nothing allocated then).
+        """
+        manager = self.allocate(scope, prefix, count)
+        if manager is not None:
+            self.remember(claim, status, allocation_answer(manager.issued(count)))
+        return manager
+
+    @abstractmethod
     def probe(self, prefix: str, fmt: IdFormat) -> int:
         """Allocate one ID of ``prefix`` and undo it, leaving nothing behind; return its ordinal."""
+
+
+def allocation_answer(ids: IdRange) -> str:
+    """Return what an allocation's repeat needs to give the same IDs, as JSON."""
+    fmt = ids.format
+    return json.dumps(
+        {
+            "prefix": ids.prefix,
+            "last": ids.last,
+            "count": ids.size,
+            "format": [fmt.separator, fmt.letter_width, fmt.digit_width],
+        },
+        separators=(",", ":"),
+    )
+
+
+def allocation_of(answer: str) -> IdRange:
+    """Return the IDs an :func:`allocation_answer` stands for."""
+    data = json.loads(answer)
+    count = data["count"]
+    return IdRange(data["prefix"], data["last"] - count + 1, count, IdFormat(*data["format"]))
 
 
 class Transactions(ABC):
@@ -191,6 +272,10 @@ class Transactions(ABC):
     def run(self, work: Callable[[IdManagerRepository], T], *, commit: bool = True) -> T:
         """Run ``work`` in a new transaction; commit it (or roll it back when ``commit`` is
         False, or when ``work`` raises)."""
+
+    def claims_in_one_statement(self) -> bool:
+        """Return True when an allocation and its remembered answer are one statement."""
+        return False
 
     def run_single(self, work: Callable[[IdManagerRepository], T]) -> T:
         """Run ``work``, which makes one statement, committed before returning.
@@ -206,6 +291,10 @@ class AsyncTransactions(ABC):
     @abstractmethod
     async def run(self, work: Callable[[IdManagerRepository], T], *, commit: bool = True) -> T:
         """Run ``work`` in a new transaction; commit it, or roll it back."""
+
+    def claims_in_one_statement(self) -> bool:
+        """Return True when an allocation and its remembered answer are one statement."""
+        return False
 
     async def run_single(self, work: Callable[[IdManagerRepository], T]) -> T:
         """Run ``work``, which makes one statement, committed before returning."""

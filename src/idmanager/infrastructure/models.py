@@ -93,3 +93,23 @@ class IdManagerAuditModel(Base):
     created_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), nullable=False, server_default=func.current_timestamp()
     )
+
+
+class IdempotencyModel(Base):
+    """The answer given to a request sent with an ``Idempotency-Key``, for its repeats."""
+
+    __tablename__ = "id_manager_idempotency"
+    __table_args__ = (
+        UniqueConstraint("owner", "idem_key", name="uq_id_manager_idempotency_owner"),
+        Index("ix_id_manager_idempotency_created_at", "created_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    owner: Mapped[str] = mapped_column(String(64), nullable=False)
+    idem_key: Mapped[str] = mapped_column(String(255), nullable=False)
+    fingerprint: Mapped[str] = mapped_column(String(64), nullable=False)
+    status: Mapped[int] = mapped_column(SmallInteger, nullable=False)
+    answer: Mapped[str] = mapped_column(Text, nullable=False)
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, server_default=func.current_timestamp()
+    )

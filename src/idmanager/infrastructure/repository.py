@@ -10,10 +10,14 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar, cast
 
 from sqlalchemy import (
+    BigInteger,
     Connection,
     Executable,
+    Integer,
     Row,
+    String,
     Table,
+    Text,
     bindparam,
     false,
     func,
@@ -22,6 +26,7 @@ from sqlalchemy import (
     text,
     update,
 )
+from sqlalchemy import cast as sa_cast
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.mysql import insert as mysql_insert
 from sqlalchemy.exc import SQLAlchemyError
@@ -35,17 +40,22 @@ from ..domain.repository import (
     AuditAction,
     AuditEntry,
     AuditQuery,
+    Claim,
     IdManagerRepository,
+    KeyAlreadyUsed,
+    Remembered,
     SequenceQuery,
     StoredAudit,
+    allocation_of,
 )
-from .errors import translate_errors
-from .models import IdManagerAuditModel, IdManagerModel
+from .errors import Failure, classify, translate_errors
+from .models import IdempotencyModel, IdManagerAuditModel, IdManagerModel
 
 T = TypeVar("T")
 _PROBE_SCOPE = "_health_"
 _TABLE = cast(Table, IdManagerModel.__table__)
 _AUDIT = cast(Table, IdManagerAuditModel.__table__)
+_IDEM = cast(Table, IdempotencyModel.__table__)
 _COLUMNS = tuple(_TABLE.c)
 _MYSQL = ("mysql", "mariadb")
 
@@ -108,6 +118,8 @@ def _statements(dialect: str) -> dict[str, Executable]:
         statements["get_for_update"] = select(*_COLUMNS).where(*key).with_for_update()
         return statements
     statements["allocate"] = allocate.returning(*_COLUMNS)
+    if dialect == "postgresql":
+        statements["allocate_remembering"] = _allocate_remembering(allocate)
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
     statements["insert"] = (
         insert(_TABLE)
@@ -122,6 +134,37 @@ def _statements(dialect: str) -> dict[str, Executable]:
         else select(*_COLUMNS).where(*key).with_for_update()
     )
     return statements
+
+
+def _allocate_remembering(allocate: Any) -> Executable:
+    """Allocate and store the answer in ONE statement (PostgreSQL's data-modifying CTE).
+
+    Both happen, or neither: a key already used fails the whole statement, the allocation
+    with it.
+    """
+    t = _TABLE.c
+    done = allocate.returning(t.prefix, t.last_value, t.separator, t.letter_width, t.digit_width)
+    done = done.cte("allocated")
+    answer = func.json_build_object(
+        "prefix",
+        done.c.prefix,
+        "last",
+        done.c.last_value,
+        "count",
+        bindparam("count", type_=BigInteger),
+        "format",
+        func.json_build_array(done.c.separator, done.c.letter_width, done.c.digit_width),
+    )
+    row: Any = select(
+        # Typed: asyncpg cannot tell the type of a bare parameter in a SELECT list.
+        bindparam("owner", type_=String),
+        bindparam("idem_key", type_=String),
+        bindparam("fingerprint", type_=String),
+        bindparam("status", type_=Integer),
+        sa_cast(answer, Text),
+    ).select_from(done)
+    columns = ["owner", "idem_key", "fingerprint", "status", "answer"]
+    return _IDEM.insert().from_select(columns, row).returning(_IDEM.c.answer)
 
 
 _STATEMENTS: dict[str, dict[str, Executable]] = {}
@@ -410,6 +453,57 @@ class IdManagerRepositoryImpl(IdManagerRepository):
         statement = statement.order_by(a.id.desc()).limit(query.limit)
         return [_stored_audit(row) for row in self._execute(statement)]
 
+    def remember(self, claim: Claim, status: int, answer: str) -> None:
+        values = {
+            "owner": claim.owner,
+            "idem_key": claim.key,
+            "fingerprint": claim.fingerprint,
+            "status": status,
+            "answer": answer,
+        }
+        with _claiming():
+            self._execute(_IDEM.insert().values(values))
+
+    def recall(self, owner: str, key: str) -> Remembered | None:
+        i = _IDEM.c
+        row = self._execute(
+            select(i.fingerprint, i.status, i.answer).where(i.owner == owner, i.idem_key == key)
+        ).first()
+        return Remembered(row.fingerprint, row.status, row.answer) if row is not None else None
+
+    def forget(self, before: datetime, limit: int) -> int:
+        i = _IDEM.c
+        old = select(i.id).where(i.created_at < _naive_utc(before, self.dialect))
+        ids = list(self._execute(old.order_by(i.id).limit(limit)).scalars())
+        if ids:
+            self._execute(_IDEM.delete().where(i.id.in_(ids)))
+        return len(ids)
+
+    def remembers_in_one_statement(self) -> bool:
+        return self.dialect == "postgresql"
+
+    def allocate_remembering(
+        self, scope: str, prefix: str, count: int, claim: Claim, status: int
+    ) -> IdManager | None:
+        if self.dialect != "postgresql":
+            return super().allocate_remembering(scope, prefix, count, claim, status)
+        params = {
+            "key_scope": scope,
+            "key_prefix": prefix,
+            "count": count,
+            "room": MAX_ORDINAL - count,
+            "owner": claim.owner,
+            "idem_key": claim.key,
+            "fingerprint": claim.fingerprint,
+            "status": status,
+        }
+        with _claiming():
+            row = self._named("allocate_remembering", params).first()
+        if row is None:
+            return None
+        ids = allocation_of(row.answer)
+        return IdManager(ids.prefix, scope, last_value=ids.last, format=ids.format)
+
     def probe(self, prefix: str, fmt: IdFormat) -> int:
         # A savepoint keeps the caller's pending work untouched; rolling it back leaves no row.
         # Each probe uses a scope of its own, so concurrent health checks never wait for or
@@ -430,6 +524,17 @@ class IdManagerRepositoryImpl(IdManagerRepository):
         if manager is None:
             raise StorageError(f"The health check could not create its sequence {prefix}")
         return manager.last_value
+
+
+@contextmanager
+def _claiming() -> Iterator[None]:
+    """Turn the unique key of a stored answer into :class:`KeyAlreadyUsed`."""
+    try:
+        yield
+    except StorageError as exc:
+        if exc.__cause__ is not None and classify(exc.__cause__) is Failure.DUPLICATE:
+            raise KeyAlreadyUsed from exc
+        raise
 
 
 def _inserted(result: Any) -> bool:

@@ -60,6 +60,9 @@ class SqlTransactions(Transactions):
         self.retries = retries
         self.conflicts_retried = 0
 
+    def claims_in_one_statement(self) -> bool:
+        return self.autocommit is not None and self.autocommit.dialect.name == "postgresql"
+
     def run(self, work: Work[T], *, commit: bool = True) -> T:
         return self._retrying(lambda: self._once(work, commit))
 
@@ -114,6 +117,9 @@ class AsyncSqlTransactions(AsyncTransactions):
         self.autocommit = AsyncEngine(autocommit) if autocommit is not None else None
         self.retries = retries
         self.conflicts_retried = 0
+
+    def claims_in_one_statement(self) -> bool:
+        return self.autocommit is not None and self.autocommit.dialect.name == "postgresql"
 
     async def run(self, work: Work[T], *, commit: bool = True) -> T:
         return await self._retrying(lambda: self._once(work, commit))
