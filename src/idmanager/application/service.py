@@ -97,12 +97,16 @@ def _day(on: date) -> date:
     return on.date() if isinstance(on, datetime) else on
 
 
+def _count(number: int, thing: str) -> str:
+    return f"{number} {thing}" if number == 1 else f"{number} {thing}s"
+
+
 def describe_format(prefix: str, fmt: IdFormat) -> str:
     """Return a format in words, with its first ID: for the audit trail and the console."""
-    letters = f"{fmt.letter_width} letters" if fmt.letter_width else "no letters"
+    letters = _count(fmt.letter_width, "letter") if fmt.letter_width else "no letters"
     return (
         f"first ID {format_id(prefix, 1, fmt)} (separator {fmt.separator!r}, {letters}, "
-        f"{fmt.digit_width} digits)"
+        f"{_count(fmt.digit_width, 'digit')})"
     )
 
 
@@ -662,8 +666,8 @@ class SyncIdManagerService:
 
 def _shape(fmt: IdFormat) -> str:
     separator = f"separator {fmt.separator!r}" if fmt.separator else "no separator"
-    letters = f"{fmt.letter_width} letters" if fmt.letter_width else "digits only"
-    return f"{separator}, {letters}, {fmt.digit_width} digits"
+    letters = _count(fmt.letter_width, "letter") if fmt.letter_width else "digits only"
+    return f"{separator}, {letters}, {_count(fmt.digit_width, 'digit')}"
 
 
 def _template_of(prefix: str) -> str | None:
