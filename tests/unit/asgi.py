@@ -44,11 +44,12 @@ def settings(**changes: Any) -> Settings:
 def build_app(
     keys: Keys | None, store: AsyncFakeTransactions | None = None, **changes: Any
 ) -> tuple[FastAPI, AsyncFakeTransactions]:
-    """Return the app over ``store`` (a new fake by default), with ``keys`` (None: open)."""
+    """Return the app over ``store`` (a new fake by default), with ``keys`` (None: open)
+    unless ``changes`` name the ``api_keys`` themselves."""
     store = store or AsyncFakeTransactions()
     # As an operator writes them: IDMANAGER_API_KEYS=key:role,...
-    api_keys = keys.env() if keys else ""
-    app = create_app(settings(api_keys=api_keys, **changes), use_cases=IdManagerUseCases(store))
+    changes.setdefault("api_keys", keys.env() if keys else "")
+    app = create_app(settings(**changes), use_cases=IdManagerUseCases(store))
     return app, store
 
 
@@ -95,9 +96,13 @@ async def running(
     keys: Keys | None,
     *,
     raise_app_exceptions: bool = True,
+    client: tuple[str, int] = ("127.0.0.1", 50000),
 ) -> AsyncIterator[Api]:
-    """Run ``app`` (its lifespan) and yield it with a client speaking ASGI to it."""
-    transport = httpx.ASGITransport(app=app, raise_app_exceptions=raise_app_exceptions)
+    """Run ``app`` (its lifespan) and yield it with a client speaking ASGI to it from
+    ``client`` (an address and port; the machine itself by default)."""
+    transport = httpx.ASGITransport(
+        app=app, raise_app_exceptions=raise_app_exceptions, client=client
+    )
     async with (
         app.router.lifespan_context(app),
         httpx.AsyncClient(transport=transport, base_url=BASE_URL) as http,
@@ -107,14 +112,20 @@ async def running(
 
 @contextlib.asynccontextmanager
 async def serve(
-    keys: Keys | None = None, *, raise_app_exceptions: bool = True, **changes: Any
+    keys: Keys | None = None,
+    *,
+    raise_app_exceptions: bool = True,
+    client: tuple[str, int] = ("127.0.0.1", 50000),
+    **changes: Any,
 ) -> AsyncIterator[Api]:
     """Run a new app over a new fake (``changes`` are settings) and yield it with a client.
 
     Without ``keys`` the service has none, and every request is allowed.
     """
     app, store = build_app(keys, **changes)
-    async with running(app, store, keys, raise_app_exceptions=raise_app_exceptions) as api:
+    async with running(
+        app, store, keys, raise_app_exceptions=raise_app_exceptions, client=client
+    ) as api:
         yield api
 
 

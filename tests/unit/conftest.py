@@ -23,8 +23,9 @@ def keys() -> Keys:
 
 @pytest.fixture(scope="session")
 def shared_app(keys: Keys) -> tuple[FastAPI, AsyncFakeTransactions]:
-    # Built once: building an app costs a tenth of a second of pydantic schema work.
-    return build_app(keys, max_bulk=MAX_BULK)
+    # Built once: building an app costs a tenth of a second of pydantic schema work. Each
+    # health check probes the storage: a test's probe is not another's.
+    return build_app(keys, max_bulk=MAX_BULK, health_cache_s=0)
 
 
 @pytest.fixture
