@@ -207,7 +207,12 @@ def create_app(
         # A redirect to the slash-less path would be built from the Host header.
         redirect_slashes=False,
     )
-    options = ServiceOptions(max_count=settings.max_bulk, create_missing=settings.create_missing)
+    options = ServiceOptions(
+        max_count=settings.max_bulk,
+        create_missing=settings.create_missing,
+        max_sequences=settings.max_sequences,
+        period_window_days=settings.period_window_days,
+    )
     engine = build_engine(settings) if use_cases is None else None
     app.state.settings = settings
     app.state.engine = engine
@@ -216,7 +221,10 @@ def create_app(
         use_cases = connect(engine, options)
     else:
         use_cases = use_cases.with_options(
-            max_count=options.max_count, create_missing=options.create_missing
+            max_count=options.max_count,
+            create_missing=options.create_missing,
+            max_sequences=options.max_sequences,
+            period_window_days=options.period_window_days,
         )
     app.state.use_cases = use_cases
     app.state.keys = KeyRing(settings.api_keys)
