@@ -13,11 +13,11 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from ..application.results import HealthReport, to_json
 from ..application.use_cases import IdManagerUseCases
-from ..domain.errors import AccessDeniedError
+from ..domain.errors import AccessDeniedError, ForbiddenError
 from ..settings import Role, Settings
 from .deps import Credentials, MetricsDep, ReadAccess
 from .schemas import Liveness
-from .security import KeyRing
+from .security import KeyRing, Principal
 
 logger = logging.getLogger("idmanager.api")
 router = APIRouter(tags=["operations"])
@@ -54,6 +54,13 @@ class HealthProbe:
         return self._last[1]
 
 
+def _sees_every_tenant(principal: Principal) -> bool:
+    """Return True for a key bound to no scopes (or to ``*``): metrics and health details
+    count every tenant."""
+    # On the patterns, not on a scope: a glob such as '?' matches the text '*'.
+    return principal.scopes is None or "*" in principal.scopes
+
+
 def _anonymous(report: HealthReport) -> HealthReport:
     """Return what a caller without a key may know: up or down, nothing of the database."""
     if report.healthy:
@@ -70,16 +77,19 @@ def _anonymous(report: HealthReport) -> HealthReport:
 async def health(request: Request, credentials: Credentials) -> JSONResponse:
     """Run the health check (a real allocation, rolled back); 503 when unhealthy.
 
-    Without a key, the answer says only whether the service works; with a read key it
-    names the failure and counts the prefixes.
+    Without a key (or with a key bound to scopes), the answer says only whether the service
+    works; with a read key it names the failure and counts the prefixes.
     """
     probe: HealthProbe = request.app.state.health
     report = await probe.report()
     keys: KeyRing = request.app.state.keys
     try:
-        keys.authorize(credentials.credentials if credentials else None, Role.READ)
+        principal = keys.authorize(credentials.credentials if credentials else None, Role.READ)
     except AccessDeniedError:
         report = _anonymous(report)
+    else:
+        if not _sees_every_tenant(principal):  # the count and the cause are the operator's
+            report = _anonymous(report)
     return JSONResponse(to_json(report), status_code=200 if report.healthy else 503)
 
 
@@ -101,8 +111,8 @@ async def metrics(request: Request, metrics: MetricsDep, credentials: Credential
     if not settings.metrics_public:
         keys: KeyRing = request.app.state.keys
         principal = keys.authorize(credentials.credentials if credentials else None, Role.READ)
-        if principal.scopes is not None:
-            principal.check_scope("*")  # metrics count every tenant: not for a bound key
+        if not _sees_every_tenant(principal):
+            raise ForbiddenError("Metrics count every tenant; this key is bound to some scopes")
     # Off the event loop: allocations go on while the page is written.
     body = await asyncio.to_thread(metrics.render)
     return Response(body, media_type=CONTENT_TYPE_LATEST)
