@@ -19,7 +19,7 @@ from idmanager import (
     normalize_prefix,
     parse_id,
 )
-from idmanager.domain.format import MAX_ORDINAL, block_letters, letters_block
+from idmanager.domain.format import MAX_ORDINAL, block_letters, collision, letters_block
 
 SEPARATORS = ["", "-", ".", "/", ":", "#"]
 PER_BLOCK = 9999
@@ -406,3 +406,131 @@ def test_invalid_format_options(options: dict[str, object]) -> None:
 def test_default_format_is_the_seeds() -> None:
     assert IdFormat("-", 3, 4) == DEFAULT_FORMAT
     assert DEFAULT_FORMAT.per_block == PER_BLOCK
+
+
+# --- no two sequences write one ID (collision) --------------------------------------------------
+
+# Mostly without a separator (the only case where two sequences can meet), at every width.
+collision_formats = st.builds(
+    IdFormat,
+    separator=st.sampled_from(["", "", "", "", "-", "#"]),
+    letter_width=st.integers(0, 4),
+    digit_width=st.integers(1, 6),
+)
+# What a longer prefix adds to a shorter one: letters then digits (the shapes that can read
+# as the start of a body), or anything a prefix may hold (digits then letters, underscores).
+extensions = st.one_of(
+    st.from_regex(r"[A-Z]{0,3}[0-9]{0,3}", fullmatch=True).filter(bool),
+    st.from_regex(r"[A-Z0-9_]{1,4}", fullmatch=True),
+    st.sampled_from(["A", "AA", "AAA", "0", "00", "1", "10", "A0", "A1", "Z9", "_"]),
+)
+
+
+def telling_ordinals(fmt: IdFormat) -> list[int]:
+    """Return the ordinals whose IDs have each shape a format can write.
+
+    An ID is read as another sequence's by its shape only (how many letters, how many digits,
+    leading zeros): the first and last numbers of a letter block, of each letter width, and
+    for digits only, each power of ten and its neighbours.
+    """
+    found = {1, 2, 9, 10, 11, MAX_ORDINAL}
+    if fmt.letter_width == 0:
+        for k in range(1, 19):
+            found |= {10**k - 1, 10**k, 10**k + 1}
+    else:
+        numbers = {1, 2, fmt.per_block - 1, fmt.per_block}
+        numbers |= {10**k for k in range(fmt.digit_width)} | {10**k - 1 for k in range(2, 7)}
+        for extra_letters in range(4):
+            first_block = sum(26 ** (fmt.letter_width + i) for i in range(extra_letters))
+            for block in (first_block, first_block + 1):
+                found |= {block * fmt.per_block + n for n in numbers if 1 <= n <= fmt.per_block}
+    return sorted(n for n in found if 1 <= n <= MAX_ORDINAL)
+
+
+def reads_as(text: str, prefix: str, fmt: IdFormat) -> bool:
+    """Return True when ``text`` is, read strictly, an ID of ``prefix`` in ``fmt``."""
+    try:
+        parse_id(text, fmt=fmt, prefix=prefix)
+    except InvalidIdError:
+        return False
+    return True
+
+
+def body_start(prefix: str, fmt: IdFormat) -> st.SearchStrategy[str]:
+    """Return the start of the body of an ID of ``prefix``: the extensions most likely to
+    make a longer prefix write the same IDs."""
+    return st.tuples(st.one_of(st.integers(1, 30), near_boundaries(fmt)), st.integers(1, 6)).map(
+        lambda t: format_id(prefix, t[0], fmt)[len(prefix) + len(fmt.separator) :][: t[1]]
+    )
+
+
+def alike(fmt: IdFormat) -> st.SearchStrategy[IdFormat]:
+    """Return formats without a separator and with widths near ``fmt``'s."""
+    return st.builds(
+        IdFormat,
+        separator=st.just(""),
+        letter_width=st.integers(max(0, fmt.letter_width - 2), fmt.letter_width + 2),
+        digit_width=st.integers(max(1, fmt.digit_width - 1), min(12, fmt.digit_width + 1)),
+    )
+
+
+def assert_collision_tells_the_truth(
+    a: str, fa: IdFormat, b: str, fb: IdFormat, drawn: list[int]
+) -> str | None:
+    """Check ``collision``: a witness is an ID of both sequences; with none, no ID of one is
+    an ID of the other, checked on every shape of ID either writes (:func:`telling_ordinals`)
+    and on the ``drawn`` ordinals. Return the witness."""
+    witness = collision(a, fa, b, fb)
+    assert collision(b, fb, a, fa) == witness  # the order of the two does not matter
+    if witness is not None:
+        for prefix, fmt in ((a, fa), (b, fb)):
+            parsed = parse_id(witness, fmt=fmt, prefix=prefix)
+            assert format_id(prefix, parsed.ordinal, fmt) == witness
+        return witness
+    for (p, fp), (q, fq) in (((a, fa), (b, fb)), ((b, fb), (a, fa))):
+        for ordinal in [*telling_ordinals(fp), *drawn]:
+            text = format_id(p, ordinal, fp)
+            assert not reads_as(text, q, fq), f"{text} is an ID of {q} too ({fq})"
+    return None
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    prefixes.map(lambda p: p[:6]),
+    collision_formats,
+    st.booleans(),
+    st.lists(st.integers(1, MAX_ORDINAL), min_size=3, max_size=3),
+    st.data(),
+)
+def test_collision_finds_a_shared_id_or_there_is_none(
+    short: str, short_fmt: IdFormat, swapped: bool, drawn: list[int], data: st.DataObject
+) -> None:
+    """Over prefixes and formats: ``collision`` is right both when it finds an ID and when not."""
+    extra = data.draw(st.one_of(extensions, body_start(short, short_fmt)), label="extra")
+    long_fmt = data.draw(st.one_of(collision_formats, alike(short_fmt)), label="long_fmt")
+    pair = [(short, short_fmt), (short + extra, long_fmt)]
+    (a, fa), (b, fb) = reversed(pair) if swapped else pair
+    assert_collision_tells_the_truth(a, fa, b, fb, drawn)
+
+
+@pytest.mark.parametrize(
+    ("a", "fa", "b", "fb", "shared"),
+    [
+        ("COL", IdFormat("", 3, 4), "COLA", IdFormat("", 2, 4), "COLAAA0001"),
+        ("COL", IdFormat("", 2, 4), "COLA", IdFormat("", 3, 4), "COLAAAA0001"),
+        ("D", IdFormat("", 0, 5), "D0", IdFormat("", 0, 4), "D00001"),
+        ("D", IdFormat("", 0, 1), "D1", IdFormat("", 0, 1), "D11"),
+        ("COL", IdFormat("", 3, 4), "COLAAA", IdFormat("", 0, 4), "COLAAA0001"),
+        ("COL", IdFormat("", 1, 4), "COLA1", IdFormat("", 0, 3), "COLA1001"),
+        ("INV", IdFormat("", 0, 4), "INV2026", IdFormat("", 0, 4), "INV20260001"),
+        # A separator on either side tells where the prefix ends; so do other digit widths.
+        ("COL", IdFormat("-", 3, 4), "COLA", IdFormat("", 2, 4), None),
+        ("COL", IdFormat("", 3, 4), "COLA", IdFormat("", 2, 5), None),
+        ("D", IdFormat("", 0, 3), "D0", IdFormat("", 0, 4), None),
+        ("COL", IdFormat("", 3, 4), "COLA", IdFormat("", 0, 4), None),
+        ("COL", IdFormat("", 3, 4), "COL_A", IdFormat("", 3, 4), None),
+        ("COL", IdFormat("", 3, 4), "CUS", IdFormat("", 3, 4), None),
+    ],
+)
+def test_collision_examples(a: str, fa: IdFormat, b: str, fb: IdFormat, shared: str | None) -> None:
+    assert assert_collision_tells_the_truth(a, fa, b, fb, [1]) == shared
