@@ -173,11 +173,20 @@ class CachedAllocator:
         key = (claim.owner, claim.key)
         now = time.monotonic()
         found = self._answers.get(key)
-        if found is not None and now - found[0] <= self.ttl:
+        while found is not None and now - found[0] <= self.ttl:
             if found[1] != claim.fingerprint:
                 raise IdempotencyKeyReusedError(REUSED)
             # A repeat (even one racing the first): the first request's answer.
-            return Once(await asyncio.shield(found[2]), True)
+            try:
+                return Once(await asyncio.shield(found[2]), True)
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if not found[2].cancelled() or (task is not None and task.cancelling()):
+                    raise  # this request itself was cancelled
+            # The first was cancelled, having given nothing: this one takes the key over
+            # (or waits for the repeat that took it first).
+            now = time.monotonic()
+            found = self._answers.get(key)
         answer: asyncio.Future[Allocated] = asyncio.get_running_loop().create_future()
         self._answers[key] = (now, claim.fingerprint, answer)
         while len(self._answers) > self.remember:

@@ -6,8 +6,8 @@ returns, so the IDs it returns are already permanent. Storage is reached only th
 in-memory fake in fast tests.
 
 The steps of an operation are written once, as a generator that yields each unit of work and
-receives its result (or, for a key already used, has :class:`KeyAlreadyUsed` thrown in); the
-sync and the async use cases only drive it.
+receives its result, or has its failure thrown in (a :class:`KeyAlreadyUsed`, a refusal):
+the steps answer it or let it go. The sync and the async use cases only drive them.
 
 An operation may carry a :class:`Claim` (an idempotency key): its answer is stored in the
 same transaction as its effect, and a repeat of the claim gets that answer back instead of
@@ -22,7 +22,7 @@ from datetime import date, datetime
 from typing import Any, Generic, TypeVar, cast
 
 from ..domain.entity import check_count
-from ..domain.errors import BusyError, IdempotencyKeyReusedError
+from ..domain.errors import BusyError, IdempotencyKeyReusedError, IdManagerError, StorageError
 from ..domain.format import IdRange
 from ..domain.repository import (
     AsyncTransactions,
@@ -120,6 +120,15 @@ class _Steps:
                 stored = yield from _recall(cast(Claim, claim))
                 if stored is not None:
                     return Once(allocation_of(stored.answer), True)
+            except IdManagerError as exc:
+                if claim is None or not _refusal(exc):
+                    raise
+                # A repeat may find the sequence changed since the first request (inactive
+                # now, say): the first one's answer still stands.
+                stored = yield from _recall(claim)
+                if stored is None:
+                    raise
+                return Once(allocation_of(stored.answer), True)
         raise _still_held()
 
     def _claimed(
@@ -144,7 +153,21 @@ class _Steps:
                 stored = yield from _recall(claim)
                 if stored is not None:
                     return Once(decode(stored.answer), True)
+            except IdManagerError as exc:
+                if not _refusal(exc):
+                    raise
+                # A repeated reset finds the sequence moved on (a backwards reset now): the
+                # first one's answer still stands.
+                stored = yield from _recall(claim)
+                if stored is None:
+                    raise
+                return Once(decode(stored.answer), True)
         raise _still_held()
+
+
+def _refusal(exc: IdManagerError) -> bool:
+    """Return True for a refusal the state of the storage caused (not its availability)."""
+    return not isinstance(exc, BusyError | StorageError)
 
 
 def _recall(claim: Claim) -> Generator[Step, Any, Remembered | None]:
@@ -245,15 +268,15 @@ class SyncIdManagerUseCases(_Steps):
 
     def _drive(self, steps: Steps[T]) -> T:
         result: Any = None
-        thrown: KeyAlreadyUsed | None = None
+        thrown: Exception | None = None
         try:
             while True:
-                work, single = steps.throw(thrown) if thrown else steps.send(result)
+                work, single = steps.throw(thrown) if thrown is not None else steps.send(result)
                 thrown = None
                 run = self.transactions.run_single if single else self.transactions.run
                 try:
                     result = run(work)
-                except KeyAlreadyUsed as exc:
+                except Exception as exc:  # the steps may answer it (a key already used)
                     thrown = exc
         except StopIteration as done:
             return cast(T, done.value)
@@ -326,15 +349,15 @@ class IdManagerUseCases(_Steps):
 
     async def _drive(self, steps: Steps[T]) -> T:
         result: Any = None
-        thrown: KeyAlreadyUsed | None = None
+        thrown: Exception | None = None
         try:
             while True:
-                work, single = steps.throw(thrown) if thrown else steps.send(result)
+                work, single = steps.throw(thrown) if thrown is not None else steps.send(result)
                 thrown = None
                 run = self.transactions.run_single if single else self.transactions.run
                 try:
                     result = await run(work)
-                except KeyAlreadyUsed as exc:
+                except Exception as exc:  # the steps may answer it (a key already used)
                     thrown = exc
         except StopIteration as done:
             return cast(T, done.value)
