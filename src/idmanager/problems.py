@@ -11,7 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .domain.errors import (
-    AccessDeniedError,
     AmbiguousFormatError,
     BusyError,
     ConflictError,
@@ -197,14 +196,6 @@ KINDS: tuple[ProblemKind, ...] = (
         EXIT_ACCESS,
         "This operation needs the 'admin' role; the key has 'read'",
         ForbiddenError,
-    ),
-    ProblemKind(
-        "access-denied",
-        403,
-        "Access denied",
-        EXIT_ACCESS,
-        "Not allowed",
-        AccessDeniedError,
     ),
     ProblemKind(
         "sequence-busy",

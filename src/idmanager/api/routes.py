@@ -132,6 +132,8 @@ def _ids_body(prefix: str, chunks: Iterable[Sequence[str]], count: int) -> Itera
         "idempotency-key-reused",
         "prefix-not-found",
         "prefix-inactive",
+        "ambiguous-format",
+        "sequence-limit",
         "conflict",
         *_STORAGE,
     ),
@@ -267,6 +269,8 @@ async def prefix_stats(
         "invalid-id",
         "format-locked",
         "reset-refused",
+        "ambiguous-format",
+        "sequence-limit",
         "idempotency-key-reused",
         *_STORAGE,
     ),
@@ -309,7 +313,13 @@ async def configure_prefix(
     summary="Reset a sequence",
     response_model=ResetResult,
     responses=problems(
-        *_BODY, *_INPUT, "invalid-id", "reset-refused", "idempotency-key-reused", *_STORAGE
+        *_BODY,
+        *_INPUT,
+        "invalid-id",
+        "reset-refused",
+        "sequence-limit",
+        "idempotency-key-reused",
+        *_STORAGE,
     ),
     tags=["prefixes"],
 )

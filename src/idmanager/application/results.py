@@ -246,7 +246,9 @@ def to_json(value: Any) -> Any:
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {f.name: to_json(getattr(value, f.name)) for f in dataclasses.fields(value)}
     if isinstance(value, datetime):
-        return value.isoformat()
+        # As the HTTP service writes them (pydantic): UTC as "Z".
+        text = value.isoformat()
+        return text[:-6] + "Z" if text.endswith("+00:00") else text
     if isinstance(value, Enum):
         return value.value
     if isinstance(value, list | tuple):
