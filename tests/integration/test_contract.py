@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -273,6 +274,37 @@ async def test_a_deactivation_committed_meanwhile_is_seen(db: Db, prefix: str) -
         with pytest.raises(PrefixInactiveError):
             await reader.service.generate_id(prefix)
     assert db.peek(prefix) == 1
+
+
+# --- waiting for a busy sequence -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", ["postgresql", "mariadb"])
+@pytest.mark.parametrize("wait_ms", [0, 300])
+async def test_a_caller_may_refuse_to_wait_for_a_busy_sequence(
+    db: Db, prefix: str, wait_ms: int
+) -> None:
+    """``lock_timeout_ms`` bounds the wait for a sequence another transaction holds.
+
+    The refusal is ``BusyError`` (a busy sequence, not an outage), and only that call waits
+    so: the caller's other statements keep the session's own wait.
+    """
+    await issue(db, prefix)
+    async with db.session() as holder:
+        assert await holder.service.generate_id(prefix) == f"{prefix}-AAA0002"  # holds it
+        async with db.session(lock_timeout_ms=wait_ms) as impatient:
+            began = time.monotonic()
+            with pytest.raises(idmanager.BusyError, match="busy"):
+                await impatient.service.generate_id(prefix)
+            waited = time.monotonic() - began
+            await impatient.rollback()
+        await holder.commit()
+    # InnoDB counts whole seconds (0 does not wait); PostgreSQL milliseconds.
+    bound = (1.0 if wait_ms else 0.0) if db.backend == "mariadb" else wait_ms / 1000
+    assert bound * 0.8 <= waited < bound + 1.5, waited
+    async with db.session(lock_timeout_ms=wait_ms) as h:
+        assert await h.service.generate_id(prefix) == f"{prefix}-AAA0003"  # free again
+        await h.commit()
 
 
 # --- reset ------------------------------------------------------------------------------------
