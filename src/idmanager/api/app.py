@@ -229,6 +229,7 @@ def create_app(
     app.state.use_cases = use_cases
     app.state.keys = KeyRing(settings.api_keys)
     app.state.metrics = Metrics(engine, max_labels=settings.metrics_max_prefixes)
+    app.state.metrics.watch_conflicts(use_cases.transactions)
     app.state.health = HealthProbe(use_cases, settings.health_cache_s)
     # Chosen by the lifespan: the database, or the block cache in front of it.
     app.state.allocator = DatabaseAllocator(app.state.use_cases)

@@ -10,6 +10,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ..application.block_cache import CacheStats
+from ..domain.repository import AsyncTransactions, Transactions
 
 if TYPE_CHECKING:
     from .allocation import CachedAllocator
@@ -61,6 +62,10 @@ class Metrics:
         """Export the statistics of the block cache that ``allocator`` serves from."""
         self.registry.register(_BlockCacheCollector(allocator))
 
+    def watch_conflicts(self, transactions: Transactions | AsyncTransactions) -> None:
+        """Export how many conflicts ``transactions`` retried (read when Prometheus scrapes)."""
+        self.registry.register(_ConflictsCollector(transactions))
+
     def allocated(self, requested: str, prefix: str, count: int, seconds: float) -> None:
         """Record one successful allocation of ``prefix`` (``requested`` as the caller wrote
         it: a template names its family)."""
@@ -76,6 +81,28 @@ class Metrics:
     def render(self) -> bytes:
         """Return the metrics in the Prometheus text format."""
         return generate_latest(self.registry)
+
+
+class _ConflictsCollector:
+    """The conflicts the service's own transactions ran again: a count kept by them anyway."""
+
+    def __init__(self, transactions: Transactions | AsyncTransactions) -> None:
+        self.transactions = transactions
+
+    def describe(self) -> list[Metric]:
+        return [self._family(0)]
+
+    def collect(self) -> Iterator[Metric]:
+        yield self._family(self.transactions.conflicts_retried)
+
+    @staticmethod
+    def _family(value: int) -> Metric:
+        return CounterMetricFamily(
+            "idmanager_conflicts_retried",
+            "Conflicts with concurrent transactions (deadlocks, serialization or Galera "
+            "certification failures) that the service ran its transaction again after.",
+            value=value,
+        )
 
 
 class _BlockCacheCollector:

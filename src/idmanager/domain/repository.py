@@ -268,6 +268,9 @@ class Transactions(ABC):
     so they run as well over a real database as over an in-memory fake.
     """
 
+    # Conflicts with concurrent transactions that were run again (storage without any: 0).
+    conflicts_retried: int = 0
+
     @abstractmethod
     def run(self, work: Callable[[IdManagerRepository], T], *, commit: bool = True) -> T:
         """Run ``work`` in a new transaction; commit it (or roll it back when ``commit`` is
@@ -287,6 +290,8 @@ class Transactions(ABC):
 
 class AsyncTransactions(ABC):
     """:class:`Transactions` for asyncio: the work itself stays synchronous."""
+
+    conflicts_retried: int = 0  # as :attr:`Transactions.conflicts_retried`
 
     @abstractmethod
     async def run(self, work: Callable[[IdManagerRepository], T], *, commit: bool = True) -> T:
