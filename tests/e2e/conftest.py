@@ -192,6 +192,10 @@ class TcpProxy:
     def stop(self) -> None:
         """Stop listening and cut every open connection."""
         if self._listener is not None:
+            # Shut down first: a bare close() leaves the thread blocked in accept() able to
+            # take one more connection, and the "outage" would let it through.
+            with contextlib.suppress(OSError):
+                self._listener.shutdown(socket.SHUT_RDWR)
             self._listener.close()
             self._listener = None
         with self._lock:

@@ -1,94 +1,49 @@
-"""The access matrix: each route x no key / wrong key / read / generate / admin."""
+"""API keys as an operator configures them (``IDMANAGER_API_KEYS``), on a real server.
+
+The access matrix of every route and role is the in-process tier's
+(``tests/unit/test_http.py``); here: keys from the environment decide, and never reach the log.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
-import httpx
-import pytest
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from conftest import Keys, Server
 
-RANK = {"read": 0, "generate": 1, "admin": 2}
-CREDENTIALS = (None, "wrong", "read", "generate", "admin")
-
-# (method, path, JSON body, least role; None = open to all)
-ROUTES: list[tuple[str, str, Any, str | None]] = [
-    ("POST", "/api/v1/prefixes/{prefix}/ids", None, "generate"),
-    ("GET", "/api/v1/prefixes", None, "read"),
-    ("GET", "/api/v1/prefixes/{prefix}", None, "read"),
-    ("PUT", "/api/v1/prefixes/{prefix}", {"is_active": True}, "admin"),
-    ("POST", "/api/v1/prefixes/{prefix}/reset", {"force": True, "dry_run": True}, "admin"),
-    ("GET", "/api/v1/ids/{prefix}-AAA0001", None, "read"),
-    ("GET", "/health", None, None),
-    ("GET", "/health/live", None, None),
-    ("GET", "/metrics", None, None),
-    ("GET", "/docs", None, None),
-    ("GET", "/openapi.json", None, None),
-]
+import httpx
 
 
-@pytest.fixture
-def active_prefix(http: httpx.Client, keys: Keys, prefix: str) -> str:
-    """A registered, active prefix, so that allowed reads answer 200."""
-    response = http.put(f"/api/v1/prefixes/{prefix}", json={}, headers=keys.header("admin"))
-    assert response.status_code == 200, response.text
-    return prefix
-
-
-@pytest.mark.parametrize("credential", CREDENTIALS, ids=lambda c: c or "none")
-@pytest.mark.parametrize(
-    ("method", "path", "body", "needed"), ROUTES, ids=[f"{m} {p}" for m, p, _, _ in ROUTES]
-)
-def test_access(
-    http: httpx.Client,
-    keys: Keys,
-    active_prefix: str,
-    method: str,
-    path: str,
-    body: Any,
-    needed: str | None,
-    credential: str | None,
+def test_keys_from_the_environment_decide_and_are_never_logged(
+    servers: dict[str, Server], keys: Keys, new_prefix: Callable[[str], str]
 ) -> None:
-    url = path.format(prefix=active_prefix)
-    headers = keys.header(credential)
-    response = http.request(method, url, json=body, headers=headers)
-    if needed is None:
-        expected = 200
-    elif credential in (None, "wrong"):
-        expected = 401
-    elif RANK[credential] < RANK[needed]:
-        expected = 403
-    else:
-        expected = 201 if method == "POST" and url.endswith("/ids") else 200
-    assert response.status_code == expected, response.text
-    if expected in (401, 403):
-        assert response.headers["content-type"] == "application/problem+json"
-        problem = response.json()
-        assert problem["status"] == expected
-        if expected == 401:
-            assert response.headers["www-authenticate"].startswith("Bearer")
-        else:
-            assert needed in problem["detail"]
-        # The key the request carried is never echoed.
-        if credential is not None:
-            assert headers["Authorization"].split(" ", 1)[1] not in response.text
-
-
-@pytest.mark.parametrize(
-    "authorization", ["Basic dXNlcjpwYXNz", "Bearer", "bearer nope", "Token x", "Bearer a b"]
-)
-def test_malformed_credentials_are_401(http: httpx.Client, authorization: str) -> None:
-    response = http.get("/api/v1/prefixes", headers={"Authorization": authorization})
-    assert response.status_code == 401
-    assert response.headers["content-type"] == "application/problem+json"
-
-
-def test_keys_are_never_logged(http: httpx.Client, keys: Keys, server: Server) -> None:
-    for role in CREDENTIALS:
-        http.get("/api/v1/prefixes", headers=keys.header(role))
+    server = servers["sqlite"]
+    prefix = new_prefix("A")
+    allocate = f"/api/v1/prefixes/{prefix}/ids"
+    reset = f"/api/v1/prefixes/{prefix}/reset"
+    expected = {
+        # credential: (allocate, read the stats, reset)
+        None: (401, 401, 401),
+        "wrong": (401, 401, 401),
+        "read": (403, 404, 403),  # allowed to read; nothing allocated yet
+        "generate": (201, 200, 403),
+        "admin": (201, 200, 200),
+    }
+    with httpx.Client(base_url=server.url, timeout=30) as http:
+        for credential, statuses in expected.items():
+            headers = keys.header(credential)
+            got = (
+                http.post(allocate, headers=headers).status_code,
+                http.get(f"/api/v1/prefixes/{prefix}", headers=headers).status_code,
+                http.post(
+                    reset, json={"force": True, "dry_run": True}, headers=headers
+                ).status_code,
+            )
+            assert got == statuses, credential
+        refused = http.get("/api/v1/prefixes")
+        assert refused.headers["www-authenticate"] == 'Bearer realm="idmanager"'
     log = server.log()
-    assert "GET /api/v1/prefixes" in log
-    for key in (keys.read, keys.generate, keys.admin):
+    assert f"POST {allocate}" in log
+    for key in keys.all:
         assert key not in log

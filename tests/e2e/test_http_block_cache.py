@@ -225,16 +225,3 @@ def test_a_crash_leaves_gaps_never_duplicates(
     after = [i for _ in range(30) for i in allocate(second, prefix)]
     assert ordinal(after[0]) > ordinal(before[-1]) + 1
     assert not set(before) & set(after)
-
-
-def test_without_the_setting_there_is_no_cache(
-    serve: Callable[..., Server], pg_url: str, new_prefix: Callable[[str], str]
-) -> None:
-    prefix = new_prefix("BN")
-    server = serve("nocache", pg_url, cache=False)
-    assert [ordinal(allocate(server, prefix)[0]) for _ in range(3)] == [1, 2, 3]
-    assert last_value(pg_url, prefix) == 3
-    assert "idmanager_block_cache" not in httpx.get(server.url + "/metrics").text
-    start = time.monotonic()
-    assert stop(server) == []
-    assert time.monotonic() - start < 10
