@@ -273,7 +273,8 @@ KINDS: tuple[ProblemKind, ...] = (
 _BY_KIND = {kind.kind: kind for kind in KINDS}
 _DOMAIN = tuple(kind for kind in KINDS if kind.error is not None)
 # What an unknown problem with a known status means: the most general kind of that status.
-_BY_STATUS = {kind.status: kind for kind in _DOMAIN}
+# Not 404: a wrong URL, or a proxy's page, is not a missing prefix.
+_BY_STATUS = {kind.status: kind for kind in _DOMAIN if kind.status != 404}
 
 
 def kind(name: str) -> ProblemKind:

@@ -403,7 +403,6 @@ def test_an_unhealthy_service_is_a_report_not_an_error() -> None:
         (400, InvalidInputError),
         (401, NotAuthenticatedError),
         (403, ForbiddenError),
-        (404, PrefixNotFoundError),
         (409, ConflictError),
         (413, InvalidInputError),
         (422, InvalidInputError),
@@ -419,6 +418,16 @@ def test_an_unknown_problem_type_falls_back_on_its_status(
         client.generate_id("CUS")
     assert type(raised.value) is error
     assert str(raised.value) == "Something new"
+
+
+def test_a_404_that_is_no_registry_problem_is_not_a_missing_prefix() -> None:
+    """A wrong base URL, or a proxy's own page, answers 404 without naming a prefix."""
+    for body in ({"type": "about:blank", "title": "Not Found", "status": 404}, None):
+        answer = httpx.Response(404, json=body) if body else httpx.Response(404, text="nope")
+        with Server(answer).client(retries=0) as client, pytest.raises(ApiError) as raised:
+            client.generate_id("CUS")
+        assert not isinstance(raised.value, PrefixNotFoundError)
+        assert raised.value.status == 404
 
 
 def test_an_answer_that_is_no_known_problem_is_an_api_error() -> None:

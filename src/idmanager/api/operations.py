@@ -16,6 +16,7 @@ from ..application.use_cases import IdManagerUseCases
 from ..domain.errors import AccessDeniedError, ForbiddenError
 from ..settings import Role, Settings
 from .deps import Credentials, MetricsDep, ReadAccess
+from .routes import problems
 from .schemas import Liveness
 from .security import KeyRing, Principal
 
@@ -74,17 +75,19 @@ def _anonymous(report: HealthReport) -> HealthReport:
     response_model=HealthReport,
     responses={503: {"model": HealthReport, "description": "The database is unavailable."}},
 )
-async def health(request: Request, credentials: Credentials) -> JSONResponse:
+async def health(request: Request) -> JSONResponse:
     """Run the health check (a real allocation, rolled back); 503 when unhealthy.
 
-    Without a key (or with a key bound to scopes), the answer says only whether the service
-    works; with a read key it names the failure and counts the prefixes.
+    Open to anyone. Without a key (or with a key bound to scopes), the answer says only
+    whether the service works; with a read key it names the failure and counts the prefixes.
     """
     probe: HealthProbe = request.app.state.health
     report = await probe.report()
     keys: KeyRing = request.app.state.keys
     try:
-        principal = keys.authorize(credentials.credentials if credentials else None, Role.READ)
+        # Read here, not through the bearer dependency: the route needs no key, and its
+        # OpenAPI operation must not say it does.
+        principal = keys.authorize(_bearer_token(request), Role.READ)
     except AccessDeniedError:
         report = _anonymous(report)
     else:
@@ -99,11 +102,19 @@ async def live() -> Liveness:
     return Liveness(status="alive")
 
 
+def _bearer_token(request: Request) -> str | None:
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    return token.strip() or None if scheme.lower() == "bearer" else None
+
+
 @router.get(
     "/metrics",
     summary="Prometheus metrics",
     response_class=Response,
-    responses={200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}}},
+    responses={
+        200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}},
+        **problems(),
+    },
 )
 async def metrics(request: Request, metrics: MetricsDep, credentials: Credentials) -> Response:
     """Expose Prometheus metrics (a read key is needed unless IDMANAGER_METRICS_PUBLIC)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Path, Query, Request
@@ -14,7 +14,7 @@ from starlette.convertors import Convertor, register_url_convertor
 
 from ..application.results import AuditPage, ResetResult, SequenceStats, from_json, to_json
 from ..application.service import SyncIdManagerService
-from ..domain.errors import PrefixNotFoundError
+from ..domain.errors import InvalidInputError, PrefixNotFoundError
 from ..domain.format import IdFormat, IdRange
 from ..domain.repository import AuditAction, Claim
 from ..problems import PROBLEM_JSON, ProblemKind, kind
@@ -43,6 +43,24 @@ from .schemas import (
 )
 
 T = TypeVar("T")
+# A date, or a date and a time, as ISO 8601 writes them: not a number of seconds.
+_ISO_TIME = (
+    r"^[0-9]{4}-[0-9]{2}-[0-9]{2}"
+    r"([T ][0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]+)?)?(Z|[+-][0-9]{2}:?[0-9]{2})?)?$"
+)
+
+
+def _moment(text: str | None) -> datetime | None:
+    """Read an ISO 8601 time (UTC when it names no zone)."""
+    if text is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise InvalidInputError(f"Invalid time {text!r}: not a date and time") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
 # Databases take a 64-bit OFFSET; no list is anywhere near this long.
 MAX_SKIP = 10**12
 # Up to this many IDs the body is built at once; above it, streamed a letter block at a time.
@@ -78,9 +96,10 @@ PrefixPath = Annotated[
 
 
 def problems(*names: str) -> dict[int | str, dict[str, Any]]:
-    """Return the OpenAPI documentation of these kinds of error (plus 401 and 403)."""
+    """Return the OpenAPI documentation of these kinds of error (plus those of every request:
+    a missing or weak key, a Host the service does not answer to)."""
     by_status: dict[int, list[ProblemKind]] = {}
-    for name in ("unauthorized", "forbidden", *names):
+    for name in ("unauthorized", "forbidden", "host-not-allowed", *names):
         found = kind(name)
         by_status.setdefault(found.status, []).append(found)
     return {status: _documented(kinds) for status, kinds in sorted(by_status.items())}
@@ -110,6 +129,8 @@ def _documented(kinds: Iterable[ProblemKind]) -> dict[str, Any]:
 _INPUT = ("validation-error", "invalid-prefix", "invalid-scope", "invalid-input")
 _STORAGE = ("sequence-busy", "storage-unavailable")
 _BODY = ("bad-json", "body-too-large")
+# What the service refuses of a change asked by another site's page (api/guard.py).
+_CHANGE = ("cross-site-request", "unsupported-media-type")
 
 
 def _ids_body(prefix: str, chunks: Iterable[Sequence[str]], count: int) -> Iterator[bytes]:
@@ -128,6 +149,7 @@ def _ids_body(prefix: str, chunks: Iterable[Sequence[str]], count: int) -> Itera
     response_model=IdsResponse,
     responses=problems(
         *_INPUT,
+        *_CHANGE,
         "invalid-count",
         "idempotency-key-reused",
         "prefix-not-found",
@@ -264,6 +286,7 @@ async def prefix_stats(
     response_model=SequenceStats,
     responses=problems(
         *_BODY,
+        *_CHANGE,
         *_INPUT,
         "invalid-format",
         "invalid-id",
@@ -314,6 +337,7 @@ async def configure_prefix(
     response_model=ResetResult,
     responses=problems(
         *_BODY,
+        *_CHANGE,
         *_INPUT,
         "invalid-id",
         "reset-refused",
@@ -421,8 +445,12 @@ async def list_audit(
     ] = None,
     actor: Annotated[str | None, Query(max_length=255, description="Only this actor's.")] = None,
     action: Annotated[AuditAction | None, Query(description="Only this kind of change.")] = None,
-    since: Annotated[datetime | None, Query(description="From this time on (ISO-8601).")] = None,
-    until: Annotated[datetime | None, Query(description="Before this time (ISO-8601).")] = None,
+    since: Annotated[
+        str | None, Query(pattern=_ISO_TIME, description="From this time on (ISO-8601, UTC).")
+    ] = None,
+    until: Annotated[
+        str | None, Query(pattern=_ISO_TIME, description="Before this time (ISO-8601, UTC).")
+    ] = None,
     before: Annotated[
         int | None, Query(ge=1, le=2**63 - 1, description="The next_cursor of the previous page.")
     ] = None,
@@ -438,8 +466,8 @@ async def list_audit(
             prefix=prefix,
             actor=actor,
             action=action,
-            since=since,
-            until=until,
+            since=_moment(since),
+            until=_moment(until),
             before=before,
             limit=limit,
         ),

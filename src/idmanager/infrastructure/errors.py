@@ -2,19 +2,29 @@
 or result code (SQLite), never by the wording of a message where a code exists.
 
 Every other module calls :func:`translate_errors` (or :func:`classify`) rather than looking at
-driver exceptions itself.
+driver exceptions itself. The caller's own commit, once IdManager has worked in its transaction,
+is translated too (:func:`watch_commit`).
 """
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from enum import Enum
+from typing import Any
 
+from sqlalchemy import Connection, event
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
-from ..domain.errors import BusyError, StorageError, TransactionConflictError
+from ..domain.errors import (
+    BusyError,
+    IdManagerError,
+    InvalidInputError,
+    StorageError,
+    TransactionConflictError,
+)
 
 
 class Failure(Enum):
@@ -144,7 +154,7 @@ def classify(exc: BaseException) -> Failure:
     return Failure.REFUSED
 
 
-def as_domain_error(exc: BaseException) -> StorageError | BusyError:
+def as_domain_error(exc: BaseException) -> IdManagerError:
     """Return the domain error for a database error (to raise ``from`` it)."""
     failure, line = classify(exc), _first_line(exc)
     name = type(_driver_error(exc)).__name__
@@ -162,6 +172,9 @@ def as_domain_error(exc: BaseException) -> StorageError | BusyError:
         return TransactionConflictError(
             f"A concurrent transaction won a conflict; nothing was allocated ({name}: {line})"
         )
+    if failure is Failure.OUT_OF_RANGE:
+        # A value the database cannot hold (a number past 64 bits): bad input, not an outage.
+        return InvalidInputError(f"A value is out of range for the database: {line}")
     if failure is Failure.READ_ONLY:
         # A standby during a failover, or a read-only file: reads go on, writes wait.
         return StorageError(f"Database read-only: {name}: {line}")
@@ -177,3 +190,48 @@ def translate_errors() -> Iterator[None]:
         yield
     except (SQLAlchemyError, OSError, TimeoutError) as exc:
         raise as_domain_error(exc) from exc
+
+
+# Connections whose current transaction IdManager worked in, with that transaction's id (a
+# transaction cannot be weakly referenced); and the dialects listened to.
+_JOINED: weakref.WeakKeyDictionary[Connection, int] = weakref.WeakKeyDictionary()
+_WATCHED: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def watch_commit(connection: Connection) -> None:
+    """Translate the conflicts that end ``connection``'s current transaction, its commit's
+    included, from now until it ends.
+
+    IdManager has worked in the caller's transaction, but the caller commits it, after
+    IdManager's call has returned: a conflict found then (Galera certifies a transaction only
+    at commit, and aborts a local one that holds a row a replicated one needs) would reach the
+    caller as a raw driver error. It becomes a :class:`TransactionConflictError` (roll back,
+    run the transaction again); a connection lost at commit, a :class:`StorageError`.
+    """
+    dialect = connection.dialect
+    if dialect not in _WATCHED:
+        _WATCHED.add(dialect)
+        event.listen(connection.engine, "handle_error", _in_joined_transaction)
+    transaction = connection.get_transaction()
+    if transaction is not None:
+        _JOINED[connection] = id(transaction)
+
+
+def _in_joined_transaction(context: Any) -> None:
+    connection = context.connection
+    if connection is None:
+        return
+    transaction = connection.get_transaction()
+    if transaction is None or _JOINED.get(connection) != id(transaction):
+        return
+    exc = context.sqlalchemy_exception or context.original_exception
+    failure = classify(exc)
+    if failure is Failure.CONFLICT:
+        raise as_domain_error(exc)
+    if failure is Failure.UNAVAILABLE and context.statement is None:
+        # No statement: the commit (or rollback) itself.
+        name, line = type(_driver_error(exc)).__name__, _first_line(exc)
+        raise StorageError(
+            f"Database unavailable as the transaction ended; whether it was committed is "
+            f"unknown, and no ID can be committed twice either way ({name}: {line})"
+        )
