@@ -185,7 +185,7 @@ def test_forget_answers_deletes_the_old_ones_a_batch_at_a_time() -> None:
     use_cases.allocate_once("NEW", 1, claim(key="recent"))
     commits = transactions.commits
     cutoff = datetime.now(UTC) - timedelta(days=1)
-    assert use_cases.forget_answers(cutoff, batch=3) == 7
+    assert use_cases.forget_answers(cutoff, batch=3, pause=0) == 7
     # 3 + 3 + 1: short transactions, none holding more than a batch.
     assert transactions.commits - commits == 3
     assert list(repository.answers) == [("api-key:0123456789ab", "recent")]

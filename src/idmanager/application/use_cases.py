@@ -16,7 +16,9 @@ a second effect.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import time
 from collections.abc import Callable, Generator
 from datetime import date, datetime
 from typing import Any, Generic, TypeVar, cast
@@ -47,6 +49,9 @@ Steps = Generator[Step, Any, T]
 _CLAIM_ATTEMPTS = 3
 # Expired idempotency answers are deleted this many per transaction.
 FORGET_BATCH = 1000
+# ... with this pause between batches: a writer waiting for SQLite's one lock polls for it up
+# to every 100 ms, so without a pause at least that long it can miss batch after batch.
+FORGET_PAUSE_S = 0.1
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -256,14 +261,18 @@ class SyncIdManagerUseCases(_Steps):
         steps = self._allocation(prefix, count, scope, on, claim, **_changes(actor, create))
         return self._drive(steps)
 
-    def forget_answers(self, before: datetime, *, batch: int = FORGET_BATCH) -> int:
+    def forget_answers(
+        self, before: datetime, *, batch: int = FORGET_BATCH, pause: float = FORGET_PAUSE_S
+    ) -> int:
         """Delete the idempotency answers stored before ``before``, a short transaction per
-        ``batch`` (no long lock); return how many."""
+        ``batch`` and ``pause`` seconds between them (no long lock, allocations go first);
+        return how many."""
         total = 0
         while (done := self.transactions.run(lambda r: r.forget(before, batch))) > 0:
             total += done
             if done < batch:
                 break
+            time.sleep(pause)
         return total
 
     def _drive(self, steps: Steps[T]) -> T:
@@ -337,14 +346,18 @@ class IdManagerUseCases(_Steps):
         steps = self._allocation(prefix, count, scope, on, claim, **_changes(actor, create))
         return await self._drive(steps)
 
-    async def forget_answers(self, before: datetime, *, batch: int = FORGET_BATCH) -> int:
+    async def forget_answers(
+        self, before: datetime, *, batch: int = FORGET_BATCH, pause: float = FORGET_PAUSE_S
+    ) -> int:
         """Delete the idempotency answers stored before ``before``, a short transaction per
-        ``batch`` (no long lock); return how many."""
+        ``batch`` and ``pause`` seconds between them (no long lock, allocations go first);
+        return how many."""
         total = 0
         while (done := await self.transactions.run(lambda r: r.forget(before, batch))) > 0:
             total += done
             if done < batch:
                 break
+            await asyncio.sleep(pause)
         return total
 
     async def _drive(self, steps: Steps[T]) -> T:
