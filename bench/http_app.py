@@ -29,4 +29,7 @@ def create_bench_app() -> FastAPI:
         body = json.dumps({"prefix": prefix, "ids": ids, "count": count}, separators=(",", ":"))
         return Response(body.encode(), status_code=201, media_type="application/json")
 
+    # First in the route list: FastAPI tries the routes in order, and each miss costs about
+    # 60 Python calls, so a bare endpoint tried last would be slowed by every route before it.
+    app.router.routes.insert(0, app.router.routes.pop())
     return app

@@ -31,6 +31,10 @@ class Row:
 ROWS: list[Row] = []
 NOTES: dict[str, str] = {}
 LOAD: list[float] = []
+# Sections with a table of their own (title, markdown lines), written after the targets;
+# their rows stay out of "All figures", whose ratio column reads as throughput.
+SECTIONS: list[tuple[str, list[str]]] = []
+OWN_TABLES = {"cpu", "lean", "ladder"}
 
 
 def record(
@@ -43,17 +47,20 @@ def record(
     note: str = "",
     series: str = "",
     clients: int | None = None,
+    show: bool = True,
 ) -> Row:
     """Keep and print one figure, with its ratio to ``base`` (same run) if given."""
     row = Row(section, name, value, unit, note=note, series=series, clients=clients)
     if base is not None:
         row.baseline, row.ratio = base.name, value / base.value
     ROWS.append(row)
+    LOAD.append(os.getloadavg()[0])
+    if not show:  # the caller prints it its own way
+        return row
     ratio = f"{row.ratio:6.2f}x {row.baseline}" if row.ratio is not None else ""
     print(f"  {name:<66} {value:>12,.0f} {unit:<7} {ratio}", flush=True)
     if note:
         print(f"  {'':<66} ({note})", flush=True)
-    LOAD.append(os.getloadavg()[0])
     return row
 
 
@@ -113,6 +120,89 @@ def _targets() -> list[str]:
             f"HTTP own transaction ≥ 0.7x the raw statement rate ({workers}, 32 clients)",
             f"HTTP IdManager, own transaction, hot prefix, {workers}, 32 clients",
             0.7,
+        )
+    return lines
+
+
+# Issue 15's goals: (goal, row name, least ratio). Each ratio is the row's throughput over
+# its baseline's, measured in the same run.
+ISSUE_15 = (
+    (
+        "own transaction, hot prefix, 1 client ≥ 0.9x raw asyncpg upsert",
+        "library, own transaction, hot prefix, 1 clients",
+        0.9,
+    ),
+    (
+        "own transaction, 100 prefixes, 8 clients ≥ 0.8x raw",
+        "library, own transaction, 100 prefixes, 8 clients",
+        0.8,
+    ),
+    (
+        "own transaction, 100 prefixes, 32 clients ≥ 0.8x raw",
+        "library, own transaction, 100 prefixes, 32 clients",
+        0.8,
+    ),
+    (
+        "SQLite own transaction ≥ 0.5x raw sqlite3 (WAL, synchronous NORMAL)",
+        "library, own transaction (sync)",
+        0.5,
+    ),
+    (
+        "HTTP own transaction, 1 worker, 1 client ≥ 0.7x raw",
+        "HTTP IdManager, own transaction, hot prefix, 1 worker, 1 clients",
+        0.7,
+    ),
+    (
+        "HTTP own transaction, 1 worker, 32 clients ≥ 0.8x raw",
+        "HTTP IdManager, own transaction, hot prefix, 1 worker, 32 clients",
+        0.8,
+    ),
+    (
+        "HTTP block cache, 1 worker, 32 clients ≥ 0.8x the bare endpoint",
+        "HTTP IdManager, block cache, hot prefix, 1 worker, 32 clients",
+        0.8,
+    ),
+    (
+        "HTTP block cache, 2 workers, 32 clients ≥ 0.8x the bare endpoint",
+        "HTTP IdManager, block cache, hot prefix, 2 workers, 32 clients",
+        0.8,
+    ),
+    (
+        "IdGeneratorUtil.generate_id(p, engine), hot prefix, 1 client ≥ 0.9x raw",
+        "asyncpg IdGeneratorUtil.generate_id(p, engine), hot prefix, 1 clients",
+        0.9,
+    ),
+    (
+        "IdGeneratorUtil.generate_id(p, engine), 100 prefixes, 8 clients ≥ 0.8x raw",
+        "asyncpg IdGeneratorUtil.generate_id(p, engine), 100 prefixes, 8 clients",
+        0.8,
+    ),
+    (
+        "IdGeneratorUtil.generate_id(p, sqlite engine) ≥ 0.5x raw sqlite3",
+        "sqlite IdGeneratorUtil.generate_id(p, engine), 1 client",
+        0.5,
+    ),
+)
+
+
+def _issue_15() -> list[str]:
+    """Return issue 15's goals as table lines: goal, measured, met."""
+    lines = ["| goal | measured | met |", "| --- | --- | --- |"]
+    for goal, name, least in ISSUE_15:
+        row = find(name)
+        if row is None or row.ratio is None:
+            lines.append(f"| {goal} | not measured | |")
+            continue
+        met = "yes" if row.ratio >= least else f"no ({row.ratio / least:.0%} of the goal)"
+        lines.append(f"| {goal} | {row.ratio:.2f}x | {met} |")
+    orm_commit = find("ORM, 32 transactions with 20 ms of work, number drawn at commit")
+    orm_hand = find("ORM, 32 transactions with 20 ms of work, by hand on raw asyncpg, at commit")
+    if orm_commit is not None and orm_hand is not None and orm_hand.value:
+        ratio = orm_commit.value / orm_hand.value
+        met = "yes" if ratio >= 0.85 else f"no ({ratio / 0.85:.0%} of the goal)"
+        lines.append(
+            f"| ORM numbered at commit ≥ 0.85x the same transaction by hand on asyncpg "
+            f"| {ratio:.2f}x | {met} |"
         )
     return lines
 
@@ -183,6 +273,9 @@ def write(elapsed: float) -> None:
             "",
         ]
     lines += ["## Targets", "", *_targets(), ""]
+    lines += ["## Issue 15: performance at the limit", "", *_issue_15(), ""]
+    for title, section in SECTIONS:
+        lines += [f"## {title}", "", *section, ""]
     if _plot():
         lines += ["## Throughput against clients", "", f"![throughput]({PLOT.name})", ""]
     lines += [
@@ -216,6 +309,8 @@ def write(elapsed: float) -> None:
         "| --- | --- | ---: | --- | ---: | --- | --- |",
     ]
     for row in ROWS:
+        if row.section in OWN_TABLES:
+            continue
         ratio = f"{row.ratio:.2f}x" if row.ratio is not None else ""
         cells = [row.section, row.name, f"{row.value:,.0f}", row.unit, ratio, row.baseline]
         lines.append("| " + " | ".join([*cells, row.note]) + " |")

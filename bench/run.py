@@ -5,6 +5,9 @@ docs/throughput.png. Not part of `make test`: it measures, it asserts nothing, a
 quiet machine. Databases: a fresh PostgreSQL database on IDMANAGER_BENCH_PG (default
 127.0.0.1:5432) and a temporary SQLite file. Each figure is one run of a few seconds
 (IDMANAGER_BENCH_SECONDS, default 3) after a warm-up; the whole run takes a few minutes.
+Then the CPU per allocation of every path beside its raw statement, where it goes, and the
+lean own-transaction prototype (bench/cpu.py, ladder.py, lean.py; about 3 more minutes,
+IDMANAGER_BENCH_CPU=0 skips them).
 """
 
 from __future__ import annotations
@@ -19,10 +22,12 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import http_bench
 import report
+from internals import use_cases as use_cases_of
 from report import record
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
@@ -30,9 +35,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from idmanager import (
     BlockCache,
     IdGeneratorUtil,
-    IdManagerUseCases,
     SyncBlockCache,
-    SyncIdManagerUseCases,
     create_async_engine,
     create_engine,
     format_id,
@@ -137,9 +140,9 @@ async def own_transaction(url: str) -> dict[int, report.Row]:
             if hot:
                 hot_raw[clients] = base
             async with engine_of(url, clients) as engine:
-                use_cases = IdManagerUseCases(engine)
+                use_cases = use_cases_of(engine)
 
-                async def own(p: str, use_cases: IdManagerUseCases = use_cases) -> object:
+                async def own(p: str, use_cases: Any = use_cases) -> object:
                     return await use_cases.allocate(p)
 
                 record(
@@ -195,7 +198,7 @@ async def bulk(url: str) -> None:
     naive = time.perf_counter() - start
     base = record("pg", "naive per-ID formatting of 1,000,000 IDs (ms)", naive * 1000, "ms")
     async with engine_of(url, 2) as engine:
-        use_cases = IdManagerUseCases(engine)
+        use_cases = use_cases_of(engine)
         runs = []
         for _ in range(3):
             start = time.perf_counter()
@@ -208,7 +211,7 @@ async def block_cache(url: str) -> None:
     """The block cache in one process, no HTTP: asyncio tasks, then threads."""
     print("PostgreSQL: block cache, one process (IDs/s)")
     async with engine_of(url, 4) as engine:
-        use_cases = IdManagerUseCases(engine)
+        use_cases = use_cases_of(engine)
         base = record(
             "pg",
             "library, own transaction, hot prefix, 1 client (for scale)",
@@ -228,7 +231,7 @@ async def block_cache(url: str) -> None:
             )
         await cache.close()
     sync_engine = create_engine(url, pool_size=4)
-    sync_cache = SyncBlockCache(SyncIdManagerUseCases(sync_engine).run)
+    sync_cache = SyncBlockCache(use_cases_of(sync_engine).run)
     for threads in (1, 4):
         record(
             "pg",
@@ -377,7 +380,7 @@ def sqlite_runs() -> None:
         "sqlite", "raw sqlite3 autocommit upsert", done / (time.perf_counter() - start), "IDs/s"
     )
     engine = create_engine(f"sqlite:///{path}")
-    use_cases = SyncIdManagerUseCases(engine)
+    use_cases = use_cases_of(engine)
     p, done, stop = prefix(), 0, time.perf_counter() + SECONDS
     start = time.perf_counter()
     while time.perf_counter() < stop:
@@ -417,12 +420,61 @@ def orm_runs() -> None:
     record("orm", f"{name}, by hand on raw asyncpg, at commit", figures.by_hand, "docs/s")
 
 
+def cpu_runs() -> None:
+    """bench/cpu.py, ladder.py, lean.py: CPU per allocation, where it goes, the lean path."""
+    try:
+        # Written beside this file; a failure there must not lose the rest.
+        import cpu
+        import ladder
+        import lean
+
+        rows = asyncio.run(cpu.run(PG))
+        ladders = _ladders()
+        figures = lean.run(PG)
+    except Exception as exc:
+        print(f"  bench/cpu.py, ladder.py or lean.py failed: {type(exc).__name__}: {exc}")
+        report.NOTES["cpu"] = f"The CPU benchmarks failed: {type(exc).__name__}."
+        return
+    for where, path, cost, _base in rows:
+        record("cpu", f"{path.group}: {path.name}, {where}", cost.client_us, "µs", show=False)
+    report.SECTIONS.append(("CPU per allocation", [cpu.NOTE, "", *cpu.markdown(rows)]))
+    report.SECTIONS.append(
+        ("Where the CPU goes: one layer at a time", [ladder.NOTE, "", *ladder.markdown(ladders)])
+    )
+    kept: dict[str, report.Row] = {}
+    for f in figures:
+        base = kept.get(f.base.label) if f.base is not None else None
+        kept[f.label] = record("lean", f.label, f.ids_per_s, "IDs/s", base, show=False)
+    report.SECTIONS.append(
+        (
+            "The lean own-transaction prototype (bench/lean.py)",
+            [lean.NOTE, "", *lean.markdown(figures)],
+        )
+    )
+
+
+def _ladders() -> dict[str, list[tuple[str, Any]]]:
+    import cpu
+    import ladder
+
+    env, database, cleanup = cpu.fresh_databases(PG)
+    clock = cpu.clock_for(PG, database)
+    try:
+        return asyncio.run(ladder.climb_all(list(ladder.LADDERS), env, clock))
+    finally:
+        if clock is not None:
+            clock.close()
+        cleanup()
+
+
 def main() -> None:
     started = time.perf_counter()
     report.start()
     asyncio.run(postgres())
     orm_runs()
     sqlite_runs()
+    if os.environ.get("IDMANAGER_BENCH_CPU", "1") != "0":  # 0: skip the CPU benchmarks
+        cpu_runs()
     report.write(time.perf_counter() - started)
 
 
