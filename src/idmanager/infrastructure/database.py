@@ -1,12 +1,17 @@
-"""Engines: URL normalisation and the SQLite settings that let concurrent writers wait."""
+"""Engines: URL normalisation (multi-host PostgreSQL URLs included), and the settings of each
+backend: SQLite's that let concurrent writers wait, MySQL's that let one statement commit alone.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import sqlite3
+import weakref
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, quote
 
 from sqlalchemy import Engine, event
 from sqlalchemy import create_engine as sa_create_engine
@@ -15,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.ext.asyncio import create_async_engine as sa_create_async_engine
 
 from ..domain.errors import InvalidInputError
+from .errors import Failure, classify
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./idmanager.db"
 # SQLITE_READONLY, SQLITE_CANTOPEN (no write access to the folder for the WAL files).
@@ -23,10 +29,56 @@ SQLITE_BUSY_TIMEOUT_S = 30.0
 
 _ASYNC_DRIVERS = {"postgresql": "asyncpg", "sqlite": "aiosqlite", "mysql": "aiomysql"}
 _SYNC_DRIVERS = {"postgresql": "psycopg", "sqlite": "pysqlite", "mysql": "pymysql"}
+# MySQL dialects whose connections are in autocommit mode and begin transactions explicitly.
+_EXPLICIT_BEGIN: weakref.WeakSet[Any] = weakref.WeakSet()
+_ALONE = "idmanager_alone"  # execution option: each statement commits by itself
+
+# libpq's multi-host form, postgresql://user:password@h1:p1,h2:p2/db?...: the authority holds a
+# comma. User and password as SQLAlchemy reads them (a password may hold anything but "@").
+_LIBPQ_HOSTS = re.compile(
+    r"(?P<head>postgresql(?:\+\w+)?://(?:[^:/@]*(?::[^@]*)?@)?)"
+    r"(?P<hosts>[^/?#]*,[^/?#]*)(?P<path>/[^?#]*)?(?:\?(?P<query>[^#]*))?",
+    re.DOTALL,
+)
+_HOST = re.compile(r"(?:\[(?P<ipv6>[^\]]+)\]|(?P<name>[^:\[\]]+))(?::(?P<port>\d+))?")
+DEFAULT_PG_PORT = "5432"
+
+
+def _query_hosts(url: str) -> str:
+    """Rewrite libpq's ``@h1:p1,h2:p2/db`` as ``/db?host=h1,h2&port=p1,p2``.
+
+    SQLAlchemy reads the comma form as one host with the port ``p1,h2:p2`` (and fails); the
+    query form is libpq's own too, and both drivers' dialects accept it. A host without a port
+    gets PostgreSQL's default one (asyncpg needs a port for every host).
+    """
+    found = _LIBPQ_HOSTS.fullmatch(url)
+    if found is None:
+        return url
+    hosts, ports = [], []
+    for item in found["hosts"].split(","):
+        host = _HOST.fullmatch(item)
+        if host is None:
+            raise ValueError(f"Invalid host {item!r} in the database URL's host list")
+        hosts.append(host["ipv6"] or host["name"])
+        ports.append(host["port"] or DEFAULT_PG_PORT)
+    query = found["query"] or ""
+    if {name for name, _ in parse_qsl(query)} & {"host", "port"}:
+        raise ValueError("The database URL gives hosts both before the path and in its query")
+    listed = f"host={quote(','.join(hosts), safe=',:')}&port={','.join(ports)}"
+    return f"{found['head']}{found['path'] or '/'}?{f'{query}&' if query else ''}{listed}"
+
+
+def _hosts(url: URL) -> int:
+    """Return how many hosts a PostgreSQL URL names (its query's ``host`` lists included)."""
+    listed = url.query.get("host")
+    if listed is None:
+        return 1
+    names = [listed] if isinstance(listed, str) else list(listed)
+    return sum(len(name.split(",")) for name in names)
 
 
 def _url(url: str | URL, drivers: dict[str, str]) -> URL:
-    parsed = make_url(url)
+    parsed = make_url(_query_hosts(url) if isinstance(url, str) else url)
     backend = parsed.get_backend_name()
     if backend == "mariadb":
         backend = "mysql"
@@ -34,6 +86,14 @@ def _url(url: str | URL, drivers: dict[str, str]) -> URL:
         raise ValueError(
             f"Unsupported database {parsed.drivername!r}: use postgresql, sqlite or mysql/mariadb"
         )
+    if (
+        backend == "postgresql"
+        and _hosts(parsed) > 1
+        and "target_session_attrs" not in parsed.query
+    ):
+        # Several hosts are a primary and its standbys: connect to the one that takes writes.
+        # Without this, a standby listed first (or a failover) gets every allocation refused.
+        parsed = parsed.update_query_dict({"target_session_attrs": "read-write"})
     return parsed.set(drivername=f"{backend}+{drivers[backend]}")
 
 
@@ -82,11 +142,19 @@ def configure_sqlite(engine: Engine) -> None:
         conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
 
-def configure_mysql(engine: Engine) -> None:
-    """Make MySQL/MariaDB sessions write and read timestamps in UTC.
+def configure_mysql(engine: Engine, *, explicit_begin: bool = True) -> None:
+    """Make MySQL/MariaDB sessions write and read timestamps in UTC, and let one statement
+    commit by itself.
 
     Its ``DATETIME`` columns have no time zone and ``CURRENT_TIMESTAMP`` is in the session's
     zone (the server's by default); the repository reads them back as UTC.
+
+    With ``explicit_begin`` (the connections are opened in autocommit mode), transactions
+    start with an explicit BEGIN, and a connection of :func:`autocommit_view` runs each
+    statement alone, committed by the server. Switching a connection in and out of
+    autocommit through its isolation level would cost three round trips per use; this costs
+    none. A statement run alone is the one Galera may retry itself on a certification
+    conflict (``wsrep_retry_autocommit``).
     """
 
     @event.listens_for(engine, "connect")
@@ -95,19 +163,71 @@ def configure_mysql(engine: Engine) -> None:
         cursor.execute("SET time_zone = '+00:00'")
         cursor.close()
 
+    if not explicit_begin:
+        return
+    _EXPLICIT_BEGIN.add(engine.dialect)
 
-def _configure(engine: Engine) -> None:
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        options = conn.get_execution_options()
+        if options.get("isolation_level") == "AUTOCOMMIT":
+            return
+        if options.get(_ALONE):
+            # Back in autocommit mode if an isolation level set on this connection once
+            # turned it off (its reset does); it stays on otherwise.
+            dbapi_connection = conn.connection.dbapi_connection
+            if not dbapi_connection.get_autocommit():
+                dbapi_connection.autocommit(True)
+            return
+        conn.exec_driver_sql("BEGIN")
+
+
+def autocommit_view(engine: Engine) -> Engine | None:
+    """Return a view of ``engine`` whose statements commit themselves, where that is cheap.
+
+    A single statement is atomic by itself: run alone, it saves the BEGIN and COMMIT round
+    trips (and on Galera, the server retries it after a conflict). None for a MySQL engine
+    not made by :func:`create_engine`, whose connections would have to switch modes.
+    """
+    if engine.dialect.name in ("postgresql", "sqlite"):
+        return engine.execution_options(isolation_level="AUTOCOMMIT")
+    if engine.dialect in _EXPLICIT_BEGIN:
+        return engine.execution_options(**{_ALONE: True})
+    return None
+
+
+def drop_read_only_connections(engine: Engine) -> None:
+    """Drop a pooled connection that finds its server read-only (and the pool with it).
+
+    With several hosts, the server a connection was opened to may have become a standby, or
+    been fenced off, since; a new connection goes to the host that takes writes now.
+    """
+
+    @event.listens_for(engine, "handle_error")
+    def _on_error(context: Any) -> None:
+        if classify(context.original_exception) is Failure.READ_ONLY:
+            context.is_disconnect = True
+
+
+def _configure(engine: Engine, kwargs: dict[str, Any]) -> None:
     backend = engine.dialect.name
     if backend == "sqlite":
         configure_sqlite(engine)
     elif backend in ("mysql", "mariadb"):
-        configure_mysql(engine)
+        configure_mysql(engine, explicit_begin=kwargs.get("isolation_level") != "AUTOCOMMIT")
+    elif backend == "postgresql" and _hosts(engine.url) > 1:
+        drop_read_only_connections(engine)
 
 
 def _options(url: URL, kwargs: dict[str, Any]) -> dict[str, Any]:
-    if url.get_backend_name() == "sqlite":
+    backend = url.get_backend_name()
+    if backend == "sqlite":
         kwargs.setdefault("connect_args", {}).setdefault("timeout", SQLITE_BUSY_TIMEOUT_S)
         _prepare_sqlite_file(url)
+    elif backend == "mysql" and kwargs.get("isolation_level") != "AUTOCOMMIT":
+        # Opened in autocommit mode (the server's default: no round trip to set it);
+        # transactions begin explicitly (configure_mysql).
+        kwargs.setdefault("connect_args", {}).setdefault("autocommit", True)
     return kwargs
 
 
@@ -139,7 +259,7 @@ def create_engine(url: str | URL = DEFAULT_DATABASE_URL, **kwargs: Any) -> Engin
     """Create a sync engine for ``url`` (SQLite set up for concurrent writers, MySQL for UTC)."""
     parsed = sync_url(url)
     engine = sa_create_engine(parsed, **_options(parsed, kwargs))
-    _configure(engine)
+    _configure(engine, kwargs)
     return engine
 
 
@@ -147,5 +267,5 @@ def create_async_engine(url: str | URL = DEFAULT_DATABASE_URL, **kwargs: Any) ->
     """Create an async engine for ``url`` (SQLite set up for concurrent writers, MySQL for UTC)."""
     parsed = async_url(url)
     engine = sa_create_async_engine(parsed, **_options(parsed, kwargs))
-    _configure(engine.sync_engine)
+    _configure(engine.sync_engine, kwargs)
     return engine

@@ -199,14 +199,15 @@ _WATCHED: weakref.WeakSet[Any] = weakref.WeakSet()
 
 
 def watch_commit(connection: Connection) -> None:
-    """Translate the conflicts that end ``connection``'s current transaction, its commit's
-    included, from now until it ends.
+    """Translate the failures that end ``connection``'s current transaction, at any statement
+    or at its commit, from now until it ends.
 
     IdManager has worked in the caller's transaction, but the caller commits it, after
     IdManager's call has returned: a conflict found then (Galera certifies a transaction only
-    at commit, and aborts a local one that holds a row a replicated one needs) would reach the
-    caller as a raw driver error. It becomes a :class:`TransactionConflictError` (roll back,
-    run the transaction again); a connection lost at commit, a :class:`StorageError`.
+    at commit, and aborts a local one holding a row that a replicated one needs) would reach
+    the caller as a raw driver error. It becomes a :class:`TransactionConflictError` (roll
+    back, run the transaction again), and a lost connection a :class:`StorageError`, as
+    IdManager's own statements report them.
     """
     dialect = connection.dialect
     if dialect not in _WATCHED:
@@ -226,12 +227,12 @@ def _in_joined_transaction(context: Any) -> None:
         return
     exc = context.sqlalchemy_exception or context.original_exception
     failure = classify(exc)
-    if failure is Failure.CONFLICT:
-        raise as_domain_error(exc)
     if failure is Failure.UNAVAILABLE and context.statement is None:
-        # No statement: the commit (or rollback) itself.
+        # No statement: the commit (or the rollback) itself.
         name, line = type(_driver_error(exc)).__name__, _first_line(exc)
         raise StorageError(
             f"Database unavailable as the transaction ended; whether it was committed is "
             f"unknown, and no ID can be committed twice either way ({name}: {line})"
         )
+    if failure in (Failure.CONFLICT, Failure.UNAVAILABLE):
+        raise as_domain_error(exc)

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from sqlalchemy import Connection
 from sqlalchemy.engine import URL
 
 from ..domain.errors import StorageError
@@ -17,6 +18,8 @@ if TYPE_CHECKING:
     from alembic.config import Config
 
 MIGRATIONS = Path(__file__).with_name("migrations")
+# IdManager's own version table: the application sharing the database may use Alembic too.
+VERSION_TABLE = "idmanager_alembic_version"
 
 
 def alembic_config(url: str | URL | None = None) -> Config:
@@ -52,6 +55,17 @@ def migrate(url: str | URL | None = None, revision: str = "head") -> None:
             if attempt == _ATTEMPTS or not _lost_race(exc):
                 raise
         time.sleep(0.2 * attempt)
+
+
+def revisions(connection: Connection) -> tuple[str | None, str | None]:
+    """Return the revision the database is at (None: never migrated) and the newest one."""
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
+    with translate_errors():
+        context = MigrationContext.configure(connection, opts={"version_table": VERSION_TABLE})
+        current = context.get_current_revision()
+    return current, ScriptDirectory(str(MIGRATIONS)).get_current_head()
 
 
 # Replicas that start together migrate one database at once: all but one fail creating what

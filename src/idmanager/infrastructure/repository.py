@@ -48,7 +48,7 @@ from ..domain.repository import (
     StoredAudit,
     allocation_of,
 )
-from .errors import Failure, classify, translate_errors
+from .errors import Failure, classify, translate_errors, watch_commit
 from .models import IdempotencyModel, IdManagerAuditModel, IdManagerModel
 
 T = TypeVar("T")
@@ -113,8 +113,11 @@ def _statements(dialect: str) -> dict[str, Executable]:
     )
     statements: dict[str, Executable] = {"get": select(*_COLUMNS).where(*key)}
     if dialect in _MYSQL:
-        # No RETURNING on UPDATE: the write locks the row, then a locking read returns it.
-        statements["allocate"] = allocate
+        # No RETURNING on UPDATE: LAST_INSERT_ID(expr) hands the new last_value back in the
+        # statement's own reply (the driver's lastrowid), so the allocation is one statement.
+        statements["allocate"] = allocate.values(
+            last_value=func.last_insert_id(t.last_value + bindparam("count"))
+        )
         statements["get_for_update"] = select(*_COLUMNS).where(*key).with_for_update()
         return statements
     statements["allocate"] = allocate.returning(*_COLUMNS)
@@ -236,9 +239,11 @@ class IdManagerRepositoryImpl(IdManagerRepository):
         # Through the session's Connection: same transaction, without the ORM's per-statement
         # machinery, which a Core statement does not need.
         with translate_errors():
-            connection = (
-                self.session.connection() if isinstance(self.session, Session) else self.session
-            )
+            if isinstance(self.session, Session):
+                connection = self.session.connection()
+                watch_commit(connection)  # the session's owner commits, after we return
+            else:
+                connection = self.session
             return connection.execute(statement, params)
 
     def _named(self, name: str, params: dict[str, Any]) -> Any:
@@ -288,15 +293,21 @@ class IdManagerRepositoryImpl(IdManagerRepository):
         return _entity(row) if row is not None else None
 
     def _allocate_mysql(self, params: dict[str, Any]) -> IdManager | None:
-        # Two statements: MySQL has no RETURNING on UPDATE. The write locks the row until the
-        # transaction ends, so no other allocation can slip in before the read. The read
-        # must be a locking one (FOR UPDATE): a plain read under REPEATABLE READ sees the
-        # transaction's snapshot, which for a prefix deactivated after the snapshot shows it
-        # still active with an old last_value.
-        if self._named("allocate", params).rowcount == 0:
+        # One statement allocates; its reply carries the new last_value. A plain read then
+        # gives the rest of the row, the format above all, which no longer changes once the
+        # sequence has issued IDs. Plain is right alone and in a transaction: there it sees
+        # the row as this transaction's UPDATE left it. Only last_value may have moved since
+        # (other allocations, run alone), and it comes from the reply.
+        result = self._named("allocate", params)
+        if result.rowcount == 0:  # LAST_INSERT_ID(expr) was not evaluated: no value to read
             return None
-        row = self._named("get_for_update", params).first()
-        return _entity(row) if row is not None else None
+        last_value = result.lastrowid
+        row = self._named("get", params).first()
+        if row is None or not last_value:
+            raise StorageError("The sequence's row could not be read back after its allocation")
+        manager = _entity(row)
+        manager.last_value = last_value
+        return manager
 
     def insert(self, manager: IdManager) -> IdManager | None:
         values = _row(manager)

@@ -2,8 +2,11 @@
 
 Each call opens a session, runs the work on a repository bound to it and commits, so what it
 returns is permanent. A conflict with a concurrent transaction (a deadlock, a serialization or
-certification failure) rolled the work back entirely: it is run again, a bounded number of
-times with jittered backoff, since nothing of it was committed.
+certification failure, at a statement or at the commit) rolled the work back entirely: it is
+run again, a bounded number of times with jittered backoff, since nothing of it was committed.
+(A Galera node that drops out of its cluster during a commit may leave its outcome unknown:
+running the work again then costs at most a gap, never an ID twice.) Work of one statement
+runs alone where the engine allows it (:func:`.database.autocommit_view`).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from ..domain.errors import TransactionConflictError
 from ..domain.repository import AsyncTransactions, IdManagerRepository, Transactions
+from .database import autocommit_view
 from .errors import translate_errors
 from .repository import IdManagerRepositoryImpl
 
@@ -29,18 +33,6 @@ Work = Callable[[IdManagerRepository], T]
 CONFLICT_RETRIES = 5
 _BACKOFF_S = 0.005
 _MAX_BACKOFF_S = 0.25
-
-
-def _autocommit(engine: Engine) -> Engine | None:
-    """Return a view of ``engine`` whose statements commit themselves, where that is safe.
-
-    A single statement is atomic by itself on PostgreSQL and SQLite: run alone, it saves the
-    BEGIN and COMMIT round trips. MySQL's allocation needs two statements, so it keeps its
-    transaction.
-    """
-    if engine.dialect.name in ("postgresql", "sqlite"):
-        return engine.execution_options(isolation_level="AUTOCOMMIT")
-    return None
 
 
 def _backoff(attempt: int) -> float:
@@ -56,7 +48,7 @@ class SqlTransactions(Transactions):
         self.sessions = (
             bind if isinstance(bind, sessionmaker) else sessionmaker(bind, expire_on_commit=False)
         )
-        self.autocommit = _autocommit(bind) if isinstance(bind, Engine) else None
+        self.autocommit = autocommit_view(bind) if isinstance(bind, Engine) else None
         self.retries = retries
         self.conflicts_retried = 0
 
@@ -113,7 +105,7 @@ class AsyncSqlTransactions(AsyncTransactions):
             if isinstance(bind, async_sessionmaker)
             else async_sessionmaker(bind, expire_on_commit=False)
         )
-        autocommit = _autocommit(bind.sync_engine) if isinstance(bind, AsyncEngine) else None
+        autocommit = autocommit_view(bind.sync_engine) if isinstance(bind, AsyncEngine) else None
         self.autocommit = AsyncEngine(autocommit) if autocommit is not None else None
         self.retries = retries
         self.conflicts_retried = 0

@@ -12,9 +12,9 @@ from alembic import context
 from sqlalchemy import pool
 
 from idmanager.infrastructure.database import create_engine
+from idmanager.infrastructure.migrate import VERSION_TABLE
 from idmanager.infrastructure.models import Base
 
-VERSION_TABLE = "idmanager_alembic_version"
 config = context.config
 
 
@@ -34,7 +34,6 @@ def run_migrations() -> None:
             connection=connection,
             target_metadata=Base.metadata,
             render_as_batch=connection.dialect.name == "sqlite",
-            # A table of our own: the application sharing the database may use Alembic too.
             version_table=VERSION_TABLE,
         )
         with context.begin_transaction():
