@@ -1,0 +1,249 @@
+"""What an Idempotency-Key costs: allocation with and without a key, measured in the same run.
+
+Two pairs, each measured in alternating rounds (without, with, without, with, ...) so that a
+machine busy with other work slows both alike:
+
+- HTTP, own transaction, PostgreSQL, one uvicorn worker: ``POST /api/v1/prefixes/{p}/ids``
+  without the header, and with a new ``Idempotency-Key`` on every request (each one a first
+  request: the answer is stored, in the allocation's statement);
+- the library: ``IdManagerUseCases.allocate`` against ``allocate_once`` with a new key each.
+
+The figure is the cost ratio: the time of a keyed allocation over an unkeyed one (throughput
+without ÷ throughput with). The goal is 1.3 at most.
+
+From ``bench/run.py``: ``idempotency.measure(url)`` on a migrated PostgreSQL database,
+outside an event loop (from ``async def postgres()``: ``await asyncio.to_thread(
+idempotency.measure, url)``); it records its rows through ``report.record`` (section
+``idempotency``) and returns the pairs.
+Alone: ``python bench/idempotency.py`` makes a database on ``IDMANAGER_BENCH_PG`` and drops
+it afterwards. The load generator is this file again (``--load``), in a process of its own:
+raw asyncio streams, one prebuilt request per connection with only the key changing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+BENCH = Path(__file__).resolve().parent
+SECONDS = float(os.environ.get("IDMANAGER_BENCH_SECONDS", "3"))
+ROUNDS = 3  # alternating rounds per pair, SECONDS / ROUNDS each
+GOAL = 1.3
+HTTP_CLIENTS = (1, 32)
+LIBRARY_TASKS = (1, 8)
+HEADER = "Idempotency-Key"
+
+
+@dataclass(frozen=True)
+class Pair:
+    """One comparison: IDs per second without and with a key, measured in the same rounds."""
+
+    name: str
+    without: float
+    keyed: float
+
+    @property
+    def cost(self) -> float:
+        """How many times longer a keyed allocation takes (throughput without ÷ with)."""
+        return self.without / self.keyed
+
+
+def prefix() -> str:
+    return "BI" + uuid.uuid4().hex[:10].upper()
+
+
+async def _alternate(
+    rate: Callable[[bool, float], Awaitable[float]], seconds: float = SECONDS
+) -> tuple[float, float]:
+    """Run ``rate(keyed, seconds)`` in alternating rounds; return the median rates."""
+    await rate(False, 0.5)  # warm up: connections, plans, the prefix's row
+    await rate(True, 0.5)
+    without, keyed = [], []
+    for _ in range(ROUNDS):
+        without.append(await rate(False, seconds / ROUNDS))
+        keyed.append(await rate(True, seconds / ROUNDS))
+    return statistics.median(without), statistics.median(keyed)
+
+
+# -- the library ----------------------------------------------------------------------------------
+
+
+async def library(url: str, tasks: int) -> Pair:
+    """``allocate`` vs ``allocate_once`` (a new key per call), ``tasks`` tasks, hot prefix."""
+    import idmanager
+    from idmanager.domain.repository import Claim
+
+    engine = idmanager.create_async_engine(url, pool_size=tasks, max_overflow=0)
+    use_cases = idmanager.connect(engine)
+    hot = prefix()
+    await use_cases.allocate(hot)
+
+    async def rate(keyed: bool, seconds: float) -> float:
+        done = 0
+        stop = time.perf_counter() + seconds
+
+        async def task() -> None:
+            nonlocal done
+            while time.perf_counter() < stop:
+                if keyed:
+                    await use_cases.allocate_once(hot, 1, Claim("bench", uuid.uuid4().hex, "f"))
+                else:
+                    await use_cases.allocate(hot)
+                done += 1
+
+        began = time.perf_counter()
+        await asyncio.gather(*(task() for _ in range(tasks)))
+        return done / (time.perf_counter() - began)
+
+    try:
+        without, keyed = await _alternate(rate)
+    finally:
+        await engine.dispose()
+    return Pair(f"library, own transaction, hot prefix, {tasks} tasks", without, keyed)
+
+
+# -- HTTP -----------------------------------------------------------------------------------------
+
+
+def http(url: str, clients: tuple[int, ...] = HTTP_CLIENTS) -> list[Pair]:
+    """One uvicorn worker on ``url``; each client count measured without and with keys."""
+    import http_bench
+
+    pairs = []
+    with http_bench.Server(url, workers=1, block_cache=False) as server:
+        for n in clients:
+            path = f"{server.url}/api/v1/prefixes/{prefix()}/ids"
+
+            async def rate(keyed: bool, seconds: float, path: str = path, n: int = n) -> float:
+                return await asyncio.to_thread(drive, path, n, seconds, keyed, http_bench.KEY)
+
+            without, keyed = asyncio.run(_alternate(rate))
+            name = f"HTTP, own transaction, hot prefix, 1 worker, {n} clients"
+            pairs.append(Pair(name, without, keyed))
+    return pairs
+
+
+def drive(url: str, connections: int, seconds: float, keyed: bool, api_key: str) -> float:
+    """Run the load generator (this file, ``--load``) in its own process; return requests/s."""
+    command = [sys.executable, __file__, "--load", url, str(connections), str(seconds)]
+    command += ["keyed" if keyed else "plain", api_key]
+    done = subprocess.run(command, capture_output=True, text=True, check=True, timeout=seconds + 60)
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    if result["errors"]:
+        print(f"  ({result['errors']} failed requests)", flush=True)
+    return float(result["requests"]) / float(result["seconds"])
+
+
+async def _connection(
+    host: str, port: int, head: bytes, keyed: bool, stop: float, out: list[int]
+) -> None:
+    reader, writer = await asyncio.open_connection(host, port)
+    stem = uuid.uuid4().hex
+    n = 0
+    try:
+        while time.perf_counter() < stop:
+            n += 1
+            key = f"{HEADER}: {stem}-{n}\r\n".encode() if keyed else b""
+            writer.write(head + key + b"\r\n")
+            status = await reader.readline()
+            length = 0
+            while (line := await reader.readline()) not in (b"\r\n", b""):
+                name, _, value = line.partition(b":")
+                if name.strip().lower() == b"content-length":
+                    length = int(value)
+            await reader.readexactly(length)
+            out[0 if status.split(b" ", 2)[1] == b"201" else 1] += 1
+    finally:
+        writer.close()
+
+
+async def _load(url: str, connections: int, seconds: float, keyed: bool, api_key: str) -> None:
+    parts = urlsplit(url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 80
+    lines = [
+        f"POST {parts.path} HTTP/1.1",
+        f"Host: {host}:{port}",
+        "Content-Length: 0",
+        f"Authorization: Bearer {api_key}",
+    ]
+    head = ("\r\n".join(lines) + "\r\n").encode()
+    out = [0, 0]
+    began = time.perf_counter()
+    stop = began + seconds
+    await asyncio.gather(
+        *(_connection(host, port, head, keyed, stop, out) for _ in range(connections))
+    )
+    elapsed = time.perf_counter() - began
+    print(json.dumps({"requests": out[0], "seconds": elapsed, "errors": out[1]}))
+
+
+# -- the whole measurement ------------------------------------------------------------------------
+
+
+def measure(url: str) -> list[Pair]:
+    """Measure every pair on the migrated PostgreSQL database ``url``; record and print them.
+
+    Each pair becomes two rows of ``report`` (section ``idempotency``, unit IDs/s): the
+    figure without a key, and the one with a key whose ratio to it is the keyed throughput
+    as a fraction of the unkeyed; the cost ratio (the goal's figure) is its inverse, printed
+    and kept in the row's note.
+    """
+    import report
+
+    print("Idempotency-Key: allocation without and with a key, PostgreSQL (IDs/s)", flush=True)
+    pairs = [asyncio.run(library(url, tasks)) for tasks in LIBRARY_TASKS] + http(url)
+    for pair in pairs:
+        base = report.record("idempotency", f"{pair.name}, without a key", pair.without, "IDs/s")
+        met = "met" if pair.cost <= GOAL else "not met"
+        note = f"a keyed allocation costs {pair.cost:.2f}x an unkeyed one (goal ≤ {GOAL}x: {met})"
+        keyed = f"{pair.name}, with an Idempotency-Key"
+        report.record("idempotency", keyed, pair.keyed, "IDs/s", base, note=note)
+    return pairs
+
+
+def main() -> None:
+    import asyncpg
+
+    import idmanager
+
+    server = os.environ.get("IDMANAGER_BENCH_PG", "postgresql://postgres@127.0.0.1:5432")
+    name = "idm_bench_idem_" + uuid.uuid4().hex[:8]
+
+    async def admin(sql: str) -> None:
+        connection = await asyncpg.connect(server + "/postgres")
+        try:
+            await connection.execute(sql)
+        finally:
+            await connection.close()
+
+    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
+    try:
+        url = f"{server}/{name}"
+        idmanager.migrate(url)
+        started = time.perf_counter()
+        pairs = measure(url)
+    finally:
+        asyncio.run(admin(f'DROP DATABASE "{name}" WITH (FORCE)'))
+    print(f"\n{'':<60} {'without':>9} {'with key':>9} {'cost':>6}")
+    for pair in pairs:
+        print(f"{pair.name:<60} {pair.without:>9,.0f} {pair.keyed:>9,.0f} {pair.cost:>5.2f}x")
+    print(f"load average {os.getloadavg()[0]:.2f}; {time.perf_counter() - started:.0f} s")
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["--load"]:
+        url, connections, seconds, mode, api_key = sys.argv[2:7]
+        asyncio.run(_load(url, int(connections), float(seconds), mode == "keyed", api_key))
+    else:
+        sys.path.insert(0, str(BENCH))
+        main()
