@@ -651,6 +651,17 @@ async def test_use_case_allocation_is_one_statement_committed_before_it_returns(
 # --- migrations and failures --------------------------------------------------------------------
 
 
+def _head() -> str:
+    """Return the newest migration's revision."""
+    from alembic.script import ScriptDirectory
+
+    from idmanager.infrastructure.migrate import alembic_config
+
+    head = ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
+    assert head is not None
+    return head
+
+
 @pytest.mark.parametrize("mode", ["sync"])
 async def test_migrate_is_idempotent(fresh_db: Db, prefix: str) -> None:
     await issue(fresh_db, prefix, 3)
@@ -659,7 +670,7 @@ async def test_migrate_is_idempotent(fresh_db: Db, prefix: str) -> None:
     with fresh_db.reader.connect() as connection:
         assert connection.execute(
             sa.text("SELECT version_num FROM idmanager_alembic_version")
-        ).all() == [("002",)]
+        ).all() == [(_head(),)]
     assert fresh_db.peek(prefix) == 3
     assert await issue(fresh_db, prefix) == [f"{prefix}-AAA0004"]
 
@@ -711,7 +722,8 @@ async def test_an_unmigrated_database_says_to_run_migrate(
 
 
 UNREACHABLE = {
-    "sqlite": "sqlite:////nonexistent-directory/idmanager.db",
+    # A file SQLite cannot open (a folder): the database is there, and unusable.
+    "sqlite": "sqlite:////tmp",
     "postgresql": "postgresql://postgres@127.0.0.1:1/idmanager",
     "mariadb": "mysql://root@127.0.0.1:1/idmanager",
 }
@@ -739,6 +751,18 @@ async def test_an_unreachable_database_is_a_storage_error(
         await asyncio.sleep(0.05)
     with pytest.raises(StorageError, match="Database unavailable"):
         idmanager.migrate(UNREACHABLE[backend])
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_a_sqlite_database_in_a_missing_folder_is_refused_at_once(
+    backend: str, tmp_path: Any
+) -> None:
+    """Not an outage to wait out: a misspelt path, said at once, and nothing created."""
+    url = f"sqlite:///{tmp_path}/missing/ids.db"
+    for make in (idmanager.create_engine, idmanager.create_async_engine, idmanager.migrate):
+        with pytest.raises(idmanager.InvalidInputError, match="folder .*missing does not exist"):
+            make(url)
+    assert not (tmp_path / "missing").exists()
 
 
 @pytest.mark.parametrize("backend", ["mariadb"])

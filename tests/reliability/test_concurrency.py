@@ -309,7 +309,7 @@ def test_4_processes_migrating_one_database_at_once(backend: str, databases: Any
             version = connection.execute(
                 sa.text("SELECT version_num FROM idmanager_alembic_version")
             )
-            assert version.all() == [("002",)]
+            assert version.all() == [("003",)]
         assert IdGeneratorUtil.generate_id("MIG", engine) == "MIG-AAA0001"
     finally:
         engine.dispose()

@@ -141,15 +141,6 @@ class SyncIdManagerService:
 
     # -- allocation -------------------------------------------------------------------------
 
-    def allocate_existing(self, key: Key, count: int) -> IdRange | None:
-        """Allocate from an existing, active sequence in one statement; None otherwise.
-
-        The fast path of :meth:`generate_range`, for callers that run it alone.
-        """
-        check_count(count, self.options.max_count)
-        manager = self.repository.allocate(*key, count)
-        return manager.issued(count) if manager is not None else None
-
     def generate_range(
         self, prefix: str, count: int = 1, *, scope: str = "", on: date | None = None
     ) -> IdRange:

@@ -42,9 +42,17 @@ from .service import SyncIdManagerService, sequence_key
 T = TypeVar("T")
 Operation = Callable[[SyncIdManagerService], T]
 Work = Callable[[IdManagerRepository], Any]
-# A unit of work and whether it is one statement (which may then run without BEGIN/COMMIT).
-Step = tuple[Work, bool]
+# A call of the transactions: the name of the method and its arguments. "run" runs work in
+# a transaction; "allocate" and "allocate_remembering" make one atomic statement, which
+# storage may run as fast as it can (no transaction, the driver's prepared statement).
+Step = tuple[str, tuple[Any, ...]]
 Steps = Generator[Step, Any, T]
+
+
+def _run(work: Work) -> Step:
+    return "run", (work,)
+
+
 # A claim is tried again this often when its first holder rolled back while we waited.
 _CLAIM_ATTEMPTS = 3
 # Expired idempotency answers are deleted this many per transaction.
@@ -109,17 +117,14 @@ class _Steps:
         for _ in range(_CLAIM_ATTEMPTS):
             try:
                 if claim is None and single:
-                    ids = yield self._work(lambda s: s.allocate_existing(key, count)), True
-                    if ids is not None:
-                        return Once(ids, False)
-                elif single and self.transactions.claims_in_one_statement():
-                    manager = yield (
-                        lambda r: r.allocate_remembering(*key, count, cast(Claim, claim), 201),
-                        True,
-                    )
+                    manager = yield "allocate", (*key, count)
                     if manager is not None:
                         return Once(manager.issued(count), False)
-                created: IdRange = yield full, False
+                elif single and self.transactions.claims_in_one_statement():
+                    manager = yield "allocate_remembering", (*key, count, claim, 201)
+                    if manager is not None:
+                        return Once(manager.issued(count), False)
+                created: IdRange = yield _run(full)
                 return Once(created, False)
             except KeyAlreadyUsed:
                 stored = yield from _recall(cast(Claim, claim))
@@ -152,7 +157,7 @@ class _Steps:
 
         for _ in range(_CLAIM_ATTEMPTS):
             try:
-                result: T = yield work, False
+                result: T = yield _run(work)
                 return Once(result, False)
             except KeyAlreadyUsed:
                 stored = yield from _recall(claim)
@@ -181,7 +186,7 @@ def _recall(claim: Claim) -> Generator[Step, Any, Remembered | None]:
     None: the request that held the key rolled back meanwhile (or its answer expired): the
     claim may be tried again.
     """
-    stored: Remembered | None = yield (lambda r: r.recall(claim.owner, claim.key)), False
+    stored: Remembered | None = yield _run(lambda r: r.recall(claim.owner, claim.key))
     if stored is not None and stored.fingerprint != claim.fingerprint:
         raise IdempotencyKeyReusedError(
             "This Idempotency-Key was used with another request; a key names one request: "
@@ -280,11 +285,10 @@ class SyncIdManagerUseCases(_Steps):
         thrown: Exception | None = None
         try:
             while True:
-                work, single = steps.throw(thrown) if thrown is not None else steps.send(result)
+                name, args = steps.throw(thrown) if thrown is not None else steps.send(result)
                 thrown = None
-                run = self.transactions.run_single if single else self.transactions.run
                 try:
-                    result = run(work)
+                    result = getattr(self.transactions, name)(*args)
                 except Exception as exc:  # the steps may answer it (a key already used)
                     thrown = exc
         except StopIteration as done:
@@ -365,11 +369,10 @@ class IdManagerUseCases(_Steps):
         thrown: Exception | None = None
         try:
             while True:
-                work, single = steps.throw(thrown) if thrown is not None else steps.send(result)
+                name, args = steps.throw(thrown) if thrown is not None else steps.send(result)
                 thrown = None
-                run = self.transactions.run_single if single else self.transactions.run
                 try:
-                    result = await run(work)
+                    result = await getattr(self.transactions, name)(*args)
                 except Exception as exc:  # the steps may answer it (a key already used)
                     thrown = exc
         except StopIteration as done:

@@ -287,6 +287,19 @@ class Transactions(ABC):
         """
         return self.run(work)
 
+    def allocate(self, scope: str, prefix: str, count: int) -> IdManager | None:
+        """Allocate from an existing, active sequence, committed (:meth:`IdManagerRepository.
+        allocate` on its own): the hot path, which storage may run as lean as it can."""
+        return self.run_single(lambda r: r.allocate(scope, prefix, count))
+
+    def allocate_remembering(
+        self, scope: str, prefix: str, count: int, claim: Claim, status: int
+    ) -> IdManager | None:
+        """As :meth:`IdManagerRepository.allocate_remembering`, committed."""
+        return self.run_single(
+            lambda r: r.allocate_remembering(scope, prefix, count, claim, status)
+        )
+
 
 class AsyncTransactions(ABC):
     """:class:`Transactions` for asyncio: the work itself stays synchronous."""
@@ -304,3 +317,15 @@ class AsyncTransactions(ABC):
     async def run_single(self, work: Callable[[IdManagerRepository], T]) -> T:
         """Run ``work``, which makes one statement, committed before returning."""
         return await self.run(work)
+
+    async def allocate(self, scope: str, prefix: str, count: int) -> IdManager | None:
+        """Allocate from an existing, active sequence, committed: the hot path."""
+        return await self.run_single(lambda r: r.allocate(scope, prefix, count))
+
+    async def allocate_remembering(
+        self, scope: str, prefix: str, count: int, claim: Claim, status: int
+    ) -> IdManager | None:
+        """As :meth:`IdManagerRepository.allocate_remembering`, committed."""
+        return await self.run_single(
+            lambda r: r.allocate_remembering(scope, prefix, count, claim, status)
+        )
