@@ -760,7 +760,7 @@ def test_a_sqlite_database_in_a_missing_folder_is_refused_at_once(
     """Not an outage to wait out: a misspelt path, said at once, and nothing created."""
     url = f"sqlite:///{tmp_path}/missing/ids.db"
     for make in (idmanager.create_engine, idmanager.create_async_engine, idmanager.migrate):
-        with pytest.raises(idmanager.InvalidInputError, match="folder .*missing does not exist"):
+        with pytest.raises(idmanager.InvalidInputError, match=r"folder .*missing does not exist"):
             make(url)
     assert not (tmp_path / "missing").exists()
 
