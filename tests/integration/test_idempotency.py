@@ -154,6 +154,9 @@ async def test_the_same_key_with_another_request_is_refused(
         with pytest.raises(IdempotencyKeyReusedError, match="another request"):
             await use_cases.allocate_once(prefix, 3, claim(prefix, "k-1", "three IDs"))
         assert last_value(url, prefix) == 2
+        # Keys are compared exactly (MySQL's default collation would not tell these apart).
+        other_case = await use_cases.allocate_once(prefix, 3, claim(prefix, "K-1", "three IDs"))
+        assert not other_case.replayed and last_value(url, prefix) == 5
         # At the same time: one of the two requests wins the key, the other is refused.
         racing = [
             use_cases.allocate_once(prefix, n, claim(prefix, "k-2", f"{n} IDs")) for n in (1, 5) * 5
@@ -166,7 +169,7 @@ async def test_the_same_key_with_another_request_is_refused(
     refused = [r for r in results if isinstance(r, IdempotencyKeyReusedError)]
     assert len(won) == 5 and len(refused) == 5, results
     winner = check_once(won, won[0].value.size)
-    assert last_value(url, prefix) == 2 + winner.size
+    assert last_value(url, prefix) == 5 + winner.size
 
 
 # -- a first attempt rolled back, or still in flight ---------------------------------------------
