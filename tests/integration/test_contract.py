@@ -399,6 +399,29 @@ async def test_get_all_prefixes_lists_a_scope_in_order(db: Db, scope: str) -> No
     assert HEALTH not in {m.prefix for m in anywhere}
 
 
+async def test_scope_patterns_cut_lists_and_the_audit_trail(db: Db, prefix: str) -> None:
+    """A key bound to ``shop-*|acme`` sees those scopes only: the patterns are in the query.
+
+    ``_`` and ``%`` in a scope are no wildcards; ``?`` is one character.
+    """
+    tag = prefix[-6:].lower()
+    scopes = [f"shop-{tag}-1", f"shop-{tag}-2", f"acme{tag}", f"acme{tag}x", f"shop_{tag}"]
+    async with db.session(actor="ops") as h:
+        for scope in scopes:
+            await h.service.generate_id(prefix, scope=scope)
+        await h.commit()
+    patterns = (f"shop-{tag}-*", f"acme{tag}", f"shop?{tag}")
+    async with db.session() as h:
+        listed = await h.service.get_all_prefixes(scopes=patterns, limit=1000)
+        page = await h.service.list_audit(prefix=prefix, scopes=patterns)
+    seen = sorted(m.scope for m in listed if m.prefix == prefix)
+    assert seen == sorted([f"shop-{tag}-1", f"shop-{tag}-2", f"acme{tag}", f"shop_{tag}"])
+    assert sorted(r.scope for r in page.items) == seen
+    async with db.session() as h:
+        escaped = await h.service.get_all_prefixes(scopes=(f"shop_{tag}",), limit=1000)
+    assert [m.scope for m in escaped if m.prefix == prefix] == [f"shop_{tag}"]
+
+
 async def test_get_prefix_stats(db: Db, prefix: str) -> None:
     async with db.session() as h:
         unknown = await h.service.get_prefix_stats(prefix)
