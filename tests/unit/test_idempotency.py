@@ -417,6 +417,16 @@ async def test_http_a_dry_run_ignores_the_key(api: Running) -> None:
     assert ignored.status_code == 409  # a dry run of a backwards reset: the key plays no part
 
 
+async def test_http_a_replay_is_not_counted_as_allocated_ids(api: Running) -> None:
+    """idmanager_ids_allocated_total counts IDs allocated: a replay allocates none."""
+    for _ in range(3):
+        await api.post_ids("MTR", "k-1", count=2)
+    metrics = await api.http.get("/metrics", headers=api.keys.header("read"))
+    total = 'idmanager_ids_allocated_total{prefix="MTR"}'  # the app is shared: one prefix
+    counted = [line for line in metrics.text.splitlines() if line.startswith(total)]
+    assert counted == [f"{total} 2.0"], counted
+
+
 async def test_http_the_header_is_documented_on_every_changing_route(api: Running) -> None:
     spec = (await api.http.get("/openapi.json")).json()
     for path, method in [
