@@ -19,7 +19,9 @@ New objects whose numbered column is None get their number when the session flus
 allocation per ``(scope, prefix)`` per flush, however many objects), or with ``at_commit=True``
 in the session's last step before commit. Either way the allocation joins the session's
 transaction: committed numbers have no gaps, and the numbers of objects whose transaction rolls
-back are taken back from them and handed out again.
+back are taken back from them and handed out again. A transaction that took numbers and then
+loses a conflict, at any statement or in ``commit()`` (Galera certifies there), raises
+``TransactionConflictError``: roll it back and run it again.
 """
 
 from __future__ import annotations

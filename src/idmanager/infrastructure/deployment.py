@@ -32,7 +32,7 @@ MOUNTS = Path("/proc/mounts")
 class Standby:
     """A standby streaming from a PostgreSQL primary (``pg_stat_replication``)."""
 
-    name: str
+    name: str  # application_name
     state: str | None  # streaming, catchup …; None: hidden from this user
     sync_state: str | None  # sync, quorum, potential, async; None: hidden
 
@@ -137,9 +137,9 @@ def _postgres_facts(connection: Connection) -> PostgresFacts:
         "SELECT application_name, state, sync_state FROM pg_stat_replication "
         "ORDER BY application_name"
     ).all()
-    return PostgresFacts(
-        bool(in_recovery), str(commit), str(names), tuple(Standby(*row) for row in standbys)
-    )
+    # Without pg_read_all_stats (pg_monitor has it) every column but the pid reads NULL.
+    found = tuple(Standby(name or "(hidden)", state, sync) for name, state, sync in standbys)
+    return PostgresFacts(bool(in_recovery), str(commit), str(names), found)
 
 
 def _mysql_facts(connection: Connection) -> MysqlFacts:
