@@ -26,6 +26,8 @@ def galera() -> Iterator[GaleraCluster]:
         yield cluster
     finally:
         cluster.destroy()
+    # Nothing left behind: no node running, no folder.
+    assert not any(node.alive() for node in cluster.nodes) and not cluster.root.exists()
 
 
 def _pg_pair(synchronous: bool) -> Iterator[PgReplicatedPair]:
@@ -35,6 +37,7 @@ def _pg_pair(synchronous: bool) -> Iterator[PgReplicatedPair]:
         yield pair
     finally:
         pair.destroy()
+    assert not pair.primary.root.exists() and not pair.standby.root.exists()
 
 
 @pytest.fixture

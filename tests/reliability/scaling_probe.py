@@ -1,4 +1,4 @@
-"""Measure IdManager, as it is, on replicated clusters: the facts behind docs/scaling-findings.md.
+"""Measure IdManager on replicated clusters: the facts behind docs/scaling.md, in more detail.
 
 Not a test: a probe that starts the throwaway clusters of :mod:`clusters`, runs loads
 (:mod:`scaling_load`, one process per node or per client) while it kills, isolates or fails

@@ -87,7 +87,7 @@ def test_one_synchronous_standby_among_asynchronous_ones_is_a_condition() -> Non
     facts = _pg(standbys=(SYNC, ASYNC))
     assert diagnose(facts).holds
     assert _statuses(facts)["replication"] is Status.WARN
-    assert "promote only standby standby" in _message(facts, "replication")
+    assert "promote only standby 'standby'" in _message(facts, "replication")
 
 
 def test_remote_write_holds_with_a_warning() -> None:

@@ -17,7 +17,7 @@ from .deployment import Facts, GaleraFacts, MysqlFacts, PostgresFacts, SqliteFac
 # Measured by tests/reliability/test_replication.py on a throwaway primary and standby.
 ASYNC_MEASURE = (
     "measured: with the standby 2 s behind, a failover issued again every ID acknowledged in "
-    "those 2 s, hundreds of them"
+    "those 2 s, hundreds to thousands of them"
 )
 # Network and user-space file systems: SQLite's locks there may not exclude another writer.
 NETWORK_FILE_SYSTEMS = frozenset(
@@ -143,7 +143,7 @@ def _replication(facts: PostgresFacts) -> Check:
 
 
 def _names(names: list[str]) -> str:
-    shown = ", ".join(names) or "the standby"
+    shown = ", ".join(repr(name) for name in names)
     return f"standby {shown}" if len(names) == 1 else f"standbys {shown}"
 
 
