@@ -183,6 +183,7 @@ async def allocate_ids(
     # Read here, not as a parameter: the hot route solves as little as it can.
     key = request.headers.get(idempotency.HEADER)
     headers = None
+    replayed = False
     if key is None:
         name, ids = await allocator.allocate(prefix, count, scope, day, principal.actor, create)
     else:
@@ -191,9 +192,11 @@ async def allocate_ids(
         once = await allocator.allocate_once(
             prefix, count, scope, day, principal.actor, create, claim
         )
-        (name, ids), headers = once.value, _replayed(once.replayed)
-    metrics: Metrics = state.metrics
-    metrics.allocated(prefix, name, count, time.perf_counter() - started)
+        (name, ids), replayed = once.value, once.replayed
+        headers = _replayed(replayed)
+    if not replayed:  # a replay allocated nothing
+        metrics: Metrics = state.metrics
+        metrics.allocated(prefix, name, count, time.perf_counter() - started)
     if count > STREAM_ABOVE and isinstance(ids, IdRange):
         body = _ids_body(name, ids.chunks(), count)
         return StreamingResponse(
