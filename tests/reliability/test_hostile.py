@@ -2,6 +2,9 @@
 
 Each request must come back 4xx as ``application/problem+json``, reveal no internals, and
 change nothing: the tables, their row counts and every sequence are checked after each one.
+Then the floods and slow clients of issue 12: a chunked body with no key, redirects built
+from the Host header, floods of /health and /metrics, thousands of spellings of a prefix under
+the block cache, and connections that send their headers slowly or not at all.
 
 Covered elsewhere, not repeated here: hostile *prefixes* in every route, hostile counts and
 JSON bodies (``tests/e2e/test_http_errors.py``); the hypothesis fuzz of prefix validation and
@@ -12,8 +15,15 @@ schemathesis over the OpenAPI document in positive *and* negative mode, with eve
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import re
+import select
 import socket
+import sys
+import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +34,7 @@ import pytest
 import sqlalchemy as sa
 
 import idmanager
+from idmanager import format_id, parse_id
 
 from .http_load import PROBLEM, Keys, ServerProcess, assert_problem, record, server_env
 
@@ -222,15 +233,18 @@ def test_oversize_requests_are_refused_before_the_application(
     token = keys.admin.encode()
     raw = {
         "request line 200 KB": b"POST /api/v1/prefixes/" + b"A" * 200_000 + b"/ids HTTP/1.1\r\n"
-        b"Host: x\r\nAuthorization: Bearer " + token + b"\r\nContent-Length: 0\r\n\r\n",
-        "header 200 KB": b"GET /api/v1/prefixes HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+        b"Host: 127.0.0.1\r\nAuthorization: Bearer " + token + b"\r\nContent-Length: 0\r\n\r\n",
+        "header 200 KB": b"GET /api/v1/prefixes HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        + b"Authorization: Bearer "
         + b"k" * 200_000
         + b"\r\n\r\n",
-        "5,000 headers": b"GET /api/v1/prefixes HTTP/1.1\r\nHost: x\r\n"
+        "5,000 headers": b"GET /api/v1/prefixes HTTP/1.1\r\nHost: 127.0.0.1\r\n"
         + b"".join(b"X-H%d: v\r\n" % i for i in range(5000))
         + b"\r\n",
-        "body shorter than its length": b"PUT /api/v1/prefixes/FRESH HTTP/1.1\r\nHost: x\r\n"
-        b"Authorization: Bearer " + token + b"\r\nContent-Type: application/json\r\n"
+        "body shorter than its length": b"PUT /api/v1/prefixes/FRESH HTTP/1.1\r\n"
+        b"Host: 127.0.0.1\r\nAuthorization: Bearer "
+        + token
+        + b"\r\nContent-Type: application/json\r\n"
         b"Content-Length: 10000000000\r\n\r\n{",
         "not HTTP": b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"\x00" * 100 + b"\r\n\r\n",
     }
@@ -285,3 +299,485 @@ def test_the_log_stays_readable(hostile: tuple[ServerProcess, Keys, sa.Engine]) 
     assert "\x1b[31m" not in log and "\r\nSet-Cookie" not in log
     assert "Traceback" not in log, log[-3000:]
     assert Path(server.log_path).stat().st_size < 5_000_000, "the log echoes oversize input"
+
+
+# --- issue 12: what a hostile caller could still do -------------------------------------------
+#
+# Each test below is a row of the issue's table, against a real server; the in-process
+# breadth of the same checks is tests/unit/test_security_edges.py.
+
+
+def rss_mb(server: ServerProcess) -> float:
+    """Return the resident memory of the server process, in MB."""
+    assert server.process is not None
+    status = Path(f"/proc/{server.process.pid}/status").read_text()
+    found = re.search(r"VmRSS:\s+(\d+) kB", status)
+    assert found, status
+    return int(found.group(1)) / 1024
+
+
+# Row 1: a chunked body (no Content-Length) and no key.
+
+
+def test_a_chunked_body_without_a_key_is_cut_at_the_limit(
+    hostile: tuple[ServerProcess, Keys, sa.Engine],
+) -> None:
+    """The issue's 800 MiB took the server to 2.6 GB before its 401; now 413 at 64 KiB."""
+    server, _, engine = hostile
+    before, memory_before = snapshot(engine), rss_mb(server)
+    offered = 100 * 2**20
+    began = time.monotonic()
+    sent, answer = _stream_chunked(server.port, "/api/v1/prefixes/FRESH", offered)
+    took = time.monotonic() - began
+    memory_after = rss_mb(server)
+    record(
+        "chunked body without a key",
+        {
+            "offered_bytes": offered,
+            "sent_before_the_answer": sent,
+            "answer": answer.split(b"\r\n", 1)[0].decode(errors="replace"),
+            "seconds": round(took, 2),
+            "server_rss_mb_before_after": [round(memory_before, 1), round(memory_after, 1)],
+        },
+    )
+    assert answer.startswith(b"HTTP/1.1 413 "), answer[:300]
+    assert b"body-too-large" in answer and b"connection: close" in answer.lower()
+    # What the kernel's buffers took before the server hung up; it read 64 KiB of it.
+    assert sent < 16 * 2**20, sent
+    assert memory_after - memory_before < 20, (memory_before, memory_after)
+    assert snapshot(engine) == before
+
+
+def _stream_chunked(port: int, path: str, offered: int) -> tuple[int, bytes]:
+    """Send a chunked PUT of up to ``offered`` bytes, no key; return what was sent before the
+    server answered (or hung up), and its answer."""
+    head = (
+        f"PUT {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        "Transfer-Encoding: chunked\r\n\r\n"
+    ).encode()
+    piece = b"10000\r\n" + b"{" + b" " * (2**16 - 1) + b"\r\n"  # chunks of 64 KiB
+    sent, answer = 0, b""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(head)
+        sock.setblocking(False)
+        pending = memoryview(piece)
+        deadline = time.monotonic() + 30
+        while sent < offered and time.monotonic() < deadline:
+            readable, writable, _ = select.select([sock], [sock], [], 1)
+            if readable:
+                break
+            if writable:
+                try:
+                    done = sock.send(pending)
+                except (BrokenPipeError, ConnectionResetError):
+                    break
+                sent += done
+                pending = pending[done:] or memoryview(piece)
+        sock.setblocking(True)
+        sock.settimeout(5)
+        with contextlib.suppress(OSError):
+            while chunk := sock.recv(65536):
+                answer += chunk
+    return sent, answer
+
+
+# Row 11: no redirect built from the Host header.
+
+
+def test_no_redirect_is_built_from_the_host_header(
+    hostile: tuple[ServerProcess, Keys, sa.Engine],
+) -> None:
+    server, keys, engine = hostile
+    before = snapshot(engine)
+    answers = {}
+    with httpx.Client(base_url=server.url, timeout=10) as client:
+        for host in ("evil.example", f"127.0.0.1:{server.port}"):
+            for path in ("/api/v1/prefixes/LEGIT/ids/", "/api/v1/prefixes/", "/docs/"):
+                method = "POST" if path.endswith("ids/") else "GET"
+                response = client.request(
+                    method, path, headers={**keys.header("admin"), "Host": host}
+                )
+                answers[f"{method} {path} Host {host.split(':')[0]}"] = response.status_code
+                assert not 300 <= response.status_code < 400, (host, path, response.headers)
+                assert "location" not in response.headers
+                assert "evil.example/" not in response.text
+    record("no redirect from the Host header", answers)
+    assert snapshot(engine) == before
+
+
+# Rows 3 and 8: floods of /health and /metrics do not take the pool or stall allocations.
+
+
+@pytest.fixture(scope="module")
+def busy(
+    databases: Any, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[ServerProcess, Keys, str]]:
+    """A server on PostgreSQL with a pool of 4 connections, and a registered FLOOD prefix."""
+    keys = Keys()
+    url = databases.create("postgresql")
+    server = ServerProcess("busy", server_env(url, keys), tmp_path_factory.mktemp("busy"))
+    server.start()
+    admin = keys.header("admin")
+    assert httpx.post(f"{server.url}/api/v1/prefixes/FLOOD/ids", headers=admin).is_success
+    try:
+        yield server, keys, url
+    finally:
+        server.stop()
+
+
+def _latencies(url: str, headers: dict[str, str], seconds: float) -> list[float]:
+    """Allocate one ID at a time for ``seconds``; return each request's latency."""
+    found = []
+    deadline = time.monotonic() + seconds
+    with httpx.Client(base_url=url, headers=headers, timeout=30) as client:
+        while time.monotonic() < deadline:
+            began = time.monotonic()
+            response = client.post("/api/v1/prefixes/FLOOD/ids")
+            found.append(time.monotonic() - began)
+            assert response.status_code == 201, response.text
+    return found
+
+
+def _figures(latencies: list[float]) -> dict[str, float]:
+    ordered = sorted(latencies)
+    return {
+        "allocations": len(ordered),
+        "p50_s": round(ordered[len(ordered) // 2], 3),
+        "p95_s": round(ordered[int(len(ordered) * 0.95)], 3),
+        "max_s": round(ordered[-1], 3),
+    }
+
+
+class Flood:
+    """``concurrency`` requests to ``path`` kept in flight at once, until stopped."""
+
+    def __init__(self, url: str, path: str, concurrency: int, headers: dict[str, str]) -> None:
+        self.url, self.path, self.concurrency, self.headers = url, path, concurrency, headers
+        self.statuses: Counter[int] = Counter()
+        self.errors: Counter[str] = Counter()
+        self.bodies: list[bytes] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
+
+    def __enter__(self) -> Flood:
+        self._thread.start()
+        time.sleep(0.3)  # in full flow before anything is measured
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join(60)
+        assert not self._thread.is_alive(), "the flood did not stop"
+
+    async def _run(self) -> None:
+        limits = httpx.Limits(max_connections=self.concurrency)
+        async with httpx.AsyncClient(
+            base_url=self.url, headers=self.headers, timeout=60, limits=limits
+        ) as client:
+
+            async def loop() -> None:
+                while not self._stop.is_set():
+                    try:
+                        response = await client.get(self.path)
+                    except httpx.TransportError as exc:
+                        # A keep-alive connection the server closed as it was reused: the
+                        # client's race, not the server's answer. Counted, and on with it.
+                        self.errors[type(exc).__name__] += 1
+                        continue
+                    self.statuses[response.status_code] += 1
+                    if len(self.bodies) < 5000:
+                        self.bodies.append(response.content)
+
+            await asyncio.gather(*(loop() for _ in range(self.concurrency)))
+
+
+def _inserts(url: str) -> int:
+    """Return the rows ever inserted into id_managers, rolled back or not: the id sequence.
+
+    Each health probe inserts a row of its own and rolls it back (the sequence still moves);
+    an allocation of an existing prefix is an UPDATE.
+    """
+    query = "SELECT last_value FROM id_managers_id_seq"
+    engine = idmanager.create_engine(url, poolclass=sa.pool.NullPool)
+    with engine.connect() as connection:
+        value = int(connection.execute(sa.text(query)).scalar_one())
+    engine.dispose()
+    return value
+
+
+def test_a_flood_of_health_checks_shares_one_probe_a_second(
+    busy: tuple[ServerProcess, Keys, str],
+) -> None:
+    """The issue: 64 concurrent /health took the pool (allocations 0.4 s -> 5 s; 23 s at 200)."""
+    server, keys, url = busy
+    generate = keys.header("generate")
+    figures: dict[str, Any] = {"quiet": _figures(_latencies(server.url, generate, 1.5))}
+    for concurrency in (64, 200):
+        inserts_before = _inserts(url)
+        began = time.monotonic()
+        with Flood(server.url, "/health", concurrency, {}) as flood:
+            latencies = _latencies(server.url, generate, 2)
+        seconds = time.monotonic() - began
+        probes = _inserts(url) - inserts_before
+        stamps = {json.loads(b)["timestamp"] for b in flood.bodies}
+        figures[f"{concurrency} concurrent /health"] = {
+            **_figures(latencies),
+            "health_requests": sum(flood.statuses.values()),
+            "statuses": dict(flood.statuses),
+            "client_transport_errors": sum(flood.errors.values()),
+            "probes": probes,
+            "seconds": round(seconds, 1),
+            "distinct_reports_seen": len(stamps),
+        }
+        assert set(flood.statuses) == {200}, flood.statuses
+        assert sum(flood.statuses.values()) > 5 * probes
+        assert probes <= seconds + 2, (probes, seconds)  # one a second, shared
+        assert max(latencies) < 2.0, _figures(latencies)
+    record("health flood", figures)
+
+
+def test_metrics_need_a_key_and_stay_small_whatever_the_sequences(
+    busy: tuple[ServerProcess, Keys, str],
+) -> None:
+    """The issue: 13,700 prefixes made an 8.5 MB public page that took 2 s to build."""
+    server, keys, url = busy
+    generate = keys.header("generate")
+    # 2,000 sequences, stored at once; each then takes an ID through the API (a label each).
+    engine = idmanager.create_engine(url, poolclass=sa.pool.NullPool)
+    with engine.begin() as connection:
+        connection.execute(
+            sa.text(
+                "INSERT INTO id_managers (prefix) "
+                "SELECT 'M' || lpad(n::text, 5, '0') FROM generate_series(0, 1999) AS n"
+            )
+        )
+    engine.dispose()
+
+    def allocate(start: int) -> None:
+        with httpx.Client(base_url=server.url, headers=generate, timeout=30) as client:
+            for n in range(start, 2000, 4):
+                response = client.post(f"/api/v1/prefixes/M{n:05d}/ids")
+                assert response.status_code == 201, response.text
+
+    threads = [threading.Thread(target=allocate, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        anonymous = client.get("/metrics")
+        began = time.monotonic()
+        page = client.get("/metrics", headers=keys.header("read"))
+        took = time.monotonic() - began
+    labels = [
+        line for line in page.text.splitlines() if line.startswith("idmanager_ids_allocated_total{")
+    ]
+    record(
+        "metrics size",
+        {
+            "prefixes": 2001,
+            "anonymous": anonymous.status_code,
+            "bytes": len(page.content),
+            "prefix_labels": len(labels),
+            "seconds": round(took, 3),
+        },
+    )
+    assert_problem(anonymous, 401)
+    assert page.status_code == 200
+    assert len(labels) == 101  # 100 prefixes of their own (IDMANAGER_METRICS_MAX_PREFIXES), _other
+    assert any('prefix="_other"' in line for line in labels)
+    assert len(page.content) < 32_000
+
+
+def test_a_flood_of_metrics_does_not_stall_allocations(
+    busy: tuple[ServerProcess, Keys, str],
+) -> None:
+    server, keys, _ = busy
+    generate = keys.header("generate")
+    quiet = _latencies(server.url, generate, 2)
+    with Flood(server.url, "/metrics", 16, keys.header("read")) as flood:
+        flooded = _latencies(server.url, generate, 3)
+    record(
+        "metrics flood",
+        {
+            "quiet": _figures(quiet),
+            "16 concurrent /metrics": {
+                **_figures(flooded),
+                "metrics_requests": sum(flood.statuses.values()),
+            },
+        },
+    )
+    assert set(flood.statuses) == {200}
+    assert max(flooded) < 2.0, _figures(flooded)
+
+
+# Row 5: the block cache and 6,000 spellings of one prefix.
+
+
+def test_spellings_of_one_prefix_are_one_sequence_with_the_block_cache(
+    databases: Any, tmp_path: Path
+) -> None:
+    """The issue: one cache entry per spelling, never evicted (+23 MB). 2,000 spellings here
+    (the 6,000 of the issue run in process: tests/unit/test_security_edges.py)."""
+    keys = Keys()
+    url = databases.create("postgresql")
+    server = ServerProcess("spellings", server_env(url, keys, block_cache="true"), tmp_path)
+    server.start()
+    variants = [
+        "%20" * left
+        + "".join(c.lower() if mask >> i & 1 else c for i, c in enumerate("SPELL"))
+        + "%09" * right
+        for left in range(14)
+        for right in range(14)
+        for mask in range(32)
+    ][:2000]
+    ids: list[str] = []
+    generate = keys.header("generate")
+
+    def allocate(mine: list[str]) -> None:
+        with httpx.Client(base_url=server.url, headers=generate, timeout=30) as client:
+            for variant in mine:
+                response = client.post(f"/api/v1/prefixes/{variant}/ids")
+                assert response.status_code == 201, response.text
+                ids.extend(response.json()["ids"])
+
+    try:
+        allocate(["SPELL"])
+        memory_before = rss_mb(server)
+        threads = [threading.Thread(target=allocate, args=(variants[i::4],)) for i in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+        memory_after = rss_mb(server)
+    finally:
+        server.stop()
+    rows = _rows(url, "SELECT scope, prefix, last_value FROM id_managers")
+    record(
+        "block cache spellings",
+        {
+            "spellings": len(set(variants)),
+            "sequences": len(rows),
+            "ids": len(ids),
+            "duplicates": len(ids) - len(set(ids)),
+            "server_rss_mb_before_after": [round(memory_before, 1), round(memory_after, 1)],
+        },
+    )
+    assert len(set(variants)) == 2000
+    assert rows == [("", "SPELL", 2001)]  # one sequence; the tail went back at shutdown
+    assert sorted(ids, key=parse_id_ordinal) == [format_id("SPELL", n) for n in range(1, 2002)]
+    assert memory_after - memory_before < 8, (memory_before, memory_after)
+
+
+def parse_id_ordinal(text: str) -> int:
+    return parse_id(text).ordinal
+
+
+def _rows(url: str, sql: str) -> list[tuple[Any, ...]]:
+    engine = idmanager.create_engine(url, poolclass=sa.pool.NullPool)
+    with engine.connect() as connection:
+        found = [tuple(r) for r in connection.execute(sa.text(sql))]
+    engine.dispose()
+    return found
+
+
+# Row 10: slow headers, idle keep-alive connections, and a connection limit, under serve.
+
+
+def test_serve_closes_slow_and_idle_connections_and_bounds_them(
+    databases: Any, tmp_path: Path
+) -> None:
+    """The issue: 500 connections sending headers slowly for 40 s, none closed."""
+    keys = Keys()
+    env = server_env(
+        databases.create("sqlite"),
+        keys,
+        header_timeout_s="1",
+        keep_alive_timeout_s="1",
+        max_connections="50",
+    )
+    idmanager_cli = str(Path(sys.executable).with_name("idmanager"))
+    server = ServerProcess(
+        "timeouts", env, tmp_path, command=[idmanager_cli, "serve", "--port", "{port}"]
+    )
+    server.start()
+    try:
+        began = time.monotonic()  # before any connection: each is closed 1 s after its own
+        slow = [_connect(server.port) for _ in range(100)]
+        silent = [_connect(server.port) for _ in range(10)]
+        for sock in slow:
+            sock.send(b"GET /health/live HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        time.sleep(0.2)
+        # Past the limit of 50 connections, a new request is refused at once.
+        crowded = httpx.get(server.url + "/health/live", timeout=5)
+        closed_after = _dribble(slow, began, seconds=4, quiet=silent)
+        # The slow ones gone, requests are served again; an idle keep-alive is closed too.
+        with httpx.Client(base_url=server.url, timeout=5) as client:
+            served = client.get("/health/live")
+        idle = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+        idle.sendall(b"GET /health/live HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        first = idle.recv(4096)
+        idle_began = time.monotonic()
+        idle.setblocking(False)
+        idle_closed = _dribble([], idle_began, seconds=4, quiet=[idle])
+    finally:
+        server.stop()
+    closed = [round(t, 2) for t in closed_after if t is not None]
+    record(
+        "slow and idle connections under serve",
+        {
+            "slow_header_connections": len(slow),
+            "silent_connections": len(silent),
+            "closed": len(closed),
+            "closed_after_s": [min(closed), max(closed)] if closed else None,
+            "request_past_the_limit": crowded.status_code,
+            "idle_keep_alive_closed_after_s": idle_closed[0] and round(idle_closed[0], 2),
+        },
+    )
+    assert crowded.status_code == 503
+    assert all(t is not None for t in closed_after), closed_after
+    assert all(0.9 <= t <= 2.5 for t in closed_after if t is not None), closed_after
+    assert served.status_code == 200
+    assert first.startswith(b"HTTP/1.1 200 ")
+    assert idle_closed[0] is not None and 0.9 <= idle_closed[0] <= 2.5
+
+
+def _connect(port: int) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+    sock.setblocking(False)
+    return sock
+
+
+def _dribble(
+    talking: list[socket.socket],
+    began: float,
+    *,
+    seconds: float,
+    quiet: list[socket.socket] | None = None,
+) -> list[float | None]:
+    """Send a header byte every 0.2 s on each ``talking`` socket, nothing on the ``quiet``
+    ones; return when the server closed each (seconds after ``began``), None for one still
+    open after ``seconds``."""
+    socks = [*talking, *(quiet or [])]
+    closed: list[float | None] = [None] * len(socks)
+    deadline = began + seconds
+    while time.monotonic() < deadline and any(t is None for t in closed):
+        for i, sock in enumerate(socks):
+            if closed[i] is not None:
+                continue
+            try:
+                if sock.recv(4096) == b"":
+                    closed[i] = time.monotonic() - began
+                    continue
+            except BlockingIOError:
+                pass
+            except OSError:
+                closed[i] = time.monotonic() - began
+                continue
+            if i < len(talking):
+                with contextlib.suppress(BlockingIOError, OSError):
+                    sock.send(b"X")
+        time.sleep(0.2)
+    for sock in socks:
+        sock.close()
+    return closed
