@@ -537,6 +537,19 @@ async def test_the_period_window_is_configurable() -> None:
         assert (await api.allocate("W{YYYY}", date="0001-01-01")).status_code == 201
 
 
+async def test_the_period_window_holds_for_a_period_the_block_cache_already_holds() -> None:
+    """A back-dated document in the current period: refused with the cache as without it."""
+    today = datetime.now(UTC).date()
+    # A day of this year more than 10 days from today.
+    far = date(today.year, 1, 1) if today.timetuple().tm_yday > 11 else date(today.year, 12, 31)
+    for block_cache_on in (False, True):
+        async with service(None, block_cache=block_cache_on, period_window_days=10) as api:
+            held = await api.allocate("HELD{YYYY}", date=today.isoformat())
+            back_dated = await api.allocate("HELD{YYYY}", date=far.isoformat())
+        assert held.status_code == 201
+        assert (block_cache_on, back_dated.status_code) == (block_cache_on, 422), back_dated.text
+
+
 # -- no two sequences write one ID, over HTTP --------------------------------------------------
 
 
