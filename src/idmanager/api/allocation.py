@@ -107,6 +107,7 @@ class CachedAllocator:
     Answers to requests with an idempotency key are remembered in this process's memory
     (bounded, expiring): a repeat that reaches this process gets the same IDs; one that
     reaches another worker or replica does not (the block cache trades that for speed).
+    Requests too large for the cache are the database's, keys and answers included.
     """
 
     def __init__(
@@ -170,6 +171,11 @@ class CachedAllocator:
         create: bool,
         claim: Claim,
     ) -> Once[Allocated]:
+        if count > self.max_count:
+            # Served by the database: its answer is kept there too, for every process.
+            return await self.database.allocate_once(
+                prefix, count, scope, on, actor, create, claim
+            )
         key = (claim.owner, claim.key)
         now = time.monotonic()
         found = self._answers.get(key)
