@@ -658,8 +658,12 @@ def test_new_sqlite_files_are_readable_by_their_owner_only(tmp_path: Path) -> No
     url = f"sqlite:///{tmp_path / 'new.db'}"
     assert run_cli("migrate", "--database-url", url).returncode == 0
     assert run_cli("next", "NEW", "--database-url", url).returncode == 0
-    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in tmp_path.glob("new.db*")}
-    assert "new.db" in modes
+    engine = idmanager.create_engine(url, poolclass=sa.pool.NullPool)
+    with engine.begin() as connection:  # in WAL mode: the -wal and -shm files exist meanwhile
+        connection.execute(sa.text("UPDATE id_managers SET last_value = last_value"))
+        modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in tmp_path.glob("new.db*")}
+    engine.dispose()
+    assert {"new.db", "new.db-wal", "new.db-shm"} <= modes.keys(), modes
     assert set(modes.values()) == {0o600}, {k: oct(v) for k, v in modes.items()}
 
 
