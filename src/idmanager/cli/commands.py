@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, TextIO
 
 import typer
@@ -40,6 +41,9 @@ from .base import (
     when,
     where,
 )
+
+# As long as the HTTP service keeps them by default (IDMANAGER_IDEMPOTENCY_TTL_S).
+KEYS_KEPT = timedelta(days=1)
 
 
 @app.command("next", epilog=EXIT_CODES)
@@ -88,6 +92,8 @@ def next_ids(
                 claim = command_claim(idempotency_key, "next", prefix, count, scope, on)
                 once = use_cases.allocate_once(prefix, count, claim, scope=scope, on=on)
                 ids = once.value
+                # Where no server runs, the command line keeps the table small itself.
+                use_cases.forget_answers(datetime.now(UTC) - KEYS_KEPT)
                 if once.replayed:
                     typer.echo(
                         f"key {idempotency_key!r} was used before: these are its IDs, "
