@@ -792,6 +792,11 @@ def test_prefixes_that_overlap_are_found_on_every_backend(databases: Any, backen
     with pytest.raises(AmbiguousFormatError, match="CXLAAA0001"):
         register("C", IdFormat("", 5, 4))  # the shorter one registered after the longer
     register("C", IdFormat("", 0, 4))
+    # Created on first use, in the statement that allocates (MariaDB) or after it: refused
+    # all the same, and nothing is left behind.
+    no_separator = use_cases.with_options(default_format=IdFormat("", 2, 4))
+    with pytest.raises(AmbiguousFormatError, match="C_LAAA0001"):
+        no_separator.allocate("C_LA")
     assert rows_of(url, "SELECT count(*) FROM id_managers") == [(4,)]
 
 

@@ -29,7 +29,7 @@ from idmanager.application import block_cache
 from idmanager.application.block_cache import BlockCache, SyncBlockCache
 from idmanager.application.options import ServiceOptions
 from idmanager.application.use_cases import IdManagerUseCases, SyncIdManagerUseCases
-from idmanager.domain.errors import StorageError
+from idmanager.domain.errors import AmbiguousFormatError, StorageError
 from idmanager.domain.format import IdFormat
 
 from .asgi import assert_problem, call_asgi, settings
@@ -589,6 +589,22 @@ async def test_a_format_that_would_write_anothers_ids_is_refused(
     assert elsewhere.status_code == 200
     assert first_id == shared
     assert api.repository.rows["", second].format == IdFormat("-", **second_format)
+
+
+@pytest.mark.parametrize("how", ["first use", "import"])
+def test_a_sequence_created_without_a_separator_is_checked_too(how: str) -> None:
+    """Creation on first use and import take the default format: checked like a registration."""
+    transactions = FakeTransactions()
+    plain = SyncIdManagerUseCases(transactions)
+    plain.run(lambda s: s.configure_prefix("COL", fmt=IdFormat("", 3, 4)))
+    no_separator = plain.with_options(default_format=IdFormat("", 2, 4))
+    with pytest.raises(AmbiguousFormatError, match="COLAAA0001"):
+        if how == "first use":
+            no_separator.allocate("COLA")
+        else:
+            no_separator.run(lambda s: s.import_sequence("COLA", 41))
+    assert list(transactions.repository.rows) == [("", "COL")]
+    assert no_separator.allocate("CUS")[0] == "CUSAA0001"  # no other sequence writes those
 
 
 # -- the body limit, however the body arrives ------------------------------------------------
