@@ -188,8 +188,14 @@ def _glob(pattern: str) -> str:
     return escaped.replace("*", "%").replace("?", "_")
 
 
-def _in_scopes(column: Any, patterns: tuple[str, ...]) -> Any:
-    return or_(*(column.like(_glob(p), escape=_ESCAPE) for p in patterns)) if patterns else false()
+def _in_scopes(column: Any, patterns: tuple[str, ...], dialect: str) -> Any:
+    if not patterns:
+        return false()
+    if dialect == "sqlite":
+        # SQLite's LIKE ignores case (ACME would pass for acme): its GLOB does not, and
+        # takes * and ? as they are. Scopes hold none of GLOB's other special characters.
+        return or_(*(column.op("GLOB")(p) for p in patterns))
+    return or_(*(column.like(_glob(p), escape=_ESCAPE) for p in patterns))
 
 
 def _like(part: str) -> str:
@@ -383,7 +389,7 @@ class IdManagerRepositoryImpl(IdManagerRepository):
         if query.scope is not None:
             statement = statement.where(t.scope == query.scope)
         if query.scopes is not None:
-            statement = statement.where(_in_scopes(t.scope, query.scopes))
+            statement = statement.where(_in_scopes(t.scope, query.scopes, self.dialect))
         if query.active is not None:
             statement = statement.where(t.is_active == query.active)
         if query.search:
@@ -454,7 +460,7 @@ class IdManagerRepositoryImpl(IdManagerRepository):
             if value is not None:
                 statement = statement.where(column == value)
         if query.scopes is not None:
-            statement = statement.where(_in_scopes(a.scope, query.scopes))
+            statement = statement.where(_in_scopes(a.scope, query.scopes, self.dialect))
         if query.since is not None:
             statement = statement.where(a.created_at >= _naive_utc(query.since, self.dialect))
         if query.until is not None:
