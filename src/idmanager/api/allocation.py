@@ -16,6 +16,7 @@ from datetime import date
 from typing import Protocol
 
 from ..application.block_cache import BlockCache
+from ..application.service import sequence_key
 from ..application.use_cases import IdManagerUseCases, Once
 from ..domain.errors import IdempotencyKeyReusedError
 from ..domain.period import resolve_prefix
@@ -144,6 +145,9 @@ class CachedAllocator:
         # are fetched only for sequences that exist.
         if cache is None or count > self.max_count:
             return await self.database.allocate(prefix, count, scope, on, actor, create)
+        if on is not None and "{" in prefix:
+            # The document date's window holds here as in the database's path.
+            sequence_key(prefix, scope, on, self.database.use_cases.options)
         if not cache.holds(prefix, scope, on):
             allocated = await self.database.allocate(prefix, count, scope, on, actor, create)
             cache.admit(prefix, scope, on)  # it exists: the next requests take blocks
