@@ -7,6 +7,7 @@ wraps its results in awaitables, so both modes exercise their own real code path
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -116,6 +117,15 @@ class Db:
         finally:
             sa.event.remove(self.sync_engine, "before_cursor_execute", record)
 
+    @asynccontextmanager
+    async def traced(self, **service_options: Any) -> AsyncIterator[Traced]:
+        """An engine of this mode whose database reports each statement it receives."""
+        traced = Traced(self.backend, self.is_async, self.url, **service_options)
+        try:
+            yield traced
+        finally:
+            await resolve(traced.engine.dispose())
+
     def peek(self, prefix: str, scope: str = "") -> int | None:
         """Return the committed ``last_value`` of a sequence, as another connection sees it."""
         with self.reader.connect() as connection:
@@ -139,3 +149,105 @@ class Db:
     async def dispose(self) -> None:
         await resolve(self.engine.dispose())
         self.reader.dispose()
+
+
+# PostgreSQL's own log of each statement it receives, sent to the client as well.
+_PG_LOG = {
+    "log_statement": "all",
+    "client_min_messages": "log",
+    "log_min_duration_statement": "-1",
+    "log_duration": "off",
+}
+
+
+def _logged_sql(message: str) -> str | None:
+    """Return the SQL of a log_statement line ("statement: …", "execute <name>: …")."""
+    if message.startswith("statement: ") or message.startswith("execute "):
+        return message.split(": ", 1)[1].strip().rstrip(";")
+    return None
+
+
+class Traced:
+    """An engine whose statements are counted where the database receives them.
+
+    IdManager's own-transaction allocation runs on the driver connection, below SQLAlchemy's
+    cursor events, so the count is the database's own: PostgreSQL logs every statement it
+    receives (``log_statement``) and sends the lines to the client too
+    (``client_min_messages = log``); SQLite calls a trace callback as each statement runs,
+    BEGIN and COMMIT included. MariaDB's allocation goes through SQLAlchemy, whose
+    ``before_cursor_execute`` sees every statement it sends.
+    """
+
+    def __init__(
+        self,
+        backend: str,
+        is_async: bool,
+        url: str,
+        *,
+        connect_args: dict[str, Any] | None = None,
+        engine_options: dict[str, Any] | None = None,
+        **service_options: Any,
+    ) -> None:
+        self.backend, self.is_async = backend, is_async
+        self.options = idmanager.ServiceOptions(**service_options)
+        self.seen: list[str] = []
+        self.logged: list[str] = []  # PostgreSQL's log lines as sent, while recording
+        self.recording = False
+        connect_args = dict(connect_args or {})
+        if backend == "postgresql":
+            if is_async:
+                connect_args["server_settings"] = {
+                    **connect_args.get("server_settings", {}),
+                    **_PG_LOG,
+                }
+            else:
+                logged = " ".join(f"-c {k}={v}" for k, v in _PG_LOG.items())
+                connect_args["options"] = f"{connect_args.get('options', '')} {logged}".strip()
+        make = idmanager.create_async_engine if is_async else idmanager.create_engine
+        self.engine: Any = make(url, connect_args=connect_args, **(engine_options or {}))
+        sync_engine = self.engine.sync_engine if is_async else self.engine
+        if backend == "mariadb":
+            sa.event.listen(sync_engine, "before_cursor_execute", self._cursor)
+        else:
+            sa.event.listen(sync_engine, "connect", self._connect)
+
+    def use_cases(self) -> Any:
+        """Return the use cases on the traced engine, with coroutine methods either way."""
+        use_cases = idmanager.connect(self.engine, self.options)
+        return use_cases if self.is_async else _Awaiting(use_cases)
+
+    @asynccontextmanager
+    async def received(self) -> AsyncIterator[list[str]]:
+        """Collect the statements the database receives while the block runs."""
+        self.seen, self.logged = [], []
+        self.recording = True
+        try:
+            yield self.seen
+            await asyncio.sleep(0)  # asyncpg hands log lines to their listener with call_soon
+            await asyncio.sleep(0)
+        finally:
+            self.recording = False
+
+    def _record(self, sql: str | None) -> None:
+        if self.recording and sql is not None:
+            self.seen.append(sql)
+
+    def _cursor(self, _conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        self._record(statement)
+
+    def _connect(self, dbapi_connection: Any, _record: Any) -> None:
+        if self.backend == "sqlite":
+            # aiosqlite's sqlite3 connection, or sqlite3's own.
+            raw = dbapi_connection.driver_connection._conn if self.is_async else dbapi_connection
+            raw.set_trace_callback(self._record)
+        elif self.is_async:
+            dbapi_connection.driver_connection.add_log_listener(
+                lambda _c, message: self._logged(message.message)
+            )
+        else:
+            dbapi_connection.add_notice_handler(lambda d: self._logged(d.message_primary or ""))
+
+    def _logged(self, line: str) -> None:
+        if self.recording:
+            self.logged.append(line)
+            self._record(_logged_sql(line))

@@ -651,24 +651,29 @@ async def test_use_cases_own_and_commit_their_transaction(db: Db, prefix: str) -
 async def test_use_case_allocation_is_one_statement_committed_before_it_returns(
     db: Db, backend: str, prefix: str
 ) -> None:
-    use_cases = db.use_cases()
-    first = await use_cases.allocate(prefix, 2)  # creates the sequence, audited
-    assert list(first) == ids(prefix, 1, 2)
-    with db.statements() as seen:
-        assert list(await use_cases.allocate(prefix)) == ids(prefix, 3, 3)
-    assert db.peek(prefix) == 3  # visible to another connection: committed
-    if backend != "mariadb":
-        # Autocommit: the statement alone, no BEGIN or COMMIT round trips.
-        assert len(seen) == 1 and "id_managers" in seen[0], seen
-    # Another writer is not blocked by a transaction left open.
-    async with db.session() as h:
-        assert await h.service.generate_id(prefix) == f"{prefix}-AAA0004"
-        await h.commit()
-    assert list(await use_cases.allocate(prefix, 1)) == [f"{prefix}-AAA0005"]
-    with pytest.raises(PrefixInactiveError):
-        await use_cases.run(lambda s: s.deactivate_prefix(prefix))
-        await use_cases.allocate(prefix)
-    assert db.peek(prefix) == 5
+    async with db.traced() as traced:
+        use_cases = traced.use_cases()
+        first = await use_cases.allocate(prefix, 2)  # creates the sequence, audited
+        assert list(first) == ids(prefix, 1, 2)
+        # Counted where the database receives them: the allocation runs on the driver.
+        async with traced.received() as seen:
+            assert list(await use_cases.allocate(prefix)) == ids(prefix, 3, 3)
+        assert db.peek(prefix) == 3  # visible to another connection: committed
+        if backend == "mariadb":
+            # No RETURNING: the update alone, committed by the server, then a plain read.
+            assert [s.split()[0] for s in seen] == ["UPDATE", "SELECT"], seen
+        else:
+            # Autocommit: the statement alone, no BEGIN or COMMIT round trips.
+            assert len(seen) == 1 and seen[0].startswith("UPDATE id_managers"), seen
+        # Another writer is not blocked by a transaction left open.
+        async with db.session() as h:
+            assert await h.service.generate_id(prefix) == f"{prefix}-AAA0004"
+            await h.commit()
+        assert list(await use_cases.allocate(prefix, 1)) == [f"{prefix}-AAA0005"]
+        with pytest.raises(PrefixInactiveError):
+            await use_cases.run(lambda s: s.deactivate_prefix(prefix))
+            await use_cases.allocate(prefix)
+        assert db.peek(prefix) == 5
 
 
 # --- migrations and failures --------------------------------------------------------------------

@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from harness import Traced
 from sqlalchemy.orm import Session
 
 import idmanager
@@ -377,32 +378,25 @@ async def test_forgetting_old_answers_does_not_hold_up_allocations(
 async def test_a_keyed_allocation_is_one_statement_on_postgres_one_insert_more_elsewhere(
     backend: str, url: str, prefix: str, mode: str
 ) -> None:
-    engine: Any = (
-        idmanager.create_async_engine(url) if mode == "async" else idmanager.create_engine(url)
-    )
-    sync_engine = engine.sync_engine if mode == "async" else engine
-    seen: list[str] = []
-
-    def record(_c: Any, _cur: Any, statement: str, *_: Any) -> None:
-        seen.append(statement)
+    # Counted where the database receives them: the allocation runs on the driver connection.
+    traced = Traced(backend, mode == "async", url)
 
     async def run(value: Any) -> Any:
         return await value if asyncio.iscoroutine(value) else value
 
-    use_cases = idmanager.connect(engine)
+    use_cases = idmanager.connect(traced.engine)
     await run(use_cases.allocate(prefix, 2))  # the sequence exists
-    sa.event.listen(sync_engine, "before_cursor_execute", record)
     try:
-        once = await run(use_cases.allocate_once(prefix, 2, claim(prefix, "k-1")))
-        keyed, seen[:] = list(seen), []
-        again = await run(use_cases.allocate_once(prefix, 2, claim(prefix, "k-1")))
-        replayed = list(seen)
+        async with traced.received() as keyed:
+            once = await run(use_cases.allocate_once(prefix, 2, claim(prefix, "k-1")))
+        async with traced.received() as replayed:
+            again = await run(use_cases.allocate_once(prefix, 2, claim(prefix, "k-1")))
     finally:
-        sa.event.remove(sync_engine, "before_cursor_execute", record)
-        await run(engine.dispose())
+        await run(traced.engine.dispose())
     expected = [f"{prefix}-AAA0003", f"{prefix}-AAA0004"]
     assert list(once.value) == list(again.value) == expected
-    work = [s for s in keyed if s.strip().upper() not in ("BEGIN", "BEGIN IMMEDIATE")]
+    control = ("BEGIN", "BEGIN IMMEDIATE", "COMMIT")  # the database sees COMMIT too
+    work = [s for s in keyed if s.strip().upper() not in control]
     stored = [s for s in work if IDEM in s]
     if backend == "postgresql":
         # The allocation and its answer in ONE statement (a data-modifying CTE), committed

@@ -151,7 +151,20 @@ def classify(exc: BaseException) -> Failure:
     unavailable = (OperationalError, InterfaceError, PoolTimeoutError, OSError, TimeoutError)
     if isinstance(exc, unavailable) or isinstance(orig, OSError | TimeoutError | EOFError):
         return Failure.UNAVAILABLE
+    if _connection_class(orig):
+        return Failure.UNAVAILABLE
     return Failure.REFUSED
+
+
+def _connection_class(orig: BaseException) -> bool:
+    """Return True for a driver's own error of the connection, raised without a code.
+
+    Read straight from a driver (no SQLAlchemy around it), a lost connection is psycopg's
+    ``OperationalError`` or ``InterfaceError`` and asyncpg's ``InterfaceError`` (its
+    ``ConnectionDoesNotExistError``), with no SQLSTATE: the DB-API's names for "the
+    connection", which every driver keeps.
+    """
+    return any(c.__name__ in ("OperationalError", "InterfaceError") for c in type(orig).__mro__)
 
 
 def as_domain_error(exc: BaseException) -> IdManagerError:

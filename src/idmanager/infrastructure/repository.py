@@ -121,6 +121,11 @@ def _statements(dialect: str) -> dict[str, Executable]:
         statements["get_for_update"] = select(*_COLUMNS).where(*key).with_for_update()
         return statements
     statements["allocate"] = allocate.returning(*_COLUMNS)
+    # Run on the driver connection (.direct): only what the answer needs. The timestamps
+    # would cost more to decode (on SQLite, to parse from text) than the rest of the row.
+    statements["allocate_direct"] = allocate.returning(
+        t.last_value, t.separator, t.letter_width, t.digit_width
+    )
     if dialect == "postgresql":
         statements["allocate_remembering"] = _allocate_remembering(allocate)
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert

@@ -1,0 +1,426 @@
+"""The own-transaction allocation on the driver connection: one statement, nothing around it.
+
+An allocation in a transaction of its own is one atomic statement (``UPDATE … RETURNING``, or
+PostgreSQL's keyed allocation, one data-modifying CTE). Run in autocommit it is committed
+before the database answers, so it needs no Session, no SQLAlchemy ``Connection``, no BEGIN or
+COMMIT: this runs the repository's own statement, compiled once per engine to the driver's
+text, on the driver connection of a connection checked out of the caller's engine (its pool
+size, TLS, ``server_settings`` and connect hooks hold), and reads back only what the answer
+needs.
+
+- asyncpg: ``fetchrow`` outside a transaction (asyncpg commits it before it answers), through
+  asyncpg's own statement cache (``statement_cache_size=0``, for pgbouncer, is respected);
+- psycopg: autocommit on for the one statement, then back as the pool handed it out;
+- sqlite3: with ``isolation_level`` None the statement commits when stepped to its end. A
+  file database gets a connection per thread, made by the engine (its connect hook sets WAL
+  and the busy timeout) and detached from the pool: checking one in costs as much as the
+  statement. aiosqlite: one such connection of our own, one hop to its thread per ID.
+
+A failure is classified as :func:`.errors.as_domain_error` does; a connection the failure may
+have broken (lost, cancelled mid-statement, read-only since a failover) is thrown away, never
+returned to the pool. No row back means the sequence is missing, inactive or full: the caller
+takes the full path, which says which.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+import weakref
+from collections.abc import Callable
+from contextlib import suppress
+from typing import Any, cast
+
+from sqlalchemy import Engine, event
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.pool import NullPool, PoolProxiedConnection, QueuePool
+from sqlalchemy.sql import ClauseElement
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.util import greenlet_spawn
+
+from ..domain.entity import IdManager
+from ..domain.format import MAX_ORDINAL, IdFormat
+from ..domain.repository import Claim, KeyAlreadyUsed, allocation_of
+from .database import sqlite_path
+from .errors import Failure, as_domain_error, classify
+from .repository import _statement
+
+SYNC_DRIVERS = ("psycopg", "pysqlite")
+ASYNC_DRIVERS = ("asyncpg", "aiosqlite")
+_ALLOCATE = ("count", "key_scope", "key_prefix", "room")
+_REMEMBERING = (*_ALLOCATE, "owner", "idem_key", "fingerprint", "status")
+_FORMATS: dict[tuple[str, int, int], IdFormat] = {}
+
+# Bumped in a child process after fork: a connection of the parent is never used there.
+_forks = 0
+
+
+def _forked() -> None:
+    global _forks
+    _forks += 1
+
+
+os.register_at_fork(after_in_child=_forked)
+
+
+class Statement:
+    """One repository statement as the driver's text, and its parameters in the driver's form.
+
+    Compiled once per engine, with the engine's own dialect: a call only binds values.
+    """
+
+    def __init__(self, engine: Engine, name: str, names: tuple[str, ...]) -> None:
+        statement = cast(ClauseElement, _statement(engine.dialect.name, name))
+        compiled = cast(SQLCompiler, statement.compile(dialect=engine.dialect))
+        self.sql = str(compiled)
+        defaults = compiled.construct_params(dict.fromkeys(names)) or {}
+        order = compiled.positiontup
+        if order is None:  # named (psycopg's %(name)s): a mapping
+            self.named = True
+            self.template: Any = dict(defaults)
+            self.slots: tuple[Any, ...] = names
+        else:  # positional ($1 or ?): a list; a name may stand at several places
+            self.named = False
+            self.template = [defaults[n] for n in order]
+            self.slots = tuple(tuple(i for i, n in enumerate(order) if n == m) for m in names)
+
+    def bind(self, *values: Any) -> Any:
+        """Return the statement's parameters, ``values`` given in the order of its ``names``."""
+        params = self.template.copy()
+        for slot, value in zip(self.slots, values, strict=True):
+            if self.named:
+                params[slot] = value
+            else:
+                for i in slot:
+                    params[i] = value
+        return params
+
+
+def _format(separator: str, letter_width: int, digit_width: int) -> IdFormat:
+    key = (separator, letter_width, digit_width)
+    found = _FORMATS.get(key)
+    if found is None:
+        if len(_FORMATS) > 1000:  # a handful exist; bound it whatever a database holds
+            _FORMATS.clear()
+        found = _FORMATS[key] = IdFormat(separator, letter_width, digit_width)
+    return found
+
+
+def _manager(scope: str, prefix: str, row: Any) -> IdManager:
+    """Return the sequence's new state from ``last_value`` and its format."""
+    return IdManager(prefix, scope, last_value=row[0], format=_format(row[1], row[2], row[3]))
+
+
+def _remembered(scope: str, row: Any) -> IdManager:
+    ids = allocation_of(row[0])
+    return IdManager(ids.prefix, scope, last_value=ids.last, format=ids.format)
+
+
+def _broken(exc: BaseException, driver_errors: tuple[type[BaseException], ...]) -> bool:
+    """Return True when the connection may be unusable after ``exc``: thrown away, then."""
+    if not isinstance(exc, driver_errors):
+        return True  # cancelled mid-statement, a timeout, a socket: its state is unknown
+    return classify(exc) in (Failure.UNAVAILABLE, Failure.READ_ONLY)
+
+
+def _translated(exc: BaseException, *, claiming: bool = False) -> BaseException:
+    """Return the domain error for a driver error (KeyAlreadyUsed for a key's duplicate)."""
+    error = as_domain_error(exc)
+    if claiming and classify(exc) is Failure.DUPLICATE:
+        key_used = KeyAlreadyUsed()
+        key_used.__cause__ = error
+        return key_used
+    return error
+
+
+def supported(engine: Engine) -> bool:
+    """Return True when allocations on ``engine`` may run on its driver connection."""
+    dialect = engine.dialect
+    if dialect.name not in ("postgresql", "sqlite"):
+        return False  # MySQL: no RETURNING on UPDATE, one statement in a transaction
+    if dialect.driver == "aiosqlite":
+        return _pinnable(engine)  # in memory, each connection would be another database
+    return dialect.driver in SYNC_DRIVERS + ASYNC_DRIVERS
+
+
+def _pinnable(engine: Engine) -> bool:
+    """Return True for a SQLite file whose pool lets a connection be taken out of it."""
+    return (
+        engine.dialect.name == "sqlite"
+        and sqlite_path(engine.url) is not None
+        and isinstance(engine.pool, QueuePool | NullPool)
+    )
+
+
+class _Pinned:
+    """A connection of our own, made by the engine and detached from its pool."""
+
+    __slots__ = ("__weakref__", "driver", "fairy", "forks")
+
+    def __init__(self, fairy: PoolProxiedConnection) -> None:
+        self.driver: Any = fairy.driver_connection  # sqlite3's, or aiosqlite's
+        fairy.detach()  # the pool forgets it: never reset, never handed to anyone else
+        self.fairy: PoolProxiedConnection | None = fairy
+        self.forks = _forks
+
+    def close(self) -> None:
+        """Close the connection (aiosqlite's: in a greenlet, as the pool would)."""
+        fairy, self.fairy = self.fairy, None
+        if fairy is not None and self.forks == _forks:  # never the parent's connection
+            connection = fairy.dbapi_connection
+            if connection is not None:
+                with suppress(Exception):
+                    connection.close()
+
+
+class _Allocations:
+    """What the sync and async forms share: the statements, the driver's errors, the pins."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.driver = engine.dialect.driver
+        self.allocating = Statement(engine, "allocate_direct", _ALLOCATE)
+        self.remembers = engine.dialect.name == "postgresql"
+        self.remembering = (
+            Statement(engine, "allocate_remembering", _REMEMBERING) if self.remembers else None
+        )
+        self.errors = _driver_errors(engine)
+        self.pinned: weakref.WeakSet[_Pinned] = weakref.WeakSet()
+        # Disposing of the engine closes its connections: ours too.
+        event.listen(engine, "engine_disposed", _close_all(self.pinned))
+
+    def _pin(self, fairy: PoolProxiedConnection) -> _Pinned:
+        pinned = _Pinned(fairy)
+        self.pinned.add(pinned)
+        return pinned
+
+    def _drop(self, pinned: _Pinned | None) -> None:
+        if pinned is not None:
+            self.pinned.discard(pinned)
+            pinned.close()
+
+
+def _close_all(pinned: weakref.WeakSet[_Pinned]) -> Callable[[Engine], None]:
+    def close(_engine: Engine) -> None:
+        for one in list(pinned):
+            one.close()
+        pinned.clear()
+
+    return close
+
+
+def _driver_errors(engine: Engine) -> tuple[type[BaseException], ...]:
+    """Return the errors a statement's failure may raise, straight from the driver."""
+    driver = engine.dialect.driver
+    if driver == "asyncpg":
+        import asyncpg  # type: ignore[import-untyped]
+
+        own: tuple[type[BaseException], ...] = (
+            asyncpg.PostgresError,
+            asyncpg.InterfaceError,
+            asyncpg.exceptions.InternalClientError,
+        )
+    elif driver == "aiosqlite":
+        own = (sqlite3.Error,)
+    else:
+        own = (engine.dialect.loaded_dbapi.Error,)
+    return (*own, SQLAlchemyError, OSError, TimeoutError)
+
+
+class SyncAllocations(_Allocations):
+    """Allocations on a psycopg or sqlite3 engine's driver connection."""
+
+    def __init__(self, engine: Engine) -> None:
+        super().__init__(engine)
+        self.psycopg = self.driver == "psycopg"
+        self.local = threading.local() if _pinnable(engine) else None
+
+    def allocate(self, scope: str, prefix: str, count: int) -> IdManager | None:
+        params = self.allocating.bind(count, scope, prefix, MAX_ORDINAL - count)
+        row = self._fetch(self.allocating.sql, params, False)
+        return None if row is None else _manager(scope, prefix, row)
+
+    def allocate_remembering(
+        self, scope: str, prefix: str, count: int, claim: Claim, status: int
+    ) -> IdManager | None:
+        assert self.remembering is not None
+        params = self.remembering.bind(
+            count, scope, prefix, MAX_ORDINAL - count, *_claim(claim, status)
+        )
+        row = self._fetch(self.remembering.sql, params, True)
+        return None if row is None else _remembered(scope, row)
+
+    def _fetch(self, sql: str, params: Any, claiming: bool) -> Any:
+        if self.local is not None:
+            return self._fetch_pinned(sql, params)
+        fairy = self._checkout()
+        try:
+            connection: Any = fairy.driver_connection
+            if self.psycopg:
+                row = _psycopg(connection, sql, params)
+            else:
+                row = _sqlite(connection, sql, params, keep=False)
+        except BaseException as exc:
+            if _broken(exc, self.errors):
+                fairy.invalidate(exc if isinstance(exc, Exception) else None)
+            else:
+                fairy.close()
+            if isinstance(exc, self.errors):
+                raise _translated(exc, claiming=claiming) from exc
+            raise
+        fairy.close()
+        return row
+
+    def _checkout(self) -> PoolProxiedConnection:
+        try:
+            return self.engine.raw_connection()
+        except (SQLAlchemyError, OSError, TimeoutError) as exc:
+            raise as_domain_error(exc) from exc
+
+    def _fetch_pinned(self, sql: str, params: Any) -> Any:
+        assert self.local is not None
+        pinned: _Pinned | None = getattr(self.local, "pinned", None)
+        if pinned is None or pinned.fairy is None or pinned.forks != _forks:
+            pinned = self.local.pinned = self._pin(self._checkout())
+        assert pinned.fairy is not None
+        try:
+            return _sqlite(pinned.driver, sql, params, keep=True)
+        except BaseException as exc:
+            if _broken(exc, self.errors):
+                self.local.pinned = None
+                self._drop(pinned)
+            if isinstance(exc, self.errors):
+                raise _translated(exc) from exc
+            raise
+
+
+def _claim(claim: Claim, status: int) -> tuple[str, str, str, int]:
+    return claim.owner, claim.key, claim.fingerprint, status
+
+
+def _psycopg(connection: Any, sql: str, params: Any) -> Any:
+    # Autocommit for this one statement (one round trip: no BEGIN, no COMMIT), then back to
+    # what the pool handed out, so the engine's other users see no change.
+    if connection.autocommit:
+        return connection.execute(sql, params).fetchone()
+    connection.autocommit = True
+    try:
+        row = connection.execute(sql, params).fetchone()
+    except BaseException:
+        with suppress(Exception):  # a broken connection refuses; it is thrown away then
+            connection.autocommit = False
+        raise
+    connection.autocommit = False
+    return row
+
+
+def _sqlite(connection: Any, sql: str, params: Any, *, keep: bool) -> Any:
+    # isolation_level None: no implicit BEGIN, the statement commits itself. idmanager's
+    # engines open connections so; another engine's pooled connection gets its own back.
+    level = connection.isolation_level
+    if level is not None:
+        connection.isolation_level = None
+    try:
+        # Stepped to its end by fetchall: only then is it committed.
+        rows = connection.execute(sql, params).fetchall()
+    finally:
+        if level is not None and not keep:
+            connection.isolation_level = level
+    return rows[0] if rows else None
+
+
+class AsyncAllocations(_Allocations):
+    """Allocations on an asyncpg engine's driver connection, or aiosqlite's of our own."""
+
+    def __init__(self, engine: Engine) -> None:
+        super().__init__(engine)
+        self.own: _Pinned | None = None  # aiosqlite: the connection of our own
+
+    async def allocate(self, scope: str, prefix: str, count: int) -> IdManager | None:
+        params = self.allocating.bind(count, scope, prefix, MAX_ORDINAL - count)
+        row = await self._fetch(self.allocating.sql, params, False)
+        return None if row is None else _manager(scope, prefix, row)
+
+    async def allocate_remembering(
+        self, scope: str, prefix: str, count: int, claim: Claim, status: int
+    ) -> IdManager | None:
+        assert self.remembering is not None
+        params = self.remembering.bind(
+            count, scope, prefix, MAX_ORDINAL - count, *_claim(claim, status)
+        )
+        row = await self._fetch(self.remembering.sql, params, True)
+        return None if row is None else _remembered(scope, row)
+
+    async def _fetch(self, sql: str, params: Any, claiming: bool) -> Any:
+        if self.driver == "aiosqlite":
+            return await self._fetch_own(sql, params)
+        fairy = await self._checkout()
+        try:
+            # Outside a transaction asyncpg runs the statement in one of its own, committed
+            # before it answers.
+            connection: Any = fairy.driver_connection
+            row = await connection.fetchrow(sql, *params)
+        except BaseException as exc:
+            if _broken(exc, self.errors):
+                await greenlet_spawn(fairy.invalidate, exc if isinstance(exc, Exception) else None)
+            else:
+                await self._check_in(fairy)
+            if isinstance(exc, self.errors):
+                raise _translated(exc, claiming=claiming) from exc
+            raise
+        await self._check_in(fairy)
+        return row
+
+    async def _checkout(self) -> PoolProxiedConnection:
+        try:
+            fairy: PoolProxiedConnection = await greenlet_spawn(self.engine.raw_connection)
+        except (SQLAlchemyError, OSError, TimeoutError) as exc:
+            raise as_domain_error(exc) from exc
+        return fairy
+
+    async def _check_in(self, fairy: PoolProxiedConnection) -> None:
+        pool = self.engine.pool
+        # Back into a queue with room, a connection outside a transaction costs no I/O (its
+        # reset is a no-op), so no greenlet is needed; anything else may close it: in one.
+        if isinstance(pool, QueuePool) and pool.checkedin() < pool.size():
+            fairy.close()
+        else:
+            await greenlet_spawn(fairy.close)
+
+    async def _fetch_own(self, sql: str, params: Any) -> Any:
+        own = self.own
+        if own is None or own.fairy is None or own.forks != _forks:
+            own = await self._own()
+        assert own.fairy is not None
+        try:
+            rows = await own.driver.execute_fetchall(sql, params)
+        except BaseException as exc:
+            if _broken(exc, self.errors):
+                if self.own is own:
+                    self.own = None
+                self.pinned.discard(own)
+                await greenlet_spawn(own.close)
+            if isinstance(exc, self.errors):
+                raise _translated(exc) from exc
+            raise
+        return rows[0] if rows else None
+
+    async def _own(self) -> _Pinned:
+        fairy = await self._checkout()
+        own: _Pinned = await greenlet_spawn(_pinned_autocommit, fairy)
+        if self.own is not None and self.own.fairy is not None and self.own.forks == _forks:
+            await greenlet_spawn(own.close)  # another task pinned one meanwhile
+            return self.own
+        self.pinned.add(own)
+        self.own = own
+        return own
+
+
+def _pinned_autocommit(fairy: PoolProxiedConnection) -> _Pinned:
+    """Detach ``fairy`` and let each statement on it commit itself (in the greenlet)."""
+    pinned = _Pinned(fairy)
+    connection: Any = fairy.dbapi_connection
+    if connection.isolation_level is not None:
+        connection.isolation_level = None
+    return pinned
