@@ -158,8 +158,9 @@ def _mysql(facts: MysqlFacts) -> list[Check]:
             Check(
                 "replication",
                 Status.OK,
-                "A single MySQL/MariaDB server (no Galera). Replicas of it, if any, are "
-                "asynchronous: promoting one can issue acknowledged IDs again.",
+                "A single MySQL/MariaDB server (no Galera). A replica of it is asynchronous "
+                "unless semi-synchronous replication is on: promoting an asynchronous one can "
+                "issue acknowledged IDs again.",
             )
         )
         return checks
