@@ -177,7 +177,11 @@ CROSS_SITE = [
     {"Origin": "http://127.0.0.1.evil.example"},
     {"Origin": "null"},
     {"Sec-Fetch-Site": "cross-site"},
-    {"Origin": "http://127.0.0.1:8000", "Sec-Fetch-Site": "cross-site"},
+    {"Origin": "http://127.0.0.1", "Sec-Fetch-Site": "cross-site"},
+    # Another program on this machine (another port, or another name) is another site.
+    {"Origin": "http://127.0.0.1:3000"},
+    {"Origin": "http://127.0.0.1:3000", "Sec-Fetch-Site": "same-site"},
+    {"Origin": "http://localhost"},
 ]
 
 
@@ -206,8 +210,9 @@ async def test_changes_from_another_sites_page_are_refused(
 @pytest.mark.parametrize(
     "headers",
     [
-        {"Origin": "http://127.0.0.1:8000"},
-        {"Origin": "http://localhost:8000", "Sec-Fetch-Site": "same-origin"},
+        # The client here calls http://127.0.0.1: its own pages have that origin.
+        {"Origin": "http://127.0.0.1"},
+        {"Origin": "http://127.0.0.1", "Sec-Fetch-Site": "same-origin"},
         {"Sec-Fetch-Site": "same-origin"},
         {"Sec-Fetch-Site": "none"},  # typed in the address bar, or a tool
         {},  # curl, scripts, the Python client

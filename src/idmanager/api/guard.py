@@ -82,11 +82,14 @@ class Guard:
     def _cross_site(self, path: str, headers: dict[bytes, bytes]) -> tuple[ProblemKind, str] | None:
         origin = headers.get(b"origin", b"").decode("latin-1")
         site = headers.get(b"sec-fetch-site", b"").decode("latin-1").lower()
-        foreign_origin = bool(origin) and origin != "null" and not self._own(origin)
+        host = headers.get(b"host", b"").decode("latin-1").lower()
+        # Only this service's own pages: the same host AND port (another program on
+        # localhost:3000 is another site, though the browser calls it "same-site").
+        foreign_origin = bool(origin) and origin != "null" and not self._own(origin, host)
         # An Origin of "null" is refused, unless the browser says the page is this site's own:
         # under Referrer-Policy: no-referrer (the console's pages) Chromium posts forms so.
         opaque = origin == "null" and site != "same-origin"
-        if site == "cross-site" or foreign_origin or opaque:
+        if site not in ("", "same-origin", "none") or foreign_origin or opaque:
             shown = origin[:100] or "another site"
             return kind("cross-site-request"), (
                 f"A change requested from another site's page ({shown}) is refused"
@@ -96,9 +99,9 @@ class Guard:
             return kind("unsupported-media-type"), kind("unsupported-media-type").example
         return None
 
-    def _own(self, origin: str) -> bool:
-        host = urlsplit(origin).hostname
-        return self.any_host or (host is not None and host.lower() in self.hosts)
+    @staticmethod
+    def _own(origin: str, host: str) -> bool:
+        return urlsplit(origin).netloc.lower() == host
 
 
 async def _refuse(scope: Scope, send: Send, found: ProblemKind, detail: str) -> None:
