@@ -188,11 +188,11 @@ def test_stats_warn_near_the_end_of_a_letter_width() -> None:
 
 
 def test_the_entity_refuses_a_bad_prefix_with_the_seed_messages() -> None:
-    with pytest.raises(InvalidPrefixError, match="^Prefix cannot be empty$"):
+    with pytest.raises(InvalidPrefixError, match=r"^Prefix cannot be empty$"):
         IdManager("")
     with pytest.raises(
         InvalidPrefixError,
-        match="^Prefix can only contain uppercase letters, numbers, and underscores$",
+        match=r"^Prefix can only contain uppercase letters, numbers, and underscores$",
     ):
         IdManager("test-invalid")
     assert IdManager(" test ").prefix == "TEST"

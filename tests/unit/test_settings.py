@@ -9,7 +9,7 @@ import pytest
 from idmanager.settings import ApiKey, Role, Settings
 
 ADMIN, READ, GEN, OPS, RO, ENV = (
-    f"{name}-key-0123456789" for name in "admin read gen ops ro env".split()
+    f"{name}-key-0123456789" for name in ("admin", "read", "gen", "ops", "ro", "env")
 )
 
 
