@@ -177,9 +177,7 @@ class CachedAllocator:
     ) -> Once[Allocated]:
         if count > self.max_count:
             # Served by the database: its answer is kept there too, for every process.
-            return await self.database.allocate_once(
-                prefix, count, scope, on, actor, create, claim
-            )
+            return await self.database.allocate_once(prefix, count, scope, on, actor, create, claim)
         key = (claim.owner, claim.key)
         now = time.monotonic()
         found = self._answers.get(key)
