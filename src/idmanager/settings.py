@@ -163,6 +163,16 @@ class Settings(BaseSettings):
     block_cache_max_block: int = Field(
         10_000, ge=1, le=1_000_000, description="Largest block, for a prefix in heavy use."
     )
+    block_cache_max_prefixes: int = Field(
+        10_000,
+        ge=1,
+        le=1_000_000,
+        description="Most sequences the block cache holds blocks of; past it, the longest "
+        "idle hands its tail back.",
+    )
+    block_cache_idle_s: float = Field(
+        600.0, gt=0, description="A sequence unused this long hands its reserved tail back."
+    )
     create_role: Role = Field(
         Role.GENERATE,
         description="The role a key needs for an allocation to create a sequence that does "

@@ -166,6 +166,8 @@ def _allocator(app: FastAPI) -> Allocator:
         initial_block=settings.block_cache_initial_block,
         min_block=settings.block_cache_min_block,
         max_block=settings.block_cache_max_block,
+        max_prefixes=settings.block_cache_max_prefixes,
+        idle_after=settings.block_cache_idle_s,
     )
     allocator = CachedAllocator(
         cache,
