@@ -220,6 +220,7 @@ def _driver_errors(engine: Engine) -> tuple[type[BaseException], ...]:
             asyncpg.PostgresError,
             asyncpg.InterfaceError,
             asyncpg.exceptions.InternalClientError,
+            engine.dialect.loaded_dbapi.Error,  # SQLAlchemy's adapter: a failed connect
         )
     elif driver == "aiosqlite":
         own = (sqlite3.Error,)
@@ -275,7 +276,7 @@ class SyncAllocations(_Allocations):
     def _checkout(self) -> PoolProxiedConnection:
         try:
             return self.engine.raw_connection()
-        except (SQLAlchemyError, OSError, TimeoutError) as exc:
+        except self.errors as exc:  # the pool raises the driver's own error, unwrapped
             raise as_domain_error(exc) from exc
 
     def _fetch_pinned(self, sql: str, params: Any) -> Any:
@@ -375,7 +376,7 @@ class AsyncAllocations(_Allocations):
     async def _checkout(self) -> PoolProxiedConnection:
         try:
             fairy: PoolProxiedConnection = await greenlet_spawn(self.engine.raw_connection)
-        except (SQLAlchemyError, OSError, TimeoutError) as exc:
+        except self.errors as exc:  # the pool raises the driver's own error, unwrapped
             raise as_domain_error(exc) from exc
         return fairy
 
