@@ -73,7 +73,14 @@ def revisions(connection: Connection) -> tuple[str | None, str | None]:
 # transactional, but the loser stops at its first CREATE, before the winner's). Once the
 # winner has finished, the upgrade is a no-op, so the losers retry.
 _ATTEMPTS = 5
-_RACE_MARKERS = ("already exists", "duplicate key", "duplicate entry", "duplicate column")
+# The last: the winner moved the version table on while the loser was applying the same step.
+_RACE_MARKERS = (
+    "already exists",
+    "duplicate key",
+    "duplicate entry",
+    "duplicate column",
+    "expected to match one row",
+)
 
 
 def _lost_race(exc: StorageError) -> bool:
