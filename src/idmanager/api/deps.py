@@ -8,6 +8,7 @@ from typing import Annotated
 
 from fastapi import Depends, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security.utils import get_authorization_scheme_param
 
 from ..application.use_cases import IdManagerUseCases
 from ..domain.errors import InvalidInputError
@@ -27,6 +28,16 @@ def _access(needed: Role) -> Callable[[Request, Credentials], Awaitable[Principa
         return keys.authorize(credentials.credentials if credentials else None, needed)
 
     return authorize
+
+
+def bearer_token(request: Request) -> str | None:
+    """Return the request's bearer token as the ``HTTPBearer`` dependency reads it (the hot
+    route checks its key inline, without FastAPI solving a dependency chain)."""
+    authorization = request.headers.get("Authorization")
+    scheme, credentials = get_authorization_scheme_param(authorization)
+    if not (authorization and scheme and credentials) or scheme.lower() != "bearer":
+        return None
+    return credentials
 
 
 # Async, every one: FastAPI would run a plain ``def`` in a worker thread on every request.

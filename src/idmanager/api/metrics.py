@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Iterator
+from itertools import accumulate
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ..application.block_cache import CacheStats
@@ -28,20 +35,13 @@ class Metrics:
         # Prefixes with a label of their own: the first ones seen, up to the bound. Whatever
         # callers invent after that is counted under one label, so the page stays small.
         self.max_labels = max_labels
-        self.labels: dict[str, str] = {}
-        self.ids_allocated = Counter(
-            "idmanager_ids_allocated",
-            "IDs allocated, by prefix (a period template counts its periods together; "
-            "prefixes past IDMANAGER_METRICS_MAX_PREFIXES count as '_other').",
-            ["prefix"],
-            registry=self.registry,
-        )
-        self.allocation_latency = Histogram(
-            "idmanager_allocation_duration_seconds",
-            "Time to allocate and commit IDs (one request).",
-            buckets=LATENCY_BUCKETS,
-            registry=self.registry,
-        )
+        # What each allocation records: plain numbers, rendered only when Prometheus scrapes
+        # (prometheus_client's labelled counter and histogram take locks and look labels up
+        # on every call, which cost as much as serving an ID from the block cache).
+        self.ids_allocated: dict[str, int] = {}  # by label: the prefix, or _other
+        self.latency_counts = [0] * (len(LATENCY_BUCKETS) + 1)  # per bucket, then +Inf
+        self.latency_sum = 0.0
+        self.registry.register(_AllocationsCollector(self))
         self.errors = Counter(
             "idmanager_errors",
             "Requests that failed, by error type.",
@@ -70,17 +70,52 @@ class Metrics:
         """Record one successful allocation of ``prefix`` (``requested`` as the caller wrote
         it: a template names its family)."""
         name = requested.strip().upper() if "{" in requested else prefix
-        label = self.labels.get(name)
-        if label is None:
-            label = name if len(self.labels) < self.max_labels else OTHER
-            if label is name:
-                self.labels[name] = name
-        self.ids_allocated.labels(label).inc(count)
-        self.allocation_latency.observe(seconds)
+        counts = self.ids_allocated
+        if name in counts:
+            counts[name] += count
+        else:
+            label = name if len(counts) < self.max_labels else OTHER
+            counts[label] = counts.get(label, 0) + count
+        self.latency_counts[bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        self.latency_sum += seconds
 
     def render(self) -> bytes:
         """Return the metrics in the Prometheus text format."""
         return generate_latest(self.registry)
+
+
+class _AllocationsCollector:
+    """The allocations' counter and latency histogram, rendered from :class:`Metrics`."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def describe(self) -> list[Metric]:
+        return list(self._families({}, [0] * (len(LATENCY_BUCKETS) + 1), 0.0))
+
+    def collect(self) -> Iterator[Metric]:
+        m = self.metrics
+        return self._families(dict(m.ids_allocated), list(m.latency_counts), m.latency_sum)
+
+    @staticmethod
+    def _families(counts: dict[str, int], latency: list[int], total: float) -> Iterator[Metric]:
+        ids = CounterMetricFamily(
+            "idmanager_ids_allocated",
+            "IDs allocated, by prefix (a period template counts its periods together; "
+            "prefixes past IDMANAGER_METRICS_MAX_PREFIXES count as '_other').",
+            labels=["prefix"],
+        )
+        for label, value in counts.items():
+            ids.add_metric([label], value)
+        yield ids
+        cumulative = list(accumulate(latency))
+        bounds = [repr(b) for b in LATENCY_BUCKETS] + ["+Inf"]  # as Histogram writes them
+        yield HistogramMetricFamily(
+            "idmanager_allocation_duration_seconds",
+            "Time to allocate and commit IDs (one request).",
+            buckets=list(zip(bounds, cumulative, strict=True)),
+            sum_value=total,
+        )
 
 
 class _ConflictsCollector:
