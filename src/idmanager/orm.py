@@ -246,12 +246,20 @@ class _Numberer:
                 row = numbered.row(state.identity)
                 rows[numbered].append(row)
                 groups[self._key(obj, numbered)].append((obj, numbered.key, row))
+        # Each update on its table's connection, found now: the ORM's per-statement work
+        # (autoflush, binds, its compile state) would run while the sequences are locked.
+        writes = [
+            (session.connection(bind_arguments={"clause": numbered.update}), numbered, parameters)
+            for numbered, parameters in rows.items()
+        ]
+        # From the first allocation to COMMIT the sequences are locked: in between, only the
+        # numbers, and one write of them per column.
         for (obj, key, row), value in self._allocate(session, groups):
             row["_idm_value"] = value
             tracked.written.append((obj, key, value))
-        for numbered, parameters in rows.items():
+        for connection, numbered, parameters in writes:
             assert numbered.update is not None, "only columns numbered at commit wait for it"
-            session.execute(numbered.update, parameters)  # one executemany per column
+            connection.execute(numbered.update, parameters)  # one executemany per column
 
     def after_commit(self, session: Session) -> None:
         """Show the at-commit numbers on the objects; the rest is permanent now."""
