@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from harness import Traced
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
 import idmanager
@@ -41,6 +42,12 @@ def _admin(url: str, sql: str, **params: Any) -> None:
     engine.dispose()
 
 
+def _unawaited(recwarn: pytest.WarningsRecorder) -> list[str]:
+    """Return the warnings of coroutines created and never awaited (a connect refused
+    for want of the greenlet bridge)."""
+    return [str(w.message) for w in recwarn if "never awaited" in str(w.message)]
+
+
 async def _pid(engine: Any) -> int:
     """Return the server pid of the connection a pool of one holds."""
     fairy = await _resolve(engine.raw_connection())
@@ -54,7 +61,7 @@ async def _pid(engine: Any) -> int:
 
 @pytest.mark.parametrize("mode", ["async", "sync"])
 async def test_a_connection_the_server_killed_is_thrown_away(
-    postgres_url: str, prefix: str, mode: str
+    postgres_url: str, prefix: str, mode: str, recwarn: pytest.WarningsRecorder
 ) -> None:
     engine = _pg_engine(postgres_url, mode)
     use_cases = idmanager.connect(engine)
@@ -70,6 +77,34 @@ async def test_a_connection_the_server_killed_is_thrown_away(
         assert engine.pool.checkedout() == 0
     finally:
         await _resolve(engine.dispose())
+    assert _unawaited(recwarn) == []
+
+
+async def test_after_the_pool_is_invalidated_allocations_reconnect(
+    postgres_url: str, prefix: str, recwarn: pytest.WarningsRecorder
+) -> None:
+    """Idle connections are handed out without the greenlet bridge, but not stale ones."""
+    engine = idmanager.create_async_engine(postgres_url, pool_size=3, max_overflow=0)
+    use_cases = idmanager.connect(engine)
+    try:
+        held = [await engine.raw_connection() for _ in range(3)]  # three idle connections
+        pids = [f.driver_connection.get_server_pid() for f in held]
+        for fairy in held:
+            fairy.close()
+        await use_cases.allocate(prefix)
+        for pid in pids:
+            _admin(postgres_url, "SELECT pg_terminate_backend(:pid)", pid=pid)
+        await asyncio.sleep(0.1)
+        # A session meets a dead connection: SQLAlchemy invalidates the whole pool.
+        with pytest.raises(sa.exc.DBAPIError):
+            async with AsyncSession(engine) as session:
+                await session.execute(sa.text("SELECT 1"))
+        issued = [(await use_cases.allocate(prefix))[0] for _ in range(6)]
+        assert issued[-1].endswith("0007") and len(set(issued)) == 6
+    finally:
+        await engine.dispose()
+    # Stale connections were reconnected through the bridge, none tried without it.
+    assert _unawaited(recwarn) == []
 
 
 async def test_a_cancelled_allocation_does_not_return_its_connection(

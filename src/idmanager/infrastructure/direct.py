@@ -33,8 +33,8 @@ from contextlib import suppress
 from typing import Any, cast
 
 from sqlalchemy import Engine, event
-from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.pool import NullPool, PoolProxiedConnection, QueuePool
+from sqlalchemy.exc import MissingGreenlet, SQLAlchemyError
+from sqlalchemy.pool import NullPool, Pool, PoolProxiedConnection, QueuePool
 from sqlalchemy.sql import ClauseElement
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.util import greenlet_spawn
@@ -76,6 +76,10 @@ class Statement:
         self.sql = str(compiled)
         defaults = compiled.construct_params(dict.fromkeys(names)) or {}
         order = compiled.positiontup
+        self.names = names
+        # The statement's own parameters, in the order its text wants them: the allocation's
+        # are exactly ``names`` (bound as they are given); the keyed one has constants too.
+        self.exact = (tuple(order) if order is not None else tuple(defaults)) == names
         if order is None:  # named (psycopg's %(name)s): a mapping
             self.named = True
             self.template: Any = dict(defaults)
@@ -87,6 +91,8 @@ class Statement:
 
     def bind(self, *values: Any) -> Any:
         """Return the statement's parameters, ``values`` given in the order of its ``names``."""
+        if self.exact:
+            return dict(zip(self.names, values, strict=True)) if self.named else values
         params = self.template.copy()
         for slot, value in zip(self.slots, values, strict=True):
             if self.named:
@@ -337,6 +343,10 @@ class AsyncAllocations(_Allocations):
     def __init__(self, engine: Engine) -> None:
         super().__init__(engine)
         self.own: _Pinned | None = None  # aiosqlite: the connection of our own
+        # Checkouts to make through the greenlet bridge (:meth:`_idle`), and the pool's last
+        # invalidation seen.
+        self._bridged = 0
+        self._invalidated: float | None = getattr(engine.pool, "_invalidate_time", None)
 
     async def allocate(self, scope: str, prefix: str, count: int) -> IdManager | None:
         params = self.allocating.bind(count, scope, prefix, MAX_ORDINAL - count)
@@ -365,6 +375,7 @@ class AsyncAllocations(_Allocations):
         except BaseException as exc:
             if _broken(exc, self.errors):
                 await greenlet_spawn(fairy.invalidate, exc if isinstance(exc, Exception) else None)
+                self._bridged = _size(self.engine.pool)  # it goes back to be reconnected
             else:
                 await self._check_in(fairy)
             if isinstance(exc, self.errors):
@@ -374,11 +385,46 @@ class AsyncAllocations(_Allocations):
         return row
 
     async def _checkout(self) -> PoolProxiedConnection:
+        idle = self._idle()
+        if idle is not None:
+            return idle
         try:
             fairy: PoolProxiedConnection = await greenlet_spawn(self.engine.raw_connection)
         except self.errors as exc:  # the pool raises the driver's own error, unwrapped
             raise as_domain_error(exc) from exc
         return fairy
+
+    def _idle(self) -> PoolProxiedConnection | None:
+        """Check an idle connection out without the greenlet bridge, where that takes no I/O.
+
+        The bridge costs as much as the rest of the checkout. An idle connection of a queue
+        pool that pings nothing, recycles nothing and runs no checkout hook is handed out by
+        plain code. One that needs connecting again (thrown away, or the whole pool
+        invalidated) would need I/O: for as many checkouts as the pool holds after that, the
+        bridge takes them all. Should one need I/O all the same, SQLAlchemy refuses at its
+        first await (MissingGreenlet), before any I/O, and puts it back to be reconnected.
+        """
+        pool = self.engine.pool
+        if not isinstance(pool, QueuePool):
+            return None
+        invalidated = getattr(pool, "_invalidate_time", None)
+        if invalidated != self._invalidated:
+            self._invalidated, self._bridged = invalidated, pool.size()
+        if self._bridged > 0:
+            self._bridged -= 1
+            return None
+        if not (
+            pool.checkedin()
+            and getattr(pool, "_pre_ping", True) is False
+            and getattr(pool, "_recycle", 0) == -1
+            and not pool.dispatch.checkout
+        ):
+            return None
+        try:
+            return self.engine.raw_connection()
+        except MissingGreenlet:
+            self._bridged = pool.size()
+            return None
 
     async def _check_in(self, fairy: PoolProxiedConnection) -> None:
         pool = self.engine.pool
@@ -416,6 +462,10 @@ class AsyncAllocations(_Allocations):
         self.pinned.add(own)
         self.own = own
         return own
+
+
+def _size(pool: Pool) -> int:
+    return pool.size() if isinstance(pool, QueuePool) else 0
 
 
 def _pinned_autocommit(fairy: PoolProxiedConnection) -> _Pinned:
