@@ -18,22 +18,16 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import aiosqlite
 import asyncpg
 import psycopg
-from internals import library_upsert, use_cases
-from lean import MAX_ORDINAL, LeanAsyncAllocator, LeanSyncAllocator
+from internals import MINIMAL, library_statement, positional, statement_values, use_cases
 from sqlalchemy import Engine, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session
 
 from idmanager import IdGeneratorUtil, create_async_engine, create_engine
 
-# bench/run.py's baseline: the smallest upsert, returning only the new value.
-MINIMAL = (
-    "INSERT INTO id_managers (scope, prefix, last_value) VALUES ('', $1, 1) "
-    "ON CONFLICT (scope, prefix) DO UPDATE SET last_value = id_managers.last_value + 1 "
-    "RETURNING last_value"
-)
 SQLITE_PRAGMAS = ("busy_timeout = 30000", "journal_mode = WAL", "synchronous = NORMAL")
 
 
@@ -65,32 +59,6 @@ class Path:
     pg: bool = True  # runs on PostgreSQL (its backend CPU is measured)
 
 
-def _values(prefix: str) -> dict[str, Any]:
-    return {
-        "scope": "",
-        "prefix": prefix,
-        "last_value": 1,
-        "separator": "-",
-        "letter_width": 3,
-        "digit_width": 4,
-        "created_by": None,
-        "room": MAX_ORDINAL - 1,
-    }
-
-
-def _positional(order: tuple[str, ...]) -> Callable[[str], list[Any]]:
-    """Return a fast builder of the positional parameters for ``prefix``."""
-    template = [_values("")[name] for name in order]
-    at = order.index("prefix")
-
-    def args(prefix: str) -> list[Any]:
-        values = template.copy()
-        values[at] = prefix
-        return values
-
-    return args
-
-
 # PostgreSQL, own transaction: raw drivers.
 
 
@@ -108,38 +76,14 @@ async def _no_reset(_connection: asyncpg.Connection) -> None:
     """Skip asyncpg's reset query (advisory unlock, CLOSE ALL, UNLISTEN, RESET ALL)."""
 
 
-def raw_asyncpg_pool(reset: bool) -> Setup:
-    """The library's statement through asyncpg's own pool; with ``reset``, as bench/run.py's
-    baseline does: asyncpg then sends its reset query on every release, a second round trip."""
-
-    @asynccontextmanager
-    async def setup(env: Env) -> AsyncIterator[Op]:
-        sql, order = library_upsert("asyncpg")
-        args = _positional(order)
-        size = env.clients
-        options: dict[str, Any] = {} if reset else {"reset": _no_reset}
-        pool = await asyncpg.create_pool(env.pg_url, min_size=size, max_size=size, **options)
-
-        async def pooled(p: str) -> object:
-            async with pool.acquire() as conn:
-                return await conn.fetchrow(sql, *args(p))
-
-        try:
-            yield Op(pooled)
-        finally:
-            await pool.close()
-
-    return setup
-
-
 @asynccontextmanager
 async def raw_asyncpg(env: Env) -> AsyncIterator[Op]:
     """The library's own statement, prepared once, on one asyncpg connection (autocommit).
 
     With several clients, through asyncpg's pool without its reset query (the physical
     limit: one round trip per allocation)."""
-    sql, order = library_upsert("asyncpg")
-    args = _positional(order)
+    sql, order = library_statement("asyncpg")
+    args = positional(order)
     if env.clients > 1:
         pool = await asyncpg.create_pool(
             env.pg_url, min_size=env.clients, max_size=env.clients, reset=_no_reset
@@ -165,7 +109,7 @@ async def raw_asyncpg(env: Env) -> AsyncIterator[Op]:
 @asynccontextmanager
 async def raw_psycopg(env: Env) -> AsyncIterator[Op]:
     """The library's own statement on one psycopg connection, autocommit, server-prepared."""
-    sql, _ = library_upsert("psycopg")
+    sql, _ = library_statement("psycopg")
     local = threading.local()
     opened: list[psycopg.Connection[Any]] = []
 
@@ -175,7 +119,7 @@ async def raw_psycopg(env: Env) -> AsyncIterator[Op]:
             conn = psycopg.connect(env.pg_url, autocommit=True)
             opened.append(conn)
             cursor = local.cursor = conn.cursor()
-        return cursor.execute(sql, _values(p), prepare=True).fetchone()
+        return cursor.execute(sql, statement_values(p), prepare=True).fetchone()
 
     try:
         yield Op(one, False)
@@ -184,7 +128,7 @@ async def raw_psycopg(env: Env) -> AsyncIterator[Op]:
             conn.close()
 
 
-# PostgreSQL, own transaction: the library, and the lean prototype.
+# PostgreSQL, own transaction: the library.
 
 
 @asynccontextmanager
@@ -218,12 +162,6 @@ async def use_cases_async(env: Env) -> AsyncIterator[Op]:
 
 
 @asynccontextmanager
-async def lean_asyncpg(env: Env) -> AsyncIterator[Op]:
-    async with async_engine(env) as engine:
-        yield Op(LeanAsyncAllocator(engine).allocate)
-
-
-@asynccontextmanager
 async def util_sync_engine(env: Env) -> AsyncIterator[Op]:
     async with sync_engine(env) as engine:
         yield Op(lambda p: IdGeneratorUtil.generate_id(p, engine), False)
@@ -235,19 +173,13 @@ async def use_cases_sync(env: Env) -> AsyncIterator[Op]:
         yield Op(use_cases(engine).allocate, False)
 
 
-@asynccontextmanager
-async def lean_psycopg(env: Env) -> AsyncIterator[Op]:
-    async with sync_engine(env) as engine:
-        yield Op(LeanSyncAllocator(engine).allocate, False)
-
-
 # PostgreSQL, the caller's transaction: BEGIN, the upsert, COMMIT.
 
 
 @asynccontextmanager
 async def raw_asyncpg_transaction(env: Env) -> AsyncIterator[Op]:
-    sql, order = library_upsert("asyncpg")
-    args = _positional(order)
+    sql, order = library_statement("asyncpg")
+    args = positional(order)
     conn = await asyncpg.connect(env.pg_url)
     statement = await conn.prepare(sql)
 
@@ -263,8 +195,8 @@ async def raw_asyncpg_transaction(env: Env) -> AsyncIterator[Op]:
 
 def _text_upsert() -> Any:
     """The library's statement as text() with named parameters: no compilation of Core."""
-    sql, _ = library_upsert("psycopg")
-    for name in _values(""):
+    sql, _ = library_statement("psycopg")
+    for name in statement_values(""):
         # text() takes ":name"; a "::TYPE" cast right after it would hide the parameter.
         sql = re.sub(rf"%\({name}\)s(::\w+)?", f":{name}", sql)
     return text(sql)
@@ -277,7 +209,7 @@ async def bare_async_session(env: Env) -> AsyncIterator[Op]:
 
         async def one(p: str) -> object:
             async with AsyncSession(engine) as session:
-                row = (await session.execute(statement, _values(p))).first()
+                row = (await session.execute(statement, statement_values(p))).first()
                 await session.commit()
                 return row
 
@@ -304,7 +236,7 @@ async def bare_sync_session(env: Env) -> AsyncIterator[Op]:
 
         def one(p: str) -> object:
             with Session(engine) as session:
-                row = session.execute(statement, _values(p)).first()
+                row = session.execute(statement, statement_values(p)).first()
                 session.commit()
                 return row
 
@@ -435,7 +367,7 @@ async def orm_plain(env: Env) -> AsyncIterator[Op]:
         yield Op(one)
 
 
-# SQLite: the raw sqlite3 module at the library's settings, the library, the lean path.
+# SQLite: the raw sqlite3 module at the library's settings, and the library.
 
 
 def sqlite_connection(path: str) -> sqlite3.Connection:
@@ -459,8 +391,8 @@ async def raw_sqlite_minimal(env: Env) -> AsyncIterator[Op]:
 @asynccontextmanager
 async def raw_sqlite(env: Env) -> AsyncIterator[Op]:
     conn = sqlite_connection(env.sqlite_path)
-    sql, order = library_upsert("sqlite")
-    args = _positional(order)
+    sql, order = library_statement("sqlite")
+    args = positional(order)
     try:
         yield Op(lambda p: conn.execute(sql, args(p)).fetchall(), False)
     finally:
@@ -498,33 +430,29 @@ async def use_cases_sqlite(env: Env) -> AsyncIterator[Op]:
 
 
 @asynccontextmanager
+async def raw_aiosqlite(env: Env) -> AsyncIterator[Op]:
+    """The library's statement on aiosqlite: one hop to its worker thread per call."""
+    sql, order = library_statement("sqlite")
+    args = positional(order)
+    conn = await aiosqlite.connect(env.sqlite_path, isolation_level=None, timeout=30)
+    for pragma in SQLITE_PRAGMAS:
+        await conn.execute(f"PRAGMA {pragma}")
+    try:
+        yield Op(lambda p: conn.execute_fetchall(sql, args(p)))
+    finally:
+        await conn.close()
+
+
+@asynccontextmanager
+async def use_cases_aiosqlite(env: Env) -> AsyncIterator[Op]:
+    async with sqlite_async_engine(env) as engine:
+        yield Op(use_cases(engine).allocate)
+
+
+@asynccontextmanager
 async def util_aiosqlite(env: Env) -> AsyncIterator[Op]:
     async with sqlite_async_engine(env) as engine:
         yield Op(lambda p: IdGeneratorUtil.generate_id(p, engine))
-
-
-@asynccontextmanager
-async def lean_sqlite(env: Env) -> AsyncIterator[Op]:
-    async with sqlite_engine(env) as engine:
-        yield Op(LeanSyncAllocator(engine).allocate, False)
-
-
-@asynccontextmanager
-async def lean_sqlite_pinned(env: Env) -> AsyncIterator[Op]:
-    async with sqlite_engine(env) as engine:
-        yield Op(LeanSyncAllocator(engine, pinned=True).allocate, False)
-
-
-@asynccontextmanager
-async def lean_aiosqlite(env: Env) -> AsyncIterator[Op]:
-    async with sqlite_async_engine(env) as engine:
-        yield Op(LeanAsyncAllocator(engine).allocate)
-
-
-@asynccontextmanager
-async def lean_aiosqlite_pinned(env: Env) -> AsyncIterator[Op]:
-    async with sqlite_async_engine(env) as engine:
-        yield Op(LeanAsyncAllocator(engine, pinned=True).allocate)
 
 
 # HTTP, in process: the ASGI app called directly (no server, no client library).
@@ -630,42 +558,31 @@ ROUTE = "/api/v1/prefixes/{p}/ids"
 
 
 PATHS: tuple[Path, ...] = (
-    Path("asyncpg", "raw asyncpg prepared upsert (library statement)", raw_asyncpg),
-    Path(
-        "asyncpg",
-        "raw asyncpg prepared upsert (minimal, RETURNING last_value)",
-        raw_asyncpg_minimal,
-    ),
-    Path(
-        "asyncpg", "raw asyncpg pool, reset query on release (run.py's raw)", raw_asyncpg_pool(True)
-    ),
+    Path("asyncpg", "raw asyncpg, the library's statement, prepared", raw_asyncpg),
+    Path("asyncpg", "raw asyncpg, the issue's upsert (RETURNING last_value)", raw_asyncpg_minimal),
     Path("asyncpg", "IdGeneratorUtil.generate_id(p, async_engine)", util_async_engine),
-    Path("asyncpg", "IdManagerUseCases(engine).allocate(p)", use_cases_async),
-    Path("asyncpg", "lean prototype (bench/lean.py), asyncpg", lean_asyncpg),
-    Path("psycopg", "raw psycopg prepared upsert (library statement)", raw_psycopg),
+    Path("asyncpg", "connect(async_engine).allocate(p)", use_cases_async),
+    Path("psycopg", "raw psycopg, the library's statement, prepared", raw_psycopg),
     Path("psycopg", "IdGeneratorUtil.generate_id(p, sync_engine)", util_sync_engine),
-    Path("psycopg", "SyncIdManagerUseCases(engine).allocate(p)", use_cases_sync),
-    Path("psycopg", "lean prototype (bench/lean.py), psycopg", lean_psycopg),
-    Path("caller", "raw asyncpg BEGIN; upsert; COMMIT", raw_asyncpg_transaction),
-    Path("caller", "bare AsyncSession: text() upsert + commit", bare_async_session),
+    Path("psycopg", "connect(sync_engine).allocate(p)", use_cases_sync),
+    Path("caller", "raw asyncpg BEGIN; the statement; COMMIT", raw_asyncpg_transaction),
+    Path("caller", "bare AsyncSession: text() statement + commit", bare_async_session),
     Path("caller", "AsyncSession: IdGeneratorUtil.generate_id + commit", util_async_session),
-    Path("caller", "bare Session (psycopg): text() upsert + commit", bare_sync_session),
+    Path("caller", "bare Session (psycopg): text() statement + commit", bare_sync_session),
     Path("caller", "Session (psycopg): IdGeneratorUtil.generate_id + commit", util_sync_session),
     Path("orm", "by hand on asyncpg: INSERT, upsert, UPDATE in a transaction", by_hand_asyncpg),
     Path("orm", "ORM insert + commit, number given (no numbering)", orm_plain),
     Path("orm", "ORM insert, upsert and UPDATE by hand in the session", orm_by_hand),
     Path("orm", "ORM numbered at commit (idmanager.orm)", orm_at_commit),
-    Path("sqlite", "raw sqlite3 upsert (library statement), WAL, NORMAL", raw_sqlite, False),
-    Path("sqlite", "raw sqlite3 upsert (minimal), WAL, NORMAL", raw_sqlite_minimal, False),
+    Path("sqlite", "raw sqlite3, the library's statement, WAL, NORMAL", raw_sqlite, False),
+    Path("sqlite", "raw sqlite3, the issue's upsert, WAL, NORMAL", raw_sqlite_minimal, False),
     Path("sqlite", "IdGeneratorUtil.generate_id(p, sync_engine)", util_sqlite, False),
-    Path("sqlite", "SyncIdManagerUseCases(engine).allocate(p)", use_cases_sqlite, False),
+    Path("sqlite", "connect(sync_engine).allocate(p)", use_cases_sqlite, False),
+    Path("sqlite", "raw aiosqlite, the library's statement (a thread hop)", raw_aiosqlite, False),
     Path(
         "sqlite", "IdGeneratorUtil.generate_id(p, async_engine) (aiosqlite)", util_aiosqlite, False
     ),
-    Path("sqlite", "lean prototype (bench/lean.py), sqlite3", lean_sqlite, False),
-    Path("sqlite", "lean prototype, sqlite3, a connection per thread", lean_sqlite_pinned, False),
-    Path("sqlite", "lean prototype (bench/lean.py), aiosqlite", lean_aiosqlite, False),
-    Path("sqlite", "lean prototype, aiosqlite, its own connection", lean_aiosqlite_pinned, False),
+    Path("sqlite", "connect(async_engine).allocate(p) (aiosqlite)", use_cases_aiosqlite, False),
     Path("http", "bare FastAPI endpoint, same app (ASGI in process)", route("/bare/{p}/ids")),
     Path("http", "POST /api/v1/prefixes/{p}/ids, own transaction", route(ROUTE)),
     Path("http", "POST /api/v1/prefixes/{p}/ids, block cache", route(ROUTE, block_cache=True)),

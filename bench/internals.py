@@ -8,42 +8,22 @@ name moves, this file is the one to update.
 
 from __future__ import annotations
 
-from datetime import date
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.dialects.postgresql import asyncpg as pg_asyncpg
 from sqlalchemy.dialects.postgresql import psycopg as pg_psycopg
 
-# The library's allocation statement, as its repository builds it (checked against the library
-# at start by ``library_upsert``): create the row if missing, add the count, guard the row's
-# state and the BIGINT's room, return the whole row.
-_COLUMNS = (
-    "scope, prefix, last_value, separator, letter_width, digit_width, id, created_at, "
-    "updated_at, created_by, is_active"
+# What the library's own-transaction allocation returns: the new last_value and the format.
+NARROW = " RETURNING last_value, separator, letter_width, digit_width"
+# The issue's baseline: the smallest upsert, creating the row if missing, returning the value.
+MINIMAL = (
+    "INSERT INTO id_managers (scope, prefix, last_value) VALUES ('', $1, 1) "
+    "ON CONFLICT (scope, prefix) DO UPDATE SET last_value = id_managers.last_value + 1 "
+    "RETURNING last_value"
 )
-PARAMETERS = (
-    "scope",
-    "prefix",
-    "last_value",
-    "separator",
-    "letter_width",
-    "digit_width",
-    "created_by",
-    "room",
-)
-
-
-def _by_hand(marks: list[str], is_active: str) -> str:
-    s, p, v, sep, lw, dw, by, room = marks
-    return (
-        "INSERT INTO id_managers (scope, prefix, last_value, separator, letter_width, "
-        f"digit_width, created_by) VALUES ({s}, {p}, {v}, {sep}, {lw}, {dw}, {by}) "
-        "ON CONFLICT (scope, prefix) DO UPDATE SET last_value = (id_managers.last_value + "
-        "excluded.last_value), updated_at = CURRENT_TIMESTAMP "
-        f"WHERE {is_active} AND id_managers.last_value <= {room} RETURNING {_COLUMNS}"
-    )
-
+MAX_ORDINAL = 2**63 - 1  # last_value is a signed BIGINT
 
 _NOTED: set[str] = set()
 
@@ -51,39 +31,69 @@ _NOTED: set[str] = set()
 def _note(why: str) -> None:
     if why not in _NOTED:
         _NOTED.add(why)
-        print(f"  (bench/internals.py: {why}; the hand-written upsert stands in)")
+        print(f"  (bench/internals.py: {why})")
 
 
-def library_upsert(driver: str) -> tuple[str, tuple[str, ...]]:
-    """Return the library's allocation statement for ``driver`` and its parameters' order.
-
-    ``driver`` is ``asyncpg`` ($1 placeholders), ``psycopg`` (%(name)s) or ``sqlite`` (?).
-    Compiled from the repository's own statement, so the raw baseline runs exactly what the
-    library runs; if that internal name has moved, a hand-written copy stands in (and says so).
-    """
-    dialects: dict[str, Any] = {
+def _dialect(driver: str) -> Any:
+    return {
         "asyncpg": pg_asyncpg.dialect(),
         "psycopg": pg_psycopg.dialect(),
         "sqlite": sqlite.dialect(),
-    }
-    try:
-        from idmanager.infrastructure.repository import _statement
+    }[driver]
 
-        statement = _statement("sqlite" if driver == "sqlite" else "postgresql", "allocate")
-        compiled = statement.compile(dialect=dialects[driver])
-        sql = str(compiled)
-        # Only the one-statement upsert is a baseline that creates a missing sequence.
-        if sql.startswith("INSERT") and "ON CONFLICT" in sql:
-            return sql, tuple(compiled.positiontup or PARAMETERS)
-        _note(f"the library's 'allocate' is now {sql.split()[0]} ..., not the upsert")
-    except (ImportError, KeyError, AttributeError) as exc:
-        _note(f"library statement not found ({exc!r})")
-    if driver == "asyncpg":
-        return _by_hand([f"${i}" for i in range(1, 9)], "id_managers.is_active"), PARAMETERS
-    if driver == "psycopg":
-        marks = [f"%({name})s" for name in PARAMETERS]
-        return _by_hand(marks, "id_managers.is_active"), PARAMETERS
-    return _by_hand(["?"] * 8, "id_managers.is_active = 1"), PARAMETERS
+
+def library_statement(driver: str) -> tuple[str, tuple[str, ...]]:
+    """Return the statement the library's own-transaction allocation runs, for ``driver``.
+
+    ``driver`` is ``asyncpg`` ($1 placeholders), ``psycopg`` (%(name)s) or ``sqlite`` (?).
+    Compiled from the repository's own statement (``UPDATE … RETURNING`` the four columns
+    the answer needs), with its parameters' order: the raw baseline runs exactly what the
+    library runs. Before that statement existed (an older library), its full allocation
+    statement with the same narrow RETURNING stands in.
+    """
+    from idmanager.infrastructure.repository import _statement
+
+    dialect = "sqlite" if driver == "sqlite" else "postgresql"
+    try:
+        statement = _statement(dialect, "allocate_direct")
+    except KeyError:
+        _note("no 'allocate_direct' (an older library): its 'allocate', narrowed")
+        statement = _statement(dialect, "allocate")
+    compiled = statement.compile(dialect=_dialect(driver))
+    sql = str(compiled).split(" RETURNING ")[0] + NARROW
+    order = tuple(compiled.positiontup or ("count", "key_scope", "key_prefix", "room"))
+    return sql, order
+
+
+def statement_values(prefix: str, count: int = 1) -> dict[str, Any]:
+    """Return the library statement's parameters for one allocation of ``prefix``."""
+    return {"count": count, "key_scope": "", "key_prefix": prefix, "room": MAX_ORDINAL - count}
+
+
+def positional(order: tuple[str, ...]) -> Callable[[str], list[Any]]:
+    """Return a builder of the statement's positional parameters for one ID of a prefix."""
+    template = [statement_values("")[name] for name in order]
+    at = order.index("key_prefix")
+
+    def args(prefix: str) -> list[Any]:
+        values = template.copy()
+        values[at] = prefix
+        return values
+
+    return args
+
+
+def create_sequences(url: str, names: list[str]) -> None:
+    """Create the sequences ``names`` (one ID each): the raw statement only updates."""
+    from idmanager import connect, create_engine
+
+    engine = create_engine(url)
+    try:
+        use_cases = connect(engine)
+        for name in names:
+            use_cases.allocate(name)
+    finally:
+        engine.dispose()
 
 
 def use_cases(engine: Any) -> Any:
@@ -106,56 +116,15 @@ def use_cases(engine: Any) -> Any:
     return SyncIdManagerUseCases(engine)
 
 
-def _key_functions() -> tuple[Any, Any]:
-    from idmanager.application.service import check_scope
-    from idmanager.domain.period import resolve_prefix
+def library_core_statement(dialect: str) -> Any:
+    """Return the repository's Core allocation statement (the full one, every column)."""
+    from idmanager.infrastructure.repository import _statement
 
-    return check_scope, resolve_prefix
-
-
-_check_scope, _resolve_prefix = _key_functions()
-
-
-def sequence_key(prefix: str, scope: str, on: date | None) -> tuple[str, str]:
-    """Validate and resolve ``(scope, prefix)`` as the library's service does.
-
-    The lean prototype keeps every input check the library makes; these are its functions.
-    """
-    name = _resolve_prefix(prefix, on)
-    if name == "_HEALTH_CHECK_":
-        from idmanager import InvalidPrefixError
-
-        raise InvalidPrefixError("Prefix _HEALTH_CHECK_ is reserved for the health check")
-    return _check_scope(scope), name
-
-
-def library_core_statement(dialect: str) -> Any | None:
-    """Return the repository's Core allocation statement (the upsert), or None if it moved."""
-    try:
-        from idmanager.infrastructure.repository import _statement
-
-        statement = _statement(dialect, "allocate")
-    except (ImportError, KeyError, AttributeError):
-        return None
-    return statement if str(statement.compile()).startswith("INSERT") else None
+    return _statement(dialect, "allocate")
 
 
 def route_parameters() -> dict[str, Any]:
-    """Return the allocation route's parameter annotations (path, key check, query)."""
-    from idmanager.api.deps import GenerateAccess, OnDate, Scope
-    from idmanager.api.routes import PrefixPath
+    """Return the API's dependency aliases the HTTP ladder prices (the key check)."""
+    from idmanager.api.deps import GenerateAccess
 
-    return {
-        "PrefixPath": PrefixPath,
-        "GenerateAccess": GenerateAccess,
-        "Scope": Scope,
-        "OnDate": OnDate,
-    }
-
-
-def record_allocation(metrics: Any, prefix: str, count: int, seconds: float) -> None:
-    """Record one allocation in the service's metrics as its allocation route does."""
-    try:
-        metrics.allocated(prefix, prefix, count, seconds)  # (requested, prefix, count, s)
-    except TypeError:
-        metrics.allocated(prefix, count, seconds)  # before the refactor
+    return {"GenerateAccess": GenerateAccess}

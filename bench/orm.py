@@ -6,22 +6,30 @@ the sequence's row stays locked for the 20 ms, so the transactions queue behind 
 Drawn at commit (``numbered(..., at_commit=True)``), the lock is held only while committing.
 
 For scale, the same transaction written by hand on raw asyncpg (number at commit) shows what
-the machine allows. Runs on a fresh PostgreSQL database on IDMANAGER_BENCH_PG (default
-127.0.0.1:5432), dropped afterwards. ``python bench/orm.py`` prints the figures; ``main()``
-also returns them.
+the machine allows. ``hold_times`` measures how long the sequence's row stays locked at
+commit, from the allocation statement to the end of COMMIT, one transaction at a time, and
+what runs in between: the Python calls from the allocation's reply to the write of the
+numbers (a count: free of noise), the write, the COMMIT.
+
+Runs on a fresh PostgreSQL database on IDMANAGER_BENCH_PG (default 127.0.0.1:5432), dropped
+afterwards. ``python bench/orm.py`` prints the figures; ``main()`` also returns them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import cProfile
 import os
+import pstats
+import statistics
 import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import asyncpg
-from sqlalchemy import String
+from sqlalchemy import String, event
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -158,7 +166,95 @@ async def measure(url: str, seconds: float = SECONDS) -> Figures:
     return Figures(rates["DOCS"], rates["DOCC"], rates["DOCH"])
 
 
-def main(pg: str = PG, seconds: float = SECONDS) -> Figures:
+@dataclass(frozen=True)
+class HoldTimes:
+    """How long one commit holds the sequence's row, median over the transactions (ms)."""
+
+    orm_total: float  # the allocation statement sent .. COMMIT done
+    orm_allocation: float  # the allocation statement
+    orm_between: float  # its reply .. the write of the numbers sent (Python)
+    orm_write: float  # the write of the numbers
+    orm_commit: float  # the write's reply .. COMMIT done
+    orm_calls_between: float  # Python calls from the allocation's reply to the next statement
+    by_hand_total: float  # raw asyncpg: the upsert sent .. COMMIT done
+    transactions: int
+
+
+async def hold_times(url: str, n: int = 300) -> HoldTimes:
+    """Commit ``n`` documents numbered at commit, one at a time, timing the row's lock."""
+    engine = create_async_engine(url, pool_size=1)
+    sessions = async_sessionmaker(engine, expire_on_commit=False)
+    install(sessions)
+    marks: dict[str, float] = {}
+    counting = cProfile.Profile()
+    counted = [False]
+
+    def before(_c: Any, _cur: Any, statement: str, *_: Any) -> None:
+        if counted[0]:
+            counting.disable()
+            counted[0] = False
+        marks.setdefault("idm_sent" if "id_managers" in statement else "write_sent", now())
+
+    def after(_c: Any, _cur: Any, statement: str, *_: Any) -> None:
+        if "id_managers" in statement and "idm_reply" not in marks:
+            marks["idm_reply"] = now()
+            if marks.get("counting"):  # a second pass: the profiler would slow the first
+                counting.enable()
+                counted[0] = True
+        elif "write_sent" in marks:
+            marks.setdefault("write_reply", now())
+
+    now = time.perf_counter
+    event.listen(engine.sync_engine, "before_cursor_execute", before)
+    event.listen(engine.sync_engine, "after_cursor_execute", after)
+    rows: list[tuple[float, ...]] = []
+    try:
+        for i in range(n + 30 + n // 3):
+            async with sessions() as session:
+                session.add(DrawnAtCommit())
+                await session.flush()
+                marks.clear()
+                marks["counting"] = 1.0 if i >= n + 30 else 0.0
+                await session.commit()
+                done = now()
+            if 30 <= i < n + 30:  # warmed up, not counted
+                sent, reply = marks["idm_sent"], marks["idm_reply"]
+                write, written = marks["write_sent"], marks["write_reply"]
+                rows.append(
+                    (done - sent, reply - sent, write - reply, written - write, done - written)
+                )
+        calls = pstats.Stats(counting).total_calls / (n // 3)  # type: ignore[attr-defined]
+        by_hand = await _by_hand_hold(url, n)
+    finally:
+        await engine.dispose()
+    medians = [statistics.median(r[i] for r in rows) * 1000 for i in range(5)]
+    return HoldTimes(*medians, calls, by_hand, n)
+
+
+async def _by_hand_hold(url: str, n: int) -> float:
+    connection = await asyncpg.connect(url)
+    held = []
+    try:
+        for i in range(n + 30):
+            async with connection.transaction():
+                row = await connection.fetchval(
+                    "INSERT INTO bench_documents_by_hand (number) VALUES (NULL) RETURNING id"
+                )
+                began = time.perf_counter()
+                last = await connection.fetchval(UPSERT, "DOCH")
+                await connection.execute(
+                    "UPDATE bench_documents_by_hand SET number = $1 WHERE id = $2",
+                    format_id("DOCH", last),
+                    row,
+                )
+            if i >= 30:
+                held.append(time.perf_counter() - began)
+    finally:
+        await connection.close()
+    return statistics.median(held) * 1000
+
+
+def main(pg: str = PG, seconds: float = SECONDS) -> tuple[Figures, HoldTimes]:
     """Create a fresh PostgreSQL database, measure, print and return the figures, drop it."""
     name = "idm_bench_orm_" + uuid.uuid4().hex[:8]
     admin = create_engine(f"{pg}/postgres", isolation_level="AUTOCOMMIT")
@@ -176,6 +272,7 @@ def main(pg: str = PG, seconds: float = SECONDS) -> Figures:
             flush=True,
         )
         figures = asyncio.run(measure(url, seconds))
+        held = asyncio.run(hold_times(url))
     finally:
         with admin.connect() as connection:
             connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
@@ -184,8 +281,14 @@ def main(pg: str = PG, seconds: float = SECONDS) -> Figures:
     print(f"  number drawn at commit                 {figures.at_commit:>10,.0f} documents/s")
     print(f"  at commit / at the start               {figures.ratio:>10.1f}x")
     print(f"  by hand on raw asyncpg, at commit      {figures.by_hand:>10,.0f} documents/s")
+    print(
+        f"  the row locked at commit, median of {held.transactions} (ms): {held.orm_total:.2f} "
+        f"(allocation {held.orm_allocation:.2f}, then {held.orm_between:.3f} of Python "
+        f"({held.orm_calls_between:.0f} calls), the write {held.orm_write:.2f}, COMMIT "
+        f"{held.orm_commit:.2f}); by hand on asyncpg {held.by_hand_total:.2f}"
+    )
     print(f"  (load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)")
-    return figures
+    return figures, held
 
 
 if __name__ == "__main__":

@@ -34,6 +34,13 @@ from cpu_paths import PATHS, Env, Op, Path
 
 SECONDS = float(os.environ.get("IDMANAGER_BENCH_PROFILE_SECONDS", "1.5"))
 TOP = 12
+NOTE = (
+    "Each library path run back to back under cProfile with a CPU clock (waits for the "
+    "database cost nothing), 1 client, hot prefix. Self time grouped by the layer it belongs "
+    "to (a builtin's time goes to its caller's layer). The profiler adds a fixed cost to "
+    "every Python call, so Python-heavy layers look bigger than they are against C code (the "
+    "drivers, sqlite3): read the shares as an ordering; the CPU table above has the costs."
+)
 
 # (layer, markers in the file path or function name); the first match wins.
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
@@ -165,10 +172,25 @@ async def profile_paths(paths: list[Path], env: Env, seconds: float = SECONDS) -
     out = []
     for path in paths:
         async with path.setup(env) as op:
-            profiler, calls = await _profile_op(op, prefixes(True), seconds)
+            profiler, calls = await _profile_op(op, prefixes(True, env), seconds)
         out.append(summarize(path, profiler, calls))
         show(out[-1])
     return out
+
+
+def markdown(profiles: list[Profile], layers: int = 6, functions: int = 4) -> list[str]:
+    """Return each profile's top layers and functions as a markdown table."""
+    lines = [
+        "| path | top layers (share of profiled CPU) | functions with the most self time |",
+        "| --- | --- | --- |",
+    ]
+    for p in profiles:
+        top = ", ".join(f"{layer} {share:.0%}" for layer, share in p.layers[:layers])
+        hot = "; ".join(
+            f"`{name.split('/')[-1]}` {share:.0%}" for name, share, _ in p.top[:functions]
+        )
+        lines.append(f"| {p.path.group}: {p.path.name} | {top} | {hot} |")
+    return lines
 
 
 def chosen(words: list[str]) -> list[Path]:

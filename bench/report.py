@@ -34,7 +34,7 @@ LOAD: list[float] = []
 # Sections with a table of their own (title, markdown lines), written after the targets;
 # their rows stay out of "All figures", whose ratio column reads as throughput.
 SECTIONS: list[tuple[str, list[str]]] = []
-OWN_TABLES = {"cpu", "lean", "ladder"}
+OWN_TABLES = {"cpu", "ladder", "scale"}
 
 
 def record(
@@ -58,7 +58,7 @@ def record(
     if not show:  # the caller prints it its own way
         return row
     ratio = f"{row.ratio:6.2f}x {row.baseline}" if row.ratio is not None else ""
-    print(f"  {name:<66} {value:>12,.0f} {unit:<7} {ratio}", flush=True)
+    print(f"  {name:<66} {_value(row):>12} {unit:<7} {ratio}", flush=True)
     if note:
         print(f"  {'':<66} ({note})", flush=True)
     return row
@@ -125,10 +125,10 @@ def _targets() -> list[str]:
 
 
 # Issue 15's goals: (goal, row name, least ratio). Each ratio is the row's throughput over
-# its baseline's, measured in the same run.
+# its baseline's, measured in the same run (the raw statement on the bare driver).
 ISSUE_15 = (
     (
-        "own transaction, hot prefix, 1 client ≥ 0.9x raw asyncpg upsert",
+        "own transaction, hot prefix, 1 client ≥ 0.9x raw asyncpg",
         "library, own transaction, hot prefix, 1 clients",
         0.9,
     ),
@@ -143,8 +143,13 @@ ISSUE_15 = (
         0.8,
     ),
     (
-        "SQLite own transaction ≥ 0.5x raw sqlite3 (WAL, synchronous NORMAL)",
-        "library, own transaction (sync)",
+        "SQLite own transaction ≥ 0.5x raw sqlite3 upsert (WAL, synchronous NORMAL: the library's)",
+        "library, own transaction (sync), WAL, synchronous NORMAL",
+        0.5,
+    ),
+    (
+        "SQLite own transaction ≥ 0.5x raw sqlite3 upsert (WAL, synchronous FULL)",
+        "library, own transaction (sync), WAL, synchronous FULL",
         0.5,
     ),
     (
@@ -168,26 +173,56 @@ ISSUE_15 = (
         0.8,
     ),
     (
+        "ORM numbered at commit ≥ 0.85x the same transaction by hand on asyncpg",
+        "ORM, 32 transactions with 20 ms of work, number drawn at commit, vs by hand",
+        0.85,
+    ),
+    (
         "IdGeneratorUtil.generate_id(p, engine), hot prefix, 1 client ≥ 0.9x raw",
-        "asyncpg IdGeneratorUtil.generate_id(p, engine), hot prefix, 1 clients",
+        "IdGeneratorUtil.generate_id(p, engine), hot prefix, 1 clients",
         0.9,
     ),
     (
         "IdGeneratorUtil.generate_id(p, engine), 100 prefixes, 8 clients ≥ 0.8x raw",
-        "asyncpg IdGeneratorUtil.generate_id(p, engine), 100 prefixes, 8 clients",
+        "IdGeneratorUtil.generate_id(p, engine), 100 prefixes, 8 clients",
         0.8,
     ),
     (
-        "IdGeneratorUtil.generate_id(p, sqlite engine) ≥ 0.5x raw sqlite3",
-        "sqlite IdGeneratorUtil.generate_id(p, engine), 1 client",
+        "IdGeneratorUtil.generate_id(p, sqlite engine) ≥ 0.5x raw sqlite3 (WAL, NORMAL)",
+        "IdGeneratorUtil.generate_id(p, engine), WAL, synchronous NORMAL",
         0.5,
     ),
+    (
+        "a table of 1,000,000 sequences: allocation ≥ 0.9x as fast as with 10,000 (no slowdown)",
+        "scale: 10,000 sequences in use, table of 1,000,000, IDs/s",
+        0.9,
+    ),
+)
+# A keyed allocation costs at most this many times an unkeyed one (bench/idempotency.py).
+IDEMPOTENCY_GOAL = 1.3
+
+# Each goal's paths in the CPU table (group, path name, configuration): the library's path and
+# the raw statement beside it.
+CPU_PAIRS = (
+    ("asyncpg", "connect(async_engine).allocate(p)", "1 client, hot prefix"),
+    ("asyncpg", "connect(async_engine).allocate(p)", "8 clients, 100 prefixes"),
+    ("asyncpg", "IdGeneratorUtil.generate_id(p, async_engine)", "1 client, hot prefix"),
+    ("asyncpg", "IdGeneratorUtil.generate_id(p, async_engine)", "8 clients, 100 prefixes"),
+    ("psycopg", "connect(sync_engine).allocate(p)", "1 client, hot prefix"),
+    ("psycopg", "connect(sync_engine).allocate(p)", "8 clients, 100 prefixes"),
+    ("caller", "AsyncSession: IdGeneratorUtil.generate_id + commit", "1 client, hot prefix"),
+    ("orm", "ORM numbered at commit (idmanager.orm)", "1 client, hot prefix"),
+    ("sqlite", "connect(sync_engine).allocate(p)", "1 client, hot prefix"),
+    ("sqlite", "IdGeneratorUtil.generate_id(p, sync_engine)", "1 client, hot prefix"),
+    ("sqlite", "connect(async_engine).allocate(p) (aiosqlite)", "1 client, hot prefix"),
+    ("http", "POST /api/v1/prefixes/{p}/ids, own transaction", "8 clients, 100 prefixes"),
+    ("http", "POST /api/v1/prefixes/{p}/ids, block cache", "8 clients, 100 prefixes"),
 )
 
 
 def _issue_15() -> list[str]:
     """Return issue 15's goals as table lines: goal, measured, met."""
-    lines = ["| goal | measured | met |", "| --- | --- | --- |"]
+    lines = ["| goal | measured (same-run ratio) | met |", "| --- | --- | --- |"]
     for goal, name, least in ISSUE_15:
         row = find(name)
         if row is None or row.ratio is None:
@@ -195,16 +230,34 @@ def _issue_15() -> list[str]:
             continue
         met = "yes" if row.ratio >= least else f"no ({row.ratio / least:.0%} of the goal)"
         lines.append(f"| {goal} | {row.ratio:.2f}x | {met} |")
-    orm_commit = find("ORM, 32 transactions with 20 ms of work, number drawn at commit")
-    orm_hand = find("ORM, 32 transactions with 20 ms of work, by hand on raw asyncpg, at commit")
-    if orm_commit is not None and orm_hand is not None and orm_hand.value:
-        ratio = orm_commit.value / orm_hand.value
-        met = "yes" if ratio >= 0.85 else f"no ({ratio / 0.85:.0%} of the goal)"
+    keyed = [row for row in ROWS if row.section == "idempotency" and row.ratio]
+    for row in keyed:
+        cost = 1 / row.ratio if row.ratio else float("inf")
+        met = "yes" if cost <= IDEMPOTENCY_GOAL else "no"
+        what = row.name.replace(", with an Idempotency-Key", "")
         lines.append(
-            f"| ORM numbered at commit ≥ 0.85x the same transaction by hand on asyncpg "
-            f"| {ratio:.2f}x | {met} |"
+            f"| an Idempotency-Key costs ≤ {IDEMPOTENCY_GOAL}x ({what}) | {cost:.2f}x | {met} |"
         )
+    if not keyed:
+        lines.append(f"| an Idempotency-Key costs ≤ {IDEMPOTENCY_GOAL}x | not measured | |")
     return lines
+
+
+def _cpu_beside_raw() -> list[str]:
+    """Return the CPU per allocation of each goal's path beside its raw statement's."""
+    lines = [
+        "| path | configuration | CPU µs/ID | raw µs/ID (the group's first) | x raw |",
+        "| --- | --- | ---: | ---: | ---: |",
+    ]
+    for group, name, where in CPU_PAIRS:
+        row = find(f"{group}: {name}, {where}")
+        if row is None or not row.ratio:
+            continue
+        raw = row.value / row.ratio
+        lines.append(
+            f"| {group}: {name} | {where} | {row.value:,.0f} | {raw:,.0f} | {row.ratio:.2f}x |"
+        )
+    return lines if len(lines) > 2 else []
 
 
 def _plot() -> bool:
@@ -243,17 +296,26 @@ def _plot() -> bool:
     return True
 
 
-def write(elapsed: float) -> None:
-    """Write docs/benchmarks.md (and the plot) from the rows of this run."""
+BEGIN = (
+    "<!-- The figures below are written by `make bench` (bench/report.py): edit around them. -->"
+)
+END = "<!-- End of the figures written by `make bench`. -->"
+
+
+def _value(row: Row) -> str:
+    return f"{row.value:,.2f}" if abs(row.value) < 10 else f"{row.value:,.0f}"
+
+
+def figures(elapsed: float) -> list[str]:
+    """Return the figures of this run as markdown: the block `make bench` rewrites."""
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     busiest = max(LOAD)
     lines = [
-        "# Benchmarks",
+        "## The figures of the last run",
         "",
         f"Measured by `make bench` on {platform.node()} ({os.cpu_count()} cores, Python "
         f"{platform.python_version()}), {when}, in {elapsed / 60:.1f} minutes. Every ratio "
-        "compares with a baseline measured in the same run, on the same machine. The benchmark "
-        "is not part of `make test` (nor of CI): it asserts nothing and wants a quiet machine.",
+        "compares with a baseline measured in the same run, on the same machine.",
         "",
     ]
     # The run loads the machine itself (the HTTP runs keep every core busy): what other
@@ -263,7 +325,8 @@ def write(elapsed: float) -> None:
             f"**The machine was busy when this run started**: load average {LOAD[0]:.1f} on "
             f"{os.cpu_count()} cores (other processes were running; up to {busiest:.1f} during "
             "the run, its own load included). Absolute figures are low and noisy; the ratios, "
-            "whose two sides ran seconds apart, are the better guide.",
+            "whose two sides ran seconds apart, and the CPU per allocation are the better "
+            "guide.",
             "",
         ]
     else:
@@ -272,31 +335,37 @@ def write(elapsed: float) -> None:
             f"to {busiest:.1f} during the run, which keeps the cores busy itself).",
             "",
         ]
-    lines += ["## Targets", "", *_targets(), ""]
-    lines += ["## Issue 15: performance at the limit", "", *_issue_15(), ""]
+    lines += ["### Issue 15: performance at the limit", "", *_issue_15(), ""]
+    beside = _cpu_beside_raw()
+    if beside:
+        lines += [
+            "### CPU per allocation of each goal's path, beside its raw statement",
+            "",
+            "µs of CPU of the benchmark process per ID (bench/cpu.py, below): the throughput "
+            "ratio of a CPU-bound path is about the inverse of its cost multiple.",
+            "",
+            *beside,
+            "",
+        ]
+    lines += ["### Earlier targets", "", *_targets(), ""]
+    scale = [row for row in ROWS if row.section == "scale"]
+    if scale:
+        lines += [
+            "### Scale",
+            "",
+            "| measurement | value | unit | ratio |",
+            "| --- | ---: | --- | ---: |",
+        ]
+        for row in scale:
+            ratio = f"{row.ratio:.2f}x" if row.ratio is not None else ""
+            lines.append(f"| {row.name} | {_value(row)} | {row.unit} | {ratio} |")
+        lines.append("")
     for title, section in SECTIONS:
-        lines += [f"## {title}", "", *section, ""]
+        lines += [f"### {title}", "", *section, ""]
     if _plot():
-        lines += ["## Throughput against clients", "", f"![throughput]({PLOT.name})", ""]
+        lines += ["### Throughput against clients", "", f"![throughput]({PLOT.name})", ""]
     lines += [
-        "## Reading the figures",
-        "",
-        "- One hot prefix is one row: each allocation waits for the lock that the previous "
-        "one holds until its commit is on disk. Past a few clients, more clients only queue "
-        "(the raw statement is often slower at 32 clients than at 8).",
-        "- The block cache takes the database off the path: an ID costs a lock and a list "
-        "index in memory, and the HTTP service then runs at nearly the speed of an endpoint "
-        "that does nothing.",
-        "- HTTP in its own transaction pays, per request, the HTTP stack (the bare endpoint's "
-        "cost) plus the library's allocation (SQLAlchemy Core on asyncpg, about twice the CPU "
-        "of the raw statement); one worker is CPU-bound well below the database's rate, so run "
-        "one worker per core.",
-        "- `uvicorn --workers N` on asyncio's own event loop leaves Nagle's algorithm on "
-        "(uvicorn issue #3149): about 40 ms per keep-alive request. uvloop (installed with the "
-        "server extra) sets TCP_NODELAY itself, and `idmanager.api.serving.run` fixes it for "
-        "either loop; the row 'plain uvicorn.run' shows which applies on this machine.",
-        "",
-        "## All figures",
+        "### All figures",
         "",
         "PostgreSQL runs on loopback with its default settings (fsync on). Clients are asyncio "
         "tasks in one process, or, for HTTP, keep-alive connections of the load generator.",
@@ -312,7 +381,20 @@ def write(elapsed: float) -> None:
         if row.section in OWN_TABLES:
             continue
         ratio = f"{row.ratio:.2f}x" if row.ratio is not None else ""
-        cells = [row.section, row.name, f"{row.value:,.0f}", row.unit, ratio, row.baseline]
+        cells = [row.section, row.name, _value(row), row.unit, ratio, row.baseline]
         lines.append("| " + " | ".join([*cells, row.note]) + " |")
-    DOC.write_text("\n".join(lines) + "\n")
+    return lines
+
+
+def write(elapsed: float) -> None:
+    """Write this run's figures into docs/benchmarks.md (and the plot), keeping the text
+    around them."""
+    block = "\n".join([BEGIN, "", *figures(elapsed), "", END])
+    text = DOC.read_text() if DOC.exists() else ""
+    if BEGIN in text and END in text:
+        head, rest = text.split(BEGIN, 1)
+        text = head + block + rest.split(END, 1)[1]
+    else:
+        text = "# Benchmarks\n\n" + block + "\n"
+    DOC.write_text(text)
     print(f"wrote {DOC.relative_to(ROOT)}" + (f" and {PLOT.relative_to(ROOT)}" if PLOT else ""))

@@ -5,9 +5,16 @@ docs/throughput.png. Not part of `make test`: it measures, it asserts nothing, a
 quiet machine. Databases: a fresh PostgreSQL database on IDMANAGER_BENCH_PG (default
 127.0.0.1:5432) and a temporary SQLite file. Each figure is one run of a few seconds
 (IDMANAGER_BENCH_SECONDS, default 3) after a warm-up; the whole run takes a few minutes.
-Then the CPU per allocation of every path beside its raw statement, where it goes, and the
-lean own-transaction prototype (bench/cpu.py, ladder.py, lean.py; about 3 more minutes,
-IDMANAGER_BENCH_CPU=0 skips them).
+Then the scale figures (bench/scale.py: sequences in use, a table of a million sequences, a
+bulk of ten million IDs, the block cache's memory; IDMANAGER_BENCH_SCALE=0 skips them), the
+cost of an Idempotency-Key (bench/idempotency.py), and the CPU per allocation of every path
+beside its raw statement, where it goes and the top costs of each (bench/cpu.py, ladder.py,
+profiles.py; IDMANAGER_BENCH_CPU=0 skips them). The whole run takes about 20 minutes.
+
+Raw baselines run the library's own statement (``UPDATE … RETURNING`` the four columns the
+answer needs, compiled from the repository) on the bare driver: asyncpg through its own pool
+without the reset query it would send on every release, sqlite3 at the library's settings.
+Their sequences are created first, as the library's are by its first allocation.
 """
 
 from __future__ import annotations
@@ -27,6 +34,12 @@ from typing import Any
 import asyncpg
 import http_bench
 import report
+from internals import (
+    MINIMAL,
+    create_sequences,
+    library_statement,
+    positional,
+)
 from internals import use_cases as use_cases_of
 from report import record
 from sqlalchemy import text
@@ -46,15 +59,15 @@ PG = os.environ.get("IDMANAGER_BENCH_PG", "postgresql://postgres@127.0.0.1:5432"
 SECONDS = float(os.environ.get("IDMANAGER_BENCH_SECONDS", "3"))
 WARM_UP = 0.5
 CLIENTS = (1, 8, 32)
-UPSERT = (
-    "INSERT INTO id_managers (scope, prefix, last_value) VALUES ('', $1, 1) "
-    "ON CONFLICT (scope, prefix) DO UPDATE SET last_value = id_managers.last_value + 1 "
-    "RETURNING last_value"
-)
+UPSERT = MINIMAL  # the issue's raw statement: the smallest upsert
 
 
 def prefix() -> str:
     return "B" + uuid.uuid4().hex[:10].upper()
+
+
+def names_of(hot: bool) -> list[str]:
+    return [prefix() for _ in range(1 if hot else 100)]
 
 
 async def rate(
@@ -62,9 +75,10 @@ async def rate(
     one: Callable[[str], Awaitable[object]],
     hot: bool = True,
     seconds: float = SECONDS,
+    names: list[str] | None = None,
 ) -> float:
     """Return operations per second of ``clients`` tasks looping for ``seconds`` (warmed up)."""
-    prefixes = [prefix() for _ in range(1 if hot else 100)]
+    prefixes = names or names_of(hot)
     done = 0
 
     async def client(i: int, stop: float) -> None:
@@ -80,10 +94,14 @@ async def rate(
     return done / (time.perf_counter() - start)
 
 
+async def _no_reset(_connection: asyncpg.Connection) -> None:
+    """Skip asyncpg's reset query on release: the raw baseline is one round trip per ID."""
+
+
 @asynccontextmanager
 async def raw_pool(url: str, size: int) -> AsyncIterator[asyncpg.Pool]:
     # Opened per measurement, like the engines: the PostgreSQL server's connections are few.
-    pool = await asyncpg.create_pool(url, min_size=size, max_size=size)
+    pool = await asyncpg.create_pool(url, min_size=size, max_size=size, reset=_no_reset)
     try:
         yield pool
     finally:
@@ -106,35 +124,41 @@ async def postgres() -> None:
     url = f"{PG}/{name}"
     try:
         migrate(url)
-        raw32 = await own_transaction(url)
+        raw = await own_transaction(url)
         await callers_transaction(url)
         await bulk(url)
         await block_cache(url)
-        await asyncio.to_thread(http, url, raw32)
+        await asyncio.to_thread(http, url, raw)
+        await asyncio.to_thread(idempotency_runs, url)
     finally:
         await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
         await admin.close()
 
 
 async def own_transaction(url: str) -> dict[int, report.Row]:
-    """Raw asyncpg autocommit upsert vs ``IdManagerUseCases.allocate``; return raw hot rows."""
+    """The library's statement on raw asyncpg vs ``allocate`` and ``IdGeneratorUtil``; return
+    the raw rows of the hot prefix (the HTTP figures compare with them)."""
     print("PostgreSQL: allocation of one ID, own transaction (IDs/s)")
+    sql, order = library_statement("asyncpg")
+    args = positional(order)
     hot_raw: dict[int, report.Row] = {}
     for hot in (True, False):
         where = "hot prefix" if hot else "100 prefixes"
         for clients in CLIENTS:
+            names = names_of(hot)
+            await asyncio.to_thread(create_sequences, url, names)
             async with raw_pool(url, clients) as pool:
 
                 async def raw(p: str, pool: asyncpg.Pool = pool) -> object:
                     async with pool.acquire() as conn:
-                        return await conn.fetchval(UPSERT, p)
+                        return await conn.fetchrow(sql, *args(p))
 
                 base = record(
                     "pg",
-                    f"raw asyncpg autocommit upsert, {where}, {clients} clients",
-                    await rate(clients, raw, hot),
+                    f"raw asyncpg, the library's statement, {where}, {clients} clients",
+                    await rate(clients, raw, names=names),
                     "IDs/s",
-                    series=f"raw asyncpg upsert, {where}",
+                    series=f"raw asyncpg, {where}",
                     clients=clients,
                 )
             if hot:
@@ -142,17 +166,24 @@ async def own_transaction(url: str) -> dict[int, report.Row]:
             async with engine_of(url, clients) as engine:
                 use_cases = use_cases_of(engine)
 
-                async def own(p: str, use_cases: Any = use_cases) -> object:
-                    return await use_cases.allocate(p)
+                async def util(p: str, engine: AsyncEngine = engine) -> object:
+                    return await IdGeneratorUtil.generate_id(p, engine)
 
                 record(
                     "pg",
                     f"library, own transaction, {where}, {clients} clients",
-                    await rate(clients, own, hot),
+                    await rate(clients, use_cases.allocate, names=names),
                     "IDs/s",
                     base,
                     series=f"library, own transaction, {where}",
                     clients=clients,
+                )
+                record(
+                    "pg",
+                    f"IdGeneratorUtil.generate_id(p, engine), {where}, {clients} clients",
+                    await rate(clients, util, names=names),
+                    "IDs/s",
+                    base,
                 )
     return hot_raw
 
@@ -363,53 +394,130 @@ def measure_http(
     )
 
 
+# journal_mode and synchronous: the library's settings first, then two of more durability.
+DURABILITY = (("WAL", "NORMAL"), ("WAL", "FULL"), ("DELETE", "FULL"))
+
+
+def _sqlite_rate(one: Callable[[str], object], names: list[str]) -> float:
+    p, done = names[0], 0
+    stop = time.perf_counter() + WARM_UP
+    while time.perf_counter() < stop:
+        one(p)
+    start, stop = time.perf_counter(), time.perf_counter() + SECONDS
+    while time.perf_counter() < stop:
+        one(p)
+        done += 1
+    return done / (time.perf_counter() - start)
+
+
+def _with_settings(engine: Any, journal: str, synchronous: str) -> None:
+    """Open the engine's connections with other settings (after the library's own hook)."""
+    from sqlalchemy import event
+
+    @event.listens_for(engine, "connect")
+    def _settings(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.execute(f"PRAGMA journal_mode = {journal}")
+        dbapi_connection.execute(f"PRAGMA synchronous = {synchronous}")
+
+
 def sqlite_runs() -> None:
+    """One client, one ID per committed statement: raw sqlite3 vs the library, at the same
+    journal and synchronous settings, the library's first."""
     folder = tempfile.mkdtemp()
     path = Path(folder) / "bench.db"
-    migrate(f"sqlite:///{path}")
-    print("SQLite: one client, one ID per committed transaction (IDs/s)")
-    conn = sqlite3.connect(path, isolation_level=None)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=NORMAL")
-    p, done, stop = prefix(), 0, time.perf_counter() + SECONDS
-    start = time.perf_counter()
-    while time.perf_counter() < stop:
-        conn.execute(UPSERT.replace("$1", "?"), (p,)).fetchone()
-        done += 1
-    base = record(
-        "sqlite", "raw sqlite3 autocommit upsert", done / (time.perf_counter() - start), "IDs/s"
-    )
-    engine = create_engine(f"sqlite:///{path}")
+    url = f"sqlite:///{path}"
+    migrate(url)
+    print("SQLite: one client, one ID per committed statement (IDs/s)")
+    for journal, synchronous in DURABILITY:
+        _sqlite_at(url, path, journal, synchronous)
+    asyncio.run(_aiosqlite_run(url))
+
+
+def _sqlite_at(url: str, path: Path, journal: str, synchronous: str) -> None:
+    names = names_of(True)
+    create_sequences(url, names)
+    where = f"{journal}, synchronous {synchronous}"
+    sql, order = library_statement("sqlite")
+    args, upsert = positional(order), UPSERT.replace("$1", "?")
+    conn = sqlite3.connect(path, isolation_level=None, timeout=30)
+    conn.execute(f"PRAGMA journal_mode = {journal}")
+    conn.execute(f"PRAGMA synchronous = {synchronous}")
+    try:
+        base = record(
+            "sqlite",
+            f"raw sqlite3, the library's statement, {where}",
+            _sqlite_rate(lambda p: conn.execute(sql, args(p)).fetchall(), names),
+            "IDs/s",
+        )
+        issue = record(
+            "sqlite",
+            f"raw sqlite3, the issue's upsert, {where}",
+            _sqlite_rate(lambda p: conn.execute(upsert, (p,)).fetchall(), names),
+            "IDs/s",
+        )
+    finally:
+        conn.close()
+    engine = create_engine(url)
+    if (journal, synchronous) != DURABILITY[0]:
+        _with_settings(engine, journal, synchronous)
     use_cases = use_cases_of(engine)
-    p, done, stop = prefix(), 0, time.perf_counter() + SECONDS
-    start = time.perf_counter()
-    while time.perf_counter() < stop:
-        use_cases.allocate(p)
-        done += 1
-    record(
-        "sqlite",
-        "library, own transaction (sync)",
-        done / (time.perf_counter() - start),
-        "IDs/s",
-        base,
-    )
-    start = time.perf_counter()
-    use_cases.run(lambda s: s.bulk_generate_ids(prefix(), 1_000_000))
-    record(
-        "sqlite",
-        "library bulk_generate_ids(1,000,000) (ms)",
-        (time.perf_counter() - start) * 1000,
-        "ms",
-    )
-    engine.dispose()
+    try:
+        allocated = _sqlite_rate(use_cases.allocate, names)
+        record("sqlite", f"library, own transaction (sync), {where}", allocated, "IDs/s", issue)
+        record(
+            "sqlite",
+            f"library, own transaction (sync), {where}, vs the library's statement",
+            allocated,
+            "IDs/s",
+            base,
+            show=False,
+        )
+        record(
+            "sqlite",
+            f"IdGeneratorUtil.generate_id(p, engine), {where}",
+            _sqlite_rate(lambda p: IdGeneratorUtil.generate_id(p, engine), names),
+            "IDs/s",
+            issue,
+        )
+        if (journal, synchronous) == DURABILITY[0]:
+            start = time.perf_counter()
+            use_cases.run(lambda s: s.bulk_generate_ids(prefix(), 1_000_000))
+            record(
+                "sqlite",
+                "library bulk_generate_ids(1,000,000) (ms)",
+                (time.perf_counter() - start) * 1000,
+                "ms",
+            )
+    finally:
+        engine.dispose()
+
+
+async def _aiosqlite_run(url: str) -> None:
+    """The async engine on SQLite (aiosqlite, the service's default database)."""
+    names = names_of(True)
+    await asyncio.to_thread(create_sequences, url, names)
+    engine = create_async_engine(url)
+    try:
+        use_cases = use_cases_of(engine)
+        issue = report.find("raw sqlite3, the issue's upsert, WAL, synchronous NORMAL")
+        record(
+            "sqlite",
+            "library, own transaction (aiosqlite), WAL, synchronous NORMAL",
+            await rate(1, use_cases.allocate, names=names),
+            "IDs/s",
+            issue,
+        )
+    finally:
+        await engine.dispose()
 
 
 def orm_runs() -> None:
-    """bench/orm.py: the ORM's number drawn at flush vs at commit, 32 business transactions."""
+    """bench/orm.py: the ORM's number drawn at flush vs at commit, 32 business transactions;
+    how long the sequence's row stays locked at commit."""
     try:
         import orm  # written beside this file; a failure there must not lose the rest
 
-        figures = orm.main(PG, min(SECONDS, orm.SECONDS))
+        figures, held = orm.main(PG, min(SECONDS, orm.SECONDS))
     except Exception as exc:
         print(f"  bench/orm.py failed: {type(exc).__name__}: {exc}")
         report.NOTES["orm"] = f"The ORM benchmark (bench/orm.py) failed: {type(exc).__name__}."
@@ -417,40 +525,88 @@ def orm_runs() -> None:
     name = f"ORM, {figures.clients} transactions with {figures.work_ms:.0f} ms of work"
     start = record("orm", f"{name}, number drawn at flush", figures.at_start, "docs/s")
     record("orm", f"{name}, number drawn at commit", figures.at_commit, "docs/s", start)
-    record("orm", f"{name}, by hand on raw asyncpg, at commit", figures.by_hand, "docs/s")
+    hand = record("orm", f"{name}, by hand on raw asyncpg, at commit", figures.by_hand, "docs/s")
+    record("orm", f"{name}, number drawn at commit, vs by hand", figures.at_commit, "docs/s", hand)
+    lock = "ORM at commit, the sequence's row locked (median, one at a time)"
+    by_hand = record("orm", f"{lock}: by hand on asyncpg (ms)", held.by_hand_total, "ms")
+    record("orm", f"{lock}: idmanager.orm (ms)", held.orm_total, "ms", by_hand)
+    record("orm", f"{lock}: the allocation statement (ms)", held.orm_allocation, "ms")
+    record("orm", f"{lock}: Python between it and the write (ms)", held.orm_between, "ms")
+    record("orm", f"{lock}: Python calls between it and the write", held.orm_calls_between, "calls")
+    record("orm", f"{lock}: the write of the numbers (ms)", held.orm_write, "ms")
+    record("orm", f"{lock}: COMMIT (ms)", held.orm_commit, "ms")
+
+
+def idempotency_runs(url: str) -> None:
+    """bench/idempotency.py: an allocation with and without an Idempotency-Key."""
+    try:
+        import idempotency  # written beside this file; a failure there must not lose the rest
+
+        idempotency.measure(url)
+    except Exception as exc:
+        print(f"  bench/idempotency.py failed: {type(exc).__name__}: {exc}")
+        report.NOTES["idempotency"] = (
+            f"The Idempotency-Key benchmark (bench/idempotency.py) failed: {type(exc).__name__}."
+        )
+
+
+def scale_runs() -> None:
+    """bench/scale.py: sequences in use, a table of a million, a bulk of ten million IDs, the
+    block cache's memory."""
+    try:
+        import scale
+
+        figures = scale.run(PG)
+    except Exception as exc:
+        print(f"  bench/scale.py failed: {type(exc).__name__}: {exc}")
+        report.NOTES["scale"] = (
+            f"The scale benchmark (bench/scale.py) failed: {type(exc).__name__}."
+        )
+        return
+    rows: dict[str, report.Row] = {}
+    for f in figures:
+        rows[f.name] = record("scale", f.name, f.value, f.unit, rows.get(f.base), show=False)
 
 
 def cpu_runs() -> None:
-    """bench/cpu.py, ladder.py, lean.py: CPU per allocation, where it goes, the lean path."""
+    """bench/cpu.py, ladder.py, profiles.py: CPU per allocation, where it goes, top costs."""
     try:
         # Written beside this file; a failure there must not lose the rest.
         import cpu
         import ladder
-        import lean
+        import profiles
 
         rows = asyncio.run(cpu.run(PG))
         ladders = _ladders()
-        figures = lean.run(PG)
+        profiled = _profiles()
     except Exception as exc:
-        print(f"  bench/cpu.py, ladder.py or lean.py failed: {type(exc).__name__}: {exc}")
+        print(f"  bench/cpu.py, ladder.py or profiles.py failed: {type(exc).__name__}: {exc}")
         report.NOTES["cpu"] = f"The CPU benchmarks failed: {type(exc).__name__}."
         return
-    for where, path, cost, _base in rows:
-        record("cpu", f"{path.group}: {path.name}, {where}", cost.client_us, "µs", show=False)
+    for where, path, cost, base in rows:
+        row = record("cpu", f"{path.group}: {path.name}, {where}", cost.client_us, "µs", show=False)
+        row.ratio = cost.client_us / base.client_us  # a cost multiple of the group's first
     report.SECTIONS.append(("CPU per allocation", [cpu.NOTE, "", *cpu.markdown(rows)]))
     report.SECTIONS.append(
         ("Where the CPU goes: one layer at a time", [ladder.NOTE, "", *ladder.markdown(ladders)])
     )
-    kept: dict[str, report.Row] = {}
-    for f in figures:
-        base = kept.get(f.base.label) if f.base is not None else None
-        kept[f.label] = record("lean", f.label, f.ids_per_s, "IDs/s", base, show=False)
     report.SECTIONS.append(
         (
-            "The lean own-transaction prototype (bench/lean.py)",
-            [lean.NOTE, "", *lean.markdown(figures)],
+            "Top costs of each path (cProfile, CPU clock)",
+            [profiles.NOTE, "", *profiles.markdown(profiled)],
         )
     )
+
+
+def _profiles() -> list[Any]:
+    import cpu
+    import profiles
+
+    env, _database, cleanup = cpu.fresh_databases(PG)
+    try:
+        return asyncio.run(profiles.profile_paths(profiles.chosen([]), env, seconds=1.0))
+    finally:
+        cleanup()
 
 
 def _ladders() -> dict[str, list[tuple[str, Any]]]:
@@ -473,6 +629,8 @@ def main() -> None:
     asyncio.run(postgres())
     orm_runs()
     sqlite_runs()
+    if os.environ.get("IDMANAGER_BENCH_SCALE", "1") != "0":  # 0: skip the scale figures
+        scale_runs()
     if os.environ.get("IDMANAGER_BENCH_CPU", "1") != "0":  # 0: skip the CPU benchmarks
         cpu_runs()
     report.write(time.perf_counter() - started)
