@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sqlite3
+import statistics
 import tempfile
 import threading
 import time
@@ -76,6 +77,7 @@ async def rate(
     hot: bool = True,
     seconds: float = SECONDS,
     names: list[str] | None = None,
+    warm_up: float = WARM_UP,
 ) -> float:
     """Return operations per second of ``clients`` tasks looping for ``seconds`` (warmed up)."""
     prefixes = names or names_of(hot)
@@ -87,11 +89,40 @@ async def rate(
             await one(prefixes[i % len(prefixes)])
             done += 1
 
-    await asyncio.gather(*(client(i, time.perf_counter() + WARM_UP) for i in range(clients)))
+    await asyncio.gather(*(client(i, time.perf_counter() + warm_up) for i in range(clients)))
     done = 0
     start = time.perf_counter()
     await asyncio.gather(*(client(i, start + seconds) for i in range(clients)))
     return done / (time.perf_counter() - start)
+
+
+ROUNDS = 3
+
+
+async def alternated(
+    clients: int, paths: list[Callable[[str], Awaitable[object]]], names: list[str]
+) -> list[float]:
+    """Measure each path in turn, ROUNDS times (the order reversed every other round), each
+    for SECONDS / ROUNDS; return their medians. A burst of load from another process then
+    lands on one round of every path, not on one path."""
+    runs: list[list[float]] = [[] for _ in paths]
+    for r in range(ROUNDS):
+        order = range(len(paths)) if r % 2 == 0 else reversed(range(len(paths)))
+        for i in order:
+            warm_up = WARM_UP if r == 0 else 0.1
+            measured = await rate(clients, paths[i], True, SECONDS / ROUNDS, names, warm_up)
+            runs[i].append(measured)
+    return [statistics.median(run) for run in runs]
+
+
+def alternated_sync(paths: list[Callable[[str], object]], names: list[str]) -> list[float]:
+    """:func:`alternated` for one thread calling sync paths."""
+    runs: list[list[float]] = [[] for _ in paths]
+    for r in range(ROUNDS):
+        order = range(len(paths)) if r % 2 == 0 else reversed(range(len(paths)))
+        for i in order:
+            runs[i].append(_sqlite_rate(paths[i], names, SECONDS / ROUNDS))
+    return [statistics.median(run) for run in runs]
 
 
 async def _no_reset(_connection: asyncpg.Connection) -> None:
@@ -147,44 +178,43 @@ async def own_transaction(url: str) -> dict[int, report.Row]:
         for clients in CLIENTS:
             names = names_of(hot)
             await asyncio.to_thread(create_sequences, url, names)
-            async with raw_pool(url, clients) as pool:
+            async with raw_pool(url, clients) as pool, engine_of(url, clients) as engine:
+                use_cases = use_cases_of(engine)
 
                 async def raw(p: str, pool: asyncpg.Pool = pool) -> object:
                     async with pool.acquire() as conn:
                         return await conn.fetchrow(sql, *args(p))
 
-                base = record(
-                    "pg",
-                    f"raw asyncpg, the library's statement, {where}, {clients} clients",
-                    await rate(clients, raw, names=names),
-                    "IDs/s",
-                    series=f"raw asyncpg, {where}",
-                    clients=clients,
-                )
-            if hot:
-                hot_raw[clients] = base
-            async with engine_of(url, clients) as engine:
-                use_cases = use_cases_of(engine)
-
                 async def util(p: str, engine: AsyncEngine = engine) -> object:
                     return await IdGeneratorUtil.generate_id(p, engine)
 
-                record(
-                    "pg",
-                    f"library, own transaction, {where}, {clients} clients",
-                    await rate(clients, use_cases.allocate, names=names),
-                    "IDs/s",
-                    base,
-                    series=f"library, own transaction, {where}",
-                    clients=clients,
-                )
-                record(
-                    "pg",
-                    f"IdGeneratorUtil.generate_id(p, engine), {where}, {clients} clients",
-                    await rate(clients, util, names=names),
-                    "IDs/s",
-                    base,
-                )
+                measured = await alternated(clients, [raw, use_cases.allocate, util], names)
+            base = record(
+                "pg",
+                f"raw asyncpg, the library's statement, {where}, {clients} clients",
+                measured[0],
+                "IDs/s",
+                series=f"raw asyncpg, {where}",
+                clients=clients,
+            )
+            if hot:
+                hot_raw[clients] = base
+            record(
+                "pg",
+                f"library, own transaction, {where}, {clients} clients",
+                measured[1],
+                "IDs/s",
+                base,
+                series=f"library, own transaction, {where}",
+                clients=clients,
+            )
+            record(
+                "pg",
+                f"IdGeneratorUtil.generate_id(p, engine), {where}, {clients} clients",
+                measured[2],
+                "IDs/s",
+                base,
+            )
     return hot_raw
 
 
@@ -398,12 +428,12 @@ def measure_http(
 DURABILITY = (("WAL", "NORMAL"), ("WAL", "FULL"), ("DELETE", "FULL"))
 
 
-def _sqlite_rate(one: Callable[[str], object], names: list[str]) -> float:
+def _sqlite_rate(one: Callable[[str], object], names: list[str], seconds: float) -> float:
     p, done = names[0], 0
-    stop = time.perf_counter() + WARM_UP
+    stop = time.perf_counter() + 0.1
     while time.perf_counter() < stop:
         one(p)
-    start, stop = time.perf_counter(), time.perf_counter() + SECONDS
+    start, stop = time.perf_counter(), time.perf_counter() + seconds
     while time.perf_counter() < stop:
         one(p)
         done += 1
@@ -442,32 +472,29 @@ def _sqlite_at(url: str, path: Path, journal: str, synchronous: str) -> None:
     conn = sqlite3.connect(path, isolation_level=None, timeout=30)
     conn.execute(f"PRAGMA journal_mode = {journal}")
     conn.execute(f"PRAGMA synchronous = {synchronous}")
-    try:
-        base = record(
-            "sqlite",
-            f"raw sqlite3, the library's statement, {where}",
-            _sqlite_rate(lambda p: conn.execute(sql, args(p)).fetchall(), names),
-            "IDs/s",
-        )
-        issue = record(
-            "sqlite",
-            f"raw sqlite3, the issue's upsert, {where}",
-            _sqlite_rate(lambda p: conn.execute(upsert, (p,)).fetchall(), names),
-            "IDs/s",
-        )
-    finally:
-        conn.close()
     engine = create_engine(url)
     if (journal, synchronous) != DURABILITY[0]:
         _with_settings(engine, journal, synchronous)
     use_cases = use_cases_of(engine)
     try:
-        allocated = _sqlite_rate(use_cases.allocate, names)
-        record("sqlite", f"library, own transaction (sync), {where}", allocated, "IDs/s", issue)
+        measured = alternated_sync(
+            [
+                lambda p: conn.execute(sql, args(p)).fetchall(),
+                lambda p: conn.execute(upsert, (p,)).fetchall(),
+                use_cases.allocate,
+                lambda p: IdGeneratorUtil.generate_id(p, engine),
+            ],
+            names,
+        )
+        base = record(
+            "sqlite", f"raw sqlite3, the library's statement, {where}", measured[0], "IDs/s"
+        )
+        issue = record("sqlite", f"raw sqlite3, the issue's upsert, {where}", measured[1], "IDs/s")
+        record("sqlite", f"library, own transaction (sync), {where}", measured[2], "IDs/s", issue)
         record(
             "sqlite",
             f"library, own transaction (sync), {where}, vs the library's statement",
-            allocated,
+            measured[2],
             "IDs/s",
             base,
             show=False,
@@ -475,7 +502,7 @@ def _sqlite_at(url: str, path: Path, journal: str, synchronous: str) -> None:
         record(
             "sqlite",
             f"IdGeneratorUtil.generate_id(p, engine), {where}",
-            _sqlite_rate(lambda p: IdGeneratorUtil.generate_id(p, engine), names),
+            measured[3],
             "IDs/s",
             issue,
         )
@@ -489,6 +516,7 @@ def _sqlite_at(url: str, path: Path, journal: str, synchronous: str) -> None:
                 "ms",
             )
     finally:
+        conn.close()
         engine.dispose()
 
 
