@@ -130,6 +130,20 @@ def _broken(exc: BaseException, driver_errors: tuple[type[BaseException], ...]) 
     return classify(exc) in (Failure.UNAVAILABLE, Failure.READ_ONLY)
 
 
+def _throw_away(engine: Engine, fairy: PoolProxiedConnection, exc: BaseException) -> None:
+    """Throw away a connection that may be broken.
+
+    After a lost connection the pool's other connections, opened before it, are thrown away
+    too, as SQLAlchemy does on a disconnect: they were most likely cut with it (a database
+    restarted, its backends killed), and each would otherwise fail one request in turn.
+    """
+    error = exc if isinstance(exc, Exception) else None
+    if error is not None and classify(error) is Failure.UNAVAILABLE:
+        engine.pool._invalidate(fairy, error)  # the pool's own step on a disconnect
+    else:
+        fairy.invalidate(error)
+
+
 def _translated(exc: BaseException, *, claiming: bool = False) -> BaseException:
     """Return the domain error for a driver error (KeyAlreadyUsed for a key's duplicate)."""
     error = as_domain_error(exc)
@@ -270,7 +284,7 @@ class SyncAllocations(_Allocations):
                 row = _sqlite(connection, sql, params, keep=False)
         except BaseException as exc:
             if _broken(exc, self.errors):
-                fairy.invalidate(exc if isinstance(exc, Exception) else None)
+                _throw_away(self.engine, fairy, exc)
             else:
                 fairy.close()
             if isinstance(exc, self.errors):
@@ -374,7 +388,7 @@ class AsyncAllocations(_Allocations):
             row = await connection.fetchrow(sql, *params)
         except BaseException as exc:
             if _broken(exc, self.errors):
-                await greenlet_spawn(fairy.invalidate, exc if isinstance(exc, Exception) else None)
+                await greenlet_spawn(_throw_away, self.engine, fairy, exc)
                 self._bridged = _size(self.engine.pool)  # it goes back to be reconnected
             else:
                 await self._check_in(fairy)
