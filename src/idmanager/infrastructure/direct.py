@@ -27,6 +27,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
+import time
 import weakref
 from collections.abc import Callable
 from contextlib import suppress
@@ -357,10 +358,13 @@ class AsyncAllocations(_Allocations):
     def __init__(self, engine: Engine) -> None:
         super().__init__(engine)
         self.own: _Pinned | None = None  # aiosqlite: the connection of our own
-        # Checkouts to make through the greenlet bridge (:meth:`_idle`), and the pool's last
-        # invalidation seen.
-        self._bridged = 0
+        # Checkouts to make through the greenlet bridge (:meth:`_idle`), until when at least,
+        # and the pool's last invalidation seen.
+        self._bridged, self._bridged_until = 0, 0.0
         self._invalidated: float | None = getattr(engine.pool, "_invalidate_time", None)
+        # Whatever invalidates a connection (a failure here or in a session, a connect that
+        # failed at checkout) leaves its pool entry to be connected again: through the bridge.
+        event.listen(engine, "invalidate", _bridging(weakref.ref(self)))
 
     async def allocate(self, scope: str, prefix: str, count: int) -> IdManager | None:
         params = self.allocating.bind(count, scope, prefix, MAX_ORDINAL - count)
@@ -389,7 +393,6 @@ class AsyncAllocations(_Allocations):
         except BaseException as exc:
             if _broken(exc, self.errors):
                 await greenlet_spawn(_throw_away, self.engine, fairy, exc)
-                self._bridged = _size(self.engine.pool)  # it goes back to be reconnected
             else:
                 await self._check_in(fairy)
             if isinstance(exc, self.errors):
@@ -414,17 +417,19 @@ class AsyncAllocations(_Allocations):
         The bridge costs as much as the rest of the checkout. An idle connection of a queue
         pool that pings nothing, recycles nothing and runs no checkout hook is handed out by
         plain code. One that needs connecting again (thrown away, or the whole pool
-        invalidated) would need I/O: for as many checkouts as the pool holds after that, the
-        bridge takes them all. Should one need I/O all the same, SQLAlchemy refuses at its
-        first await (MissingGreenlet), before any I/O, and puts it back to be reconnected.
+        invalidated) would need I/O: after that, for a second and as many checkouts as the
+        pool holds, the bridge takes them all. Should one need I/O all the same, SQLAlchemy
+        refuses at its first await (MissingGreenlet), before any I/O, and puts it back to be
+        reconnected.
         """
         pool = self.engine.pool
         if not isinstance(pool, QueuePool):
             return None
         invalidated = getattr(pool, "_invalidate_time", None)
         if invalidated != self._invalidated:
-            self._invalidated, self._bridged = invalidated, pool.size()
-        if self._bridged > 0:
+            self._invalidated = invalidated
+            self.bridge()
+        if self._bridged > 0 or (self._bridged_until and time.monotonic() < self._bridged_until):
             self._bridged -= 1
             return None
         if not (
@@ -437,8 +442,13 @@ class AsyncAllocations(_Allocations):
         try:
             return self.engine.raw_connection()
         except MissingGreenlet:
-            self._bridged = pool.size()
+            self.bridge()
             return None
+
+    def bridge(self) -> None:
+        """Check connections out through the greenlet bridge for a while (see :meth:`_idle`)."""
+        self._bridged = _size(self.engine.pool)
+        self._bridged_until = time.monotonic() + 1.0
 
     async def _check_in(self, fairy: PoolProxiedConnection) -> None:
         pool = self.engine.pool
@@ -476,6 +486,15 @@ class AsyncAllocations(_Allocations):
         self.pinned.add(own)
         self.own = own
         return own
+
+
+def _bridging(allocations: weakref.ref[AsyncAllocations]) -> Callable[..., None]:
+    def invalidated(*_args: Any) -> None:
+        found = allocations()
+        if found is not None:
+            found.bridge()
+
+    return invalidated
 
 
 def _size(pool: Pool) -> int:
