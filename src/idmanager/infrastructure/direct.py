@@ -235,13 +235,14 @@ def _driver_errors(engine: Engine) -> tuple[type[BaseException], ...]:
     """Return the errors a statement's failure may raise, straight from the driver."""
     driver = engine.dialect.driver
     if driver == "asyncpg":
-        import asyncpg  # type: ignore[import-untyped]
-
+        # asyncpg's own errors, from the module SQLAlchemy's adapter was loaded with.
+        dbapi = engine.dialect.loaded_dbapi
+        asyncpg = dbapi.asyncpg
         own: tuple[type[BaseException], ...] = (
             asyncpg.PostgresError,
             asyncpg.InterfaceError,
             asyncpg.exceptions.InternalClientError,
-            engine.dialect.loaded_dbapi.Error,  # SQLAlchemy's adapter: a failed connect
+            dbapi.Error,  # SQLAlchemy's adapter: a failed connect
         )
     elif driver == "aiosqlite":
         own = (sqlite3.Error,)
