@@ -93,8 +93,14 @@ def console_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console
             process.wait()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[object]:
+    """Chromium, for the journeys of one module.
+
+    Module scope, not session: while Playwright's sync API is open, the main thread counts as
+    running an event loop, and every asyncio test collected after the console (tests/e2e,
+    tests/integration) would fail with "Runner.run() cannot be called from a running event
+    loop"."""
     executable = shutil.which("chromium")
     if executable is None:
         pytest.fail(
