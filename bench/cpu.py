@@ -168,7 +168,7 @@ async def count_calls(op: Op, names: list[str], n: int = 200) -> float:
     finally:
         profiler.disable()
     stats = pstats.Stats(profiler)
-    return float(stats.total_calls) / n  # type: ignore[attr-defined]
+    return float(stats.total_calls) / n
 
 
 async def measure(

@@ -125,6 +125,7 @@ class Server:
             "IDMANAGER_API_KEYS": f"{KEY}:generate",
             "IDMANAGER_BLOCK_CACHE": str(block_cache).lower(),
         }
+        # Open for the server's lifetime (its stdout and stderr), closed in __exit__.
         self.log = tempfile.NamedTemporaryFile(prefix="idm-bench-", suffix=".log")  # noqa: SIM115
         self.process: subprocess.Popen[bytes] | None = None
 

@@ -223,7 +223,7 @@ async def hold_times(url: str, n: int = 300) -> HoldTimes:
                 rows.append(
                     (done - sent, reply - sent, write - reply, written - write, done - written)
                 )
-        calls = pstats.Stats(counting).total_calls / (n // 3)  # type: ignore[attr-defined]
+        calls = pstats.Stats(counting).total_calls / (n // 3)
         by_hand = await _by_hand_hold(url, n)
     finally:
         await engine.dispose()

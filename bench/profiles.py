@@ -142,7 +142,7 @@ def _attributed(
 
 def summarize(path: Path, profiler: cProfile.Profile, calls: int) -> Profile:
     stats = pstats.Stats(profiler)
-    entries = stats.stats  # type: ignore[attr-defined]
+    entries = stats.stats
     total = sum(tottime for (_cc, _nc, tottime, _ct, _callers) in entries.values()) or 1.0
     layers: dict[str, float] = defaultdict(float)
     functions = []

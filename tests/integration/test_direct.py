@@ -196,7 +196,7 @@ def test_sqlite_threads_allocate_on_connections_of_their_own(tmp_path: Path, pre
 
     def work() -> None:
         issued.extend(use_cases.allocate(prefix)[0] for _ in range(50))
-        local = use_cases.transactions.direct.local  # type: ignore[union-attr]
+        local = use_cases.transactions.direct.local
         own.append(local.pinned.driver)
         disposed.wait(10)  # alive until the engine is disposed of: its connection too
 
@@ -246,7 +246,7 @@ async def test_aiosqlite_allocates_on_one_connection_of_its_own(
     batches = await asyncio.gather(*(use_cases.allocate(prefix, 3) for _ in range(20)))
     issued = [i for batch in batches for i in batch]
     assert len(set(issued)) == len(issued) == 60
-    own = use_cases.transactions.direct.own  # type: ignore[union-attr]
+    own = use_cases.transactions.direct.own
     assert own is not None and engine.sync_engine.pool.checkedout() == 0
     await engine.dispose()  # closes it: its worker thread ends
     assert own.fairy is None

@@ -38,7 +38,7 @@ def settings(**changes: Any) -> Settings:
         name: field.get_default(call_default_factory=True)
         for name, field in Settings.model_fields.items()
     }
-    return Settings(_env_file=None, **{**defaults, **changes})  # type: ignore[call-arg]
+    return Settings(_env_file=None, **{**defaults, **changes})
 
 
 def build_app(

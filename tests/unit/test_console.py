@@ -53,7 +53,7 @@ def settings(**changes: Any) -> Settings:
         name: info.get_default(call_default_factory=True)
         for name, info in Settings.model_fields.items()
     }
-    return Settings(_env_file=None, **{**defaults, **changes})  # type: ignore[call-arg]
+    return Settings(_env_file=None, **{**defaults, **changes})
 
 
 def csrf_of(html: str) -> str:

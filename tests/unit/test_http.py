@@ -651,7 +651,7 @@ async def test_an_unexpected_error_is_a_500_that_reveals_nothing(keys: Keys) -> 
         def explode(*args: Any, **kwargs: Any) -> None:
             raise RuntimeError("secret internals: password=hunter2")
 
-        api.repository.allocate = explode  # type: ignore[method-assign]
+        api.repository.allocate = explode
         response = await api.http.post(IDS, headers=api.headers("generate"))
         body = assert_problem(response, 500, "internal-error")
         assert body["detail"] == kind("internal-error").example
@@ -733,7 +733,7 @@ async def test_a_key_is_valid_only_whole(api: Api) -> None:
 async def test_without_keys_everything_is_allowed_and_the_log_says_so() -> None:
     records: list[logging.LogRecord] = []
     handler = logging.Handler()
-    handler.emit = records.append  # type: ignore[method-assign]
+    handler.emit = records.append
     logger = logging.getLogger("idmanager.api")
     logger.addHandler(handler)
     try:

@@ -155,7 +155,10 @@ def test_a_change_is_done_once_and_its_answer_given_again() -> None:
     use_cases = SyncIdManagerUseCases(transactions, ServiceOptions(actor="ops"))
     use_cases.allocate("CUS", 5)
     encode, decode = _reset_codec()
-    reset = lambda s: s.reset_sequence("CUS", "CUS-AAA0100")  # noqa: E731
+
+    def reset(steps: Any) -> Any:
+        return steps.reset_sequence("CUS", "CUS-AAA0100")
+
     first = use_cases.run_once(reset, claim(), encode, decode)
     use_cases.allocate("CUS", 2)  # the sequence moves on meanwhile
     again = use_cases.run_once(reset, claim(), encode, decode)

@@ -9,7 +9,7 @@ from fastapi import FastAPI, Request
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.staticfiles import StaticFiles
-from swagger_ui_bundle import swagger_ui_path  # type: ignore[import-untyped]
+from swagger_ui_bundle import swagger_ui_path  # type: ignore[import-untyped]  # ships no types
 
 from ..problems import PROBLEM_JSON
 
@@ -34,6 +34,7 @@ def install_openapi(app: FastAPI, *, max_bulk: int) -> None:
             app.openapi_schema = schema
         return app.openapi_schema
 
+    # FastAPI's documented way to extend the schema is to replace this method on the app.
     app.openapi = openapi  # type: ignore[method-assign]
 
 
