@@ -390,6 +390,7 @@ async def test_register_with_a_preview_then_for_real(admin: Console) -> None:
     page = text_of((await admin.http.get(done.headers["location"])).text)
     assert "Registered." in page and "Next ID PO/000001" in page
     assert "registered" in page and actor(ADMIN) in page
+    assert "none → none" in page and "starts over" not in page  # nothing issued yet, no reset
 
 
 async def test_the_live_preview_is_a_fragment_and_shows_a_templates_date(admin: Console) -> None:
