@@ -134,17 +134,42 @@ async def test_a_visitor_is_led_to_the_login_and_back(console: Console) -> None:
     assert (home.status_code, home.headers["location"]) == (307, "/console")
     first = await console.http.get("/console/audit?prefix=CUS")
     assert first.status_code == 303
-    assert first.headers["location"] == "/console/login?next=%2Fconsole%2Faudit"
+    # Back to the same page, its query too (a scope, the filters).
+    assert first.headers["location"] == "/console/login?next=%2Fconsole%2Faudit%3Fprefix%3DCUS"
     page = await console.http.get(first.headers["location"])
     assert page.status_code == 200 and "Paste an API key" in page.text
     assert "Database:" not in page.text and "Health:" not in page.text  # nothing for strangers
-    assert 'name="next" value="/console/audit"' in page.text
+    assert 'name="next" value="/console/audit?prefix=CUS"' in page.text
     done = await console.http.post(
         "/console/login",
-        data={"csrf": csrf_of(page.text), "api_key": ADMIN, "next": "/console/audit"},
+        data={"csrf": csrf_of(page.text), "api_key": ADMIN, "next": "/console/audit?prefix=CUS"},
     )
-    assert (done.status_code, done.headers["location"]) == (303, "/console/audit")
+    assert (done.status_code, done.headers["location"]) == (303, "/console/audit?prefix=CUS")
     assert (await console.http.get("/console/audit")).status_code == 200
+
+
+async def test_behind_a_root_path_the_forms_work() -> None:
+    """Served under ``--root-path /ids`` (uvicorn puts the root path in front of the path)."""
+    app = create_app(settings(api_keys=KEYS), use_cases=IdManagerUseCases(AsyncFakeTransactions()))
+
+    async def under_ids(scope: Any, receive: Any, send: Any) -> None:
+        await app(
+            ({**scope, "root_path": "/ids"} if scope["type"] == "http" else scope), receive, send
+        )
+
+    transport = httpx.ASGITransport(app=under_ids)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=transport, base_url=BASE + "/ids") as http,
+    ):
+        page = await http.get("/console/login")  # the client's base URL ends in /ids
+        assert 'action="/ids/console/login"' in page.text
+        done = await http.post(
+            "/console/login",
+            data={"csrf": csrf_of(page.text), "api_key": ADMIN, "next": "/ids/console"},
+        )
+        assert (done.status_code, done.headers["location"]) == (303, "/ids/console")
+        assert "Sequences" in text_of((await http.get("/console")).text)
 
 
 async def test_the_redirect_never_names_the_host_it_was_sent_to(console: Console) -> None:
@@ -370,6 +395,10 @@ async def test_the_audit_trail_filters_by_prefix_actor_action_and_day(admin: Con
     assert "ORD" in today.text and "CUS" not in text_of(today.text)
     bad = await admin.http.get("/console/audit?since=yesterday")
     assert bad.status_code == 422 and "is not a date written YYYY-MM-DD" in bad.text
+    to_the_end = await admin.http.get("/console/audit?until=9999-12-31")  # the calendar's last
+    assert to_the_end.status_code == 200 and "ORD" in to_the_end.text
+    beyond = await admin.http.get("/console/audit", params={"before": 10**20})
+    assert beyond.status_code == 422
 
 
 # -- changes, through forms without JavaScript -------------------------------------------------

@@ -421,6 +421,10 @@ async def test_audit_filters(api: Api) -> None:
     for bad in ({"action": "explode"}, {"limit": 0}, {"limit": 1001}, {"before": 0}):
         response = await api.http.get("/api/v1/audit", params=bad, headers=read)
         assert_problem(response, 422, "validation-error")
+    # Times whose UTC falls outside the calendar: bad input, not a 500.
+    for bad in ({"since": "0001-01-01T00:00+01:00"}, {"until": "9999-12-31T23:59:59-23:59"}):
+        response = await api.http.get("/api/v1/audit", params=bad, headers=read)
+        assert "UTC's range" in assert_problem(response, 422, "invalid-input")["detail"]
 
 
 async def test_the_audit_trail_pages_with_a_cursor(api: Api) -> None:
@@ -845,6 +849,10 @@ async def test_unknown_route_and_wrong_method(api: Api) -> None:
     # Every method the path takes, from each route on it.
     other = await api.http.patch("/api/v1/prefixes/CUS")
     assert other.headers["allow"] == "GET, PUT"
+    # Also inside a mount: the static files of the docs and the console.
+    for asset in ("/console/static/console.css", "/docs/assets/swagger-ui.css"):
+        response = await api.http.post(asset)
+        assert (response.status_code, response.headers["allow"]) == (405, "GET, HEAD"), asset
 
 
 # -- the body limit ---------------------------------------------------------------------------

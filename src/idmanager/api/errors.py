@@ -125,6 +125,10 @@ async def http_error(request: Request, exc: Exception) -> Response:
 
 
 def _allowed_methods(request: Request) -> list[str]:
+    root = request.scope.get("root_path", "")
+    if root != request.scope.get("app_root_path", root):
+        # Inside a mount (its path added to root_path): the static files, GET and HEAD.
+        return ["GET", "HEAD"]
     allowed = []
     for method in HTTP_METHODS:
         scope = {**request.scope, "method": method}

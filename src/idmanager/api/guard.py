@@ -76,7 +76,10 @@ class Guard:
         if self.open and not _is_loopback(client[0] if client else None):
             return kind("loopback-only"), kind("loopback-only").example
         if scope["method"] in CHANGES:
-            return self._cross_site(scope["path"], headers)
+            # Behind a root path (``--root-path``), servers put it in front of the path.
+            path: str = scope["path"]
+            root: str = scope.get("root_path", "")
+            return self._cross_site(path.removeprefix(root) if root else path, headers)
         return None
 
     def _cross_site(self, path: str, headers: dict[bytes, bytes]) -> tuple[ProblemKind, str] | None:

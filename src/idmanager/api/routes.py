@@ -60,9 +60,12 @@ def _moment(text: str | None) -> datetime | None:
         return None
     try:
         moment = datetime.fromisoformat(text)
-    except ValueError:
-        raise InvalidInputError(f"Invalid time {text!r}: not a date and time") from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+        # In UTC here: a time at the ends of the calendar may have none (0001-01-01T00:00+01).
+        return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).astimezone(UTC)
+    except (ValueError, OverflowError):
+        raise InvalidInputError(
+            f"Invalid time {text!r}: not a date and time in UTC's range"
+        ) from None
 
 
 # Databases take a 64-bit OFFSET; no list is anywhere near this long.

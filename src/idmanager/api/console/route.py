@@ -84,7 +84,9 @@ def set_cookie(request: Request, response: Response, session: Session) -> None:
 async def error_response(request: Request, exc: Exception) -> Response:
     """Return the page (or redirect) for an error raised while serving a console route."""
     if isinstance(exc, LoginRequired):
-        query = {"next": request.url.path}
+        # Back to the same page after the login: its query too (a scope, the filters).
+        here = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        query = {"next": here}
         if exc.ended:
             query["ended"] = "1"
         target = base_path(request) + "/login?" + urlencode(query)

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 from datetime import UTC, date, datetime, time, timedelta
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import RedirectResponse, Response
 
 from ...application.results import SequenceStats
 from ...application.use_cases import IdManagerUseCases
 from ...domain.errors import IdManagerError, InvalidInputError, PrefixNotFoundError
-from ...domain.format import ParsedId
+from ...domain.format import MAX_ORDINAL, ParsedId
 from ...domain.repository import AuditAction
 from . import visible
 from .access import Viewer
@@ -166,7 +166,7 @@ async def audit(
     action: str = "",
     since: str = "",
     until: str = "",
-    before: int | None = None,
+    before: Annotated[int | None, Query(ge=1, le=MAX_ORDINAL)] = None,
 ) -> Response:
     """Show the audit trail, newest first: who changed which sequence, when and how."""
     start, end = day_start(since, "From"), day_start(until, "To")
@@ -178,7 +178,8 @@ async def audit(
         actor=actor.strip() or None,
         action=action or None,
         since=start,
-        until=end + timedelta(days=1) if end else None,  # "to" a day includes that day
+        # "To" a day includes that day (the calendar's last one: no end at all).
+        until=end + timedelta(days=1) if end and end.date() < date.max else None,
         before=before,
         limit=PAGE,
     )
