@@ -8,7 +8,13 @@ from collections.abc import Callable
 
 import pytest
 
-from idmanager import BlockCache, PrefixInactiveError, SyncBlockCache, SyncIdManagerService
+from idmanager import (
+    BlockCache,
+    PrefixInactiveError,
+    StorageError,
+    SyncBlockCache,
+    SyncIdManagerService,
+)
 from idmanager.application.block_cache import Operation
 
 from .fakes import FakeRepository
@@ -101,6 +107,37 @@ async def test_errors_reach_the_caller_and_the_cache_recovers() -> None:
     await cache.close()
     with pytest.raises(RuntimeError, match="closed"):
         await cache.generate_id("VEN")
+
+
+@pytest.mark.parametrize("threaded", [False, True], ids=["async", "sync"])
+async def test_a_failed_fetch_ahead_costs_no_id_already_held(threaded: bool) -> None:
+    """The database goes away after the first block: the IDs that block holds are still
+    handed out, by both caches; the caller who finds none left gets the error."""
+    repo = FakeRepository()
+    run, _ = runners(repo)
+    calls = [0]
+
+    def first_block_only(operation: Operation) -> object:
+        calls[0] += 1
+        if calls[0] > 1:
+            raise StorageError("Database unavailable: gone")
+        return run(operation)
+
+    async def arun(operation: Operation) -> object:
+        return first_block_only(operation)
+
+    got: list[str] = []
+    if threaded:
+        cache = SyncBlockCache(first_block_only, initial_block=4, min_block=4)
+        with pytest.raises(StorageError):
+            while True:
+                got.append(cache.generate_id("CUS"))
+    else:
+        acache = BlockCache(arun, initial_block=4, min_block=4)
+        with pytest.raises(StorageError):
+            while True:
+                got.append(await acache.generate_id("CUS"))
+    assert got == [f"CUS-AAA{n:04d}" for n in range(1, 5)]
 
 
 def test_threads_get_distinct_increasing_ids() -> None:

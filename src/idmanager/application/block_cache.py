@@ -421,6 +421,12 @@ class SyncBlockCache(_Blocks):
                 try:
                     size, operation = self._fetch_operation(reservation)
                     self._store(reservation, size, self._run(operation))
+                except Exception:
+                    # The next block could not be had (the database away, say): a caller that
+                    # already holds an ID gets it, as the async cache's fetch in the background
+                    # leaves its callers theirs; the next caller with none left tries again.
+                    if value is None:
+                        raise
                 finally:
                     self._fetched(reservation)
                     fetch.set()
