@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
@@ -409,3 +409,17 @@ def test_read_id_uses_the_stored_format_of_its_prefix(service: SyncIdManagerServ
 def test_huge_skip_is_bad_input_not_a_crash(service: SyncIdManagerService) -> None:
     with pytest.raises(InvalidInputError, match="skip and limit"):
         service.get_all_prefixes(skip=2**70)
+
+
+def test_the_audit_trail_refuses_cursors_and_times_it_cannot_hold(
+    service: SyncIdManagerService,
+) -> None:
+    service.generate_id("CUS")
+    assert [e.prefix for e in service.list_audit(before=2**63 - 1).items] == ["CUS"]
+    for bad in (
+        {"before": 2**64},  # past any database's 64-bit integer
+        {"since": datetime(1, 1, 1, tzinfo=timezone(timedelta(hours=1)))},  # no UTC time
+        {"until": datetime(9999, 12, 31, 23, 59, tzinfo=timezone(-timedelta(hours=23)))},
+    ):
+        with pytest.raises(InvalidInputError):
+            service.list_audit(**bad)

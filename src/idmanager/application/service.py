@@ -355,8 +355,11 @@ class SyncIdManagerService:
         """
         if not 1 <= limit <= MAX_PAGE:
             raise InvalidInputError(f"limit must be between 1 and {MAX_PAGE}, got {limit}")
-        if before is not None and before < 1:
-            raise InvalidInputError(f"before must be a positive entry number, got {before}")
+        if before is not None and not 1 <= before <= MAX_ORDINAL:
+            raise InvalidInputError(
+                f"before must be an entry number between 1 and {MAX_ORDINAL}, got {before}"
+            )
+        since, until = _utc(since, "since"), _utc(until, "until")
         try:
             kind = AuditAction(action) if action is not None else None
         except ValueError:
@@ -706,3 +709,17 @@ class IdManagerService:
     list_audit = _bridged(SyncIdManagerService.list_audit)
     read_id = _bridged(SyncIdManagerService.read_id)
     health_check = _bridged(SyncIdManagerService.health_check)
+
+
+def _utc(moment: datetime | None, name: str) -> datetime | None:
+    """Return ``moment`` in UTC (naive: UTC already).
+
+    Raises:
+        InvalidInputError: its UTC falls outside the calendar (0001-01-01T00:00+01:00).
+    """
+    if moment is None or moment.tzinfo is None:
+        return moment
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:
+        raise InvalidInputError(f"{name} {moment.isoformat()} has no UTC time") from None
