@@ -9,7 +9,9 @@ Errors arrive as the library's own exceptions (``PrefixNotFoundError``, ``ResetR
 a bounded number of times, then raised as ``StorageError`` (or ``BusyError``); a 4xx is never
 retried. Every change (allocation, reset, configuration) carries an ``Idempotency-Key`` that its
 retries repeat: an answer lost on the way is given again, never done twice, so retried
-allocations leave neither duplicates nor gaps. Needs only ``httpx``
+allocations leave neither duplicates nor gaps. A read (GET) changes nothing, so it is retried
+after a timeout as well. A body that is not the expected JSON (a proxy's HTML page) is an
+``ApiError`` naming the status and content type. Needs only ``httpx``
 (``pip install 'idmanager[client]'``): no database driver, no SQLAlchemy.
 
 Each request is described once (``_generate_id``, ``_get_prefix_stats``, ...); the two
@@ -64,9 +66,12 @@ RETRY_ERRORS = (
     httpx.ReadError,
     httpx.WriteError,
 )
-# A request that timed out may have been done: sent again, only with its idempotency key.
+# A request that timed out may have been done: sent again only if that is safe, with its
+# idempotency key or because it reads and changes nothing (a GET).
 KEYED_RETRY_ERRORS = (*RETRY_ERRORS, httpx.ReadTimeout, httpx.WriteTimeout, httpx.PoolTimeout)
 IDEMPOTENCY_KEY = "Idempotency-Key"
+# Methods that change nothing: sending one again is always safe.
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 class ApiError(IdManagerError):
@@ -112,14 +117,37 @@ class _Call(Generic[T]):
 
     @property
     def errors(self) -> tuple[type[Exception], ...]:
-        """Return the transport errors after which this request is sent again."""
-        return KEYED_RETRY_ERRORS if IDEMPOTENCY_KEY in self.headers else RETRY_ERRORS
+        """Return the transport errors after which this request is sent again: any lost
+        answer for a read or a keyed change, only a request that never arrived otherwise."""
+        repeatable = self.method in SAFE_METHODS or IDEMPOTENCY_KEY in self.headers
+        return KEYED_RETRY_ERRORS if repeatable else RETRY_ERRORS
 
     def outcome(self, response: httpx.Response) -> T:
+        status = response.status_code
         problem = "problem" in response.headers.get("content-type", "")
-        if response.status_code >= 400 and (problem or response.status_code not in self.answers):
+        if status >= 400 and (problem or status not in self.answers):
             raise _error(response)
-        return self.decode(response.json())
+        try:
+            data = response.json()
+        except ValueError as exc:  # a proxy's HTML page, an empty body, broken JSON
+            if status >= 400:
+                raise _error(response) from exc
+            raise _unreadable(response, "is not JSON") from exc
+        try:
+            return self.decode(data)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise _unreadable(response, "is not the answer expected") from exc
+
+
+def _unreadable(response: httpx.Response, why: str) -> ApiError:
+    """Return the error for a response whose body the client cannot read as its answer."""
+    status = response.status_code
+    content_type = response.headers.get("content-type") or "no content type"
+    return ApiError(
+        f"HTTP {status}: the response body ({content_type}) {why};"
+        " is a proxy or another service answering at this URL?",
+        status,
+    )
 
 
 def _segment(text: str) -> str:

@@ -489,3 +489,164 @@ async def test_the_async_client_retries_as_the_sync_one() -> None:
     async with unhealthy.async_client(retries=2) as client:
         assert not (await client.health()).healthy
     assert len(unhealthy.requests) == 1
+
+
+# -- reads after a timeout, and answers that are not JSON -------------------------------------
+
+STATS = {
+    "prefix": "CUS",
+    "scope": "",
+    "exists": True,
+    "latest_id": "CUS-AAA0001",
+    "next_id": "CUS-AAA0002",
+    "count_issued": 1,
+    "is_active": True,
+    "format": {"separator": "-", "letter_width": 3, "digit_width": 4, "checksum": None},
+    "template": None,
+    "created_at": "2026-01-01T00:00:00Z",
+    "updated_at": "2026-01-01T00:00:00Z",
+    "created_by": None,
+    "width_usage": 0.0,
+    "warning": None,
+}
+PARSED = {
+    "prefix": "CUS",
+    "letters": "AAB",
+    "number": 12,
+    "ordinal": 10011,
+    "normalized": "CUS-AAB0012",
+}
+# Every read of the API, with an answer it accepts.
+READS: list[tuple[str, Callable[[Any], Any], dict[str, Any]]] = [
+    ("get_prefix_stats", lambda c: c.get_prefix_stats("CUS"), STATS),
+    ("list_prefixes", lambda c: c.list_prefixes(), {"items": [STATS], "total": 1}),
+    ("parse_id", lambda c: c.parse_id("CUS-AAB12"), PARSED),
+    ("list_audit", lambda c: c.list_audit(), {"items": [], "next_cursor": None}),
+]
+
+
+def html(status: int = 200) -> httpx.Response:
+    """A proxy's page where the service's JSON should be."""
+    page = "<html><body>Sign in to the proxy</body></html>"
+    return httpx.Response(status, text=page, headers={"content-type": "text/html"})
+
+
+def timeout() -> httpx.ReadTimeout:
+    return httpx.ReadTimeout("timed out reading the answer")
+
+
+@pytest.mark.parametrize(
+    ("call", "answer"), [(c, a) for _, c, a in READS], ids=[n for n, *_ in READS]
+)
+def test_a_read_timeout_on_a_read_is_retried_and_the_call_succeeds(
+    call: Callable[[Any], Any], answer: dict[str, Any]
+) -> None:
+    server = Server(timeout(), timeout(), httpx.Response(200, json=answer))
+    with server.client(retries=3, backoff=0.01) as client:
+        call(client)
+    assert [r.method for r in server.requests] == ["GET"] * 3 and len(server.sleeps) == 2
+    assert all("idempotency-key" not in r.headers for r in server.requests)
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [httpx.ReadTimeout("read"), httpx.WriteTimeout("write"), httpx.PoolTimeout("pool")],
+    ids=lambda e: type(e).__name__,
+)
+@pytest.mark.parametrize("call", [c for _, c, _ in READS], ids=[n for n, *_ in READS])
+def test_a_read_that_times_out_to_the_end_is_unreachable_not_a_raw_httpx_error(
+    call: Callable[[Any], Any], failure: Exception
+) -> None:
+    server = Server(failure)
+    with (
+        server.client(retries=2, backoff=0.01) as client,
+        pytest.raises(ServiceUnreachableError) as raised,
+    ):
+        call(client)
+    assert isinstance(raised.value, StorageError)
+    assert raised.value.__cause__ is failure
+    assert len(server.requests) == 3 and len(server.sleeps) == 2
+
+
+def test_a_health_check_that_times_out_is_unreachable_at_once() -> None:
+    server = Server(timeout())
+    with server.client(retries=3) as client, pytest.raises(ServiceUnreachableError):
+        client.health()
+    assert len(server.requests) == 1 and server.sleeps == []  # health() is not retried
+
+
+def test_an_unkeyed_change_is_not_sent_again_after_a_read_timeout() -> None:
+    """A POST without an Idempotency-Key may have been done: only a request that never
+    arrived is sent again."""
+    from idmanager.client import _Call
+
+    unkeyed: _Call[Any] = _Call("POST", "/api/v1/prefixes/CUS/ids", lambda data: data)
+    server = Server(timeout(), allocated("CUS-AAA0001"))
+    with server.client(retries=3) as client, pytest.raises(httpx.ReadTimeout):
+        client._send(unkeyed)
+    assert len(server.requests) == 1 and server.sleeps == []
+    refused = Server(httpx.ConnectError("refused"), allocated("CUS-AAA0001"))
+    with refused.client(retries=3, backoff=0.01) as client:
+        assert client._send(unkeyed)["ids"] == ["CUS-AAA0001"]
+    assert len(refused.requests) == 2
+
+
+async def test_the_async_client_retries_a_read_after_a_timeout() -> None:
+    server = Server(timeout(), httpx.Response(200, json=STATS))
+    async with server.async_client(retries=2, backoff=0.01) as client:
+        assert (await client.get_prefix_stats("CUS")).latest_id == "CUS-AAA0001"
+    assert len(server.requests) == 2 and len(server.sleeps) == 1
+    gone = Server(timeout())
+    async with gone.async_client(retries=2, backoff=0.01) as client:
+        with pytest.raises(ServiceUnreachableError):
+            await client.list_audit()
+        with pytest.raises(ServiceUnreachableError):
+            await client.health()
+    assert len(gone.requests) == 3 + 1
+
+
+@pytest.mark.parametrize(
+    "call",
+    [c for _, c, _ in READS] + [lambda c: c.generate_id("CUS"), lambda c: c.health()],
+    ids=[n for n, *_ in READS] + ["generate_id", "health"],
+)
+def test_an_html_page_instead_of_json_is_an_api_error(call: Callable[[Any], Any]) -> None:
+    server = Server(html())
+    with server.client(retries=3) as client, pytest.raises(ApiError) as raised:
+        call(client)
+    assert raised.value.status == 200
+    assert "HTTP 200" in str(raised.value) and "text/html" in str(raised.value)
+    assert raised.value.__cause__ is not None
+    assert len(server.requests) == 1  # an answer came: nothing to retry
+
+
+def test_an_answer_that_is_not_the_one_expected_is_an_api_error() -> None:
+    for answer in (
+        httpx.Response(200, json={"unexpected": True}),
+        httpx.Response(200, json=["CUS-AAA0001"]),
+        httpx.Response(201),  # no body at all
+    ):
+        with Server(answer).client() as client, pytest.raises(ApiError) as raised:
+            client.generate_id("CUS")
+        assert raised.value.status == answer.status_code
+        assert f"HTTP {answer.status_code}" in str(raised.value)
+    wrong = Server(httpx.Response(200, json={"items": 3}))
+    with wrong.client() as client, pytest.raises(ApiError, match="HTTP 200"):
+        client.list_prefixes()
+
+
+def test_a_proxys_unhealthy_page_on_health_is_a_storage_error() -> None:
+    """/health answers 503 with a report; a 503 HTML page from a proxy is no report."""
+    page = html(503)
+    with Server(page).client() as client, pytest.raises(StorageError):
+        client.health()
+
+
+async def test_the_async_client_reads_an_html_page_as_an_api_error() -> None:
+    server = Server(html(), html())
+    async with server.async_client() as client:
+        with pytest.raises(ApiError, match=r"HTTP 200.*text/html"):
+            await client.get_prefix_stats("CUS")
+        with pytest.raises(ApiError, match=r"HTTP 200.*text/html"):
+            await client.bulk_generate_ids("CUS", 2)
+    assert len(server.requests) == 2
