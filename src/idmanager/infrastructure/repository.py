@@ -54,6 +54,8 @@ from .models import IdempotencyModel, IdManagerAuditModel, IdManagerModel
 T = TypeVar("T")
 _PROBE_SCOPE = "_health_"
 _TABLE = cast(Table, IdManagerModel.__table__)
+# How a Session with several binds (``binds=``) finds the engine of these tables.
+_BIND_ARGUMENTS = {"mapper": IdManagerModel}
 _AUDIT = cast(Table, IdManagerAuditModel.__table__)
 _IDEM = cast(Table, IdempotencyModel.__table__)
 _COLUMNS = tuple(_TABLE.c)
@@ -242,7 +244,8 @@ class IdManagerRepositoryImpl(IdManagerRepository):
     @property
     def dialect(self) -> str:
         if self._dialect is None:
-            bind = self.session.get_bind() if isinstance(self.session, Session) else self.session
+            session = self.session
+            bind = session.get_bind(IdManagerModel) if isinstance(session, Session) else session
             self._dialect = bind.dialect.name
         return self._dialect
 
@@ -251,7 +254,7 @@ class IdManagerRepositoryImpl(IdManagerRepository):
         # machinery, which a Core statement does not need.
         with translate_errors():
             if isinstance(self.session, Session):
-                connection = self.session.connection()
+                connection = self.session.connection(bind_arguments=_BIND_ARGUMENTS)
                 watch_commit(connection)  # the session's owner commits, after we return
             else:
                 connection = self.session
