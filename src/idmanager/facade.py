@@ -8,7 +8,6 @@ awaitable; sync ones give the value.
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Awaitable, Callable
 from datetime import date
 from functools import partial
@@ -46,17 +45,22 @@ class IdPrefixes:
     TEST = "TEST"
 
 
-# The use cases of each engine the caller hands in, built once: a call then costs the
-# allocation, not the setting up of sessions.
-_CONNECTED: weakref.WeakKeyDictionary[Any, IdManagerUseCases | SyncIdManagerUseCases] = (
-    weakref.WeakKeyDictionary()
-)
+# The use cases of each engine (or session factory) the caller hands in, built once: a call
+# then costs the allocation, not the setting up of sessions. Kept on the object itself (an
+# async engine's on its sync engine): they refer to it, so a cache beside it would keep every
+# engine, and its pool, alive for ever; as an attribute they go with it.
+_USE_CASES = "_idmanager_use_cases"
+_ASYNC_USE_CASES = "_idmanager_async_use_cases"
 
 
 def _connected(db: Any) -> IdManagerUseCases | SyncIdManagerUseCases:
-    found = _CONNECTED.get(db)
+    holder, name = (
+        (db.sync_engine, _ASYNC_USE_CASES) if isinstance(db, AsyncEngine) else (db, _USE_CASES)
+    )
+    found: IdManagerUseCases | SyncIdManagerUseCases | None = getattr(holder, name, None)
     if found is None:
-        found = _CONNECTED[db] = connect(db)
+        found = connect(db)
+        setattr(holder, name, found)
     return found
 
 
