@@ -289,8 +289,12 @@ async def test_the_answer_survives_a_restart_and_expires(
                 sa.text(f"UPDATE {IDEM} SET created_at = :at WHERE owner = :o AND idem_key = :k"),
                 {"at": datetime(2026, 1, 1), "o": key.owner, "k": key.key},
             )
+        # Another owner's clean-up (the command line's) leaves this owner's answers alone.
+        cutoff = datetime.now(UTC) - timedelta(minutes=10)
+        await use_cases.forget_answers(cutoff, owner=key.owner + "-other")
+        assert stored_keys(url, key.owner) == ["k-1", "k-fresh"]
         # Kept while younger than the cut-off (here ten minutes: the fresh one is seconds old).
-        forgotten = await use_cases.forget_answers(datetime.now(UTC) - timedelta(minutes=10))
+        forgotten = await use_cases.forget_answers(cutoff)
         assert forgotten >= 1
         assert stored_keys(url, key.owner) == ["k-fresh"]
         # Forgotten, the key names a new request: it allocates again.

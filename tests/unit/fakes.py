@@ -167,9 +167,11 @@ class FakeRepository(IdManagerRepository):
         found = self.answers.get((owner, key))
         return found[1] if found else None
 
-    def forget(self, before: datetime, limit: int) -> int:
+    def forget(self, before: datetime, limit: int, owner: str | None = None) -> int:
         self._call("forget")
-        old = [key for key, (at, _) in self.answers.items() if at < before][:limit]
+        old = [
+            key for key, (at, _) in self.answers.items() if at < before and owner in (None, key[0])
+        ][:limit]
         for key in old:
             del self.answers[key]
         return len(old)

@@ -197,6 +197,17 @@ def test_forget_answers_deletes_the_old_ones_a_batch_at_a_time() -> None:
     assert (list(again.value), again.replayed) == (["OLD-AAA0008"], False)
 
 
+def test_forget_answers_of_one_owner_leaves_the_others() -> None:
+    """The command line cleans up its own answers only: never an HTTP client's."""
+    transactions = FakeTransactions()
+    use_cases = SyncIdManagerUseCases(transactions, ServiceOptions())
+    use_cases.allocate_once("CUS", 1, claim(key="k1"))
+    use_cases.allocate_once("CUS", 1, claim(key="k1", owner="cli"))
+    later = datetime.now(UTC) + timedelta(seconds=1)
+    assert use_cases.forget_answers(later, owner="cli", pause=0) == 1
+    assert list(transactions.repository.answers) == [("api-key:0123456789ab", "k1")]
+
+
 async def test_async_forget_answers() -> None:
     store = AsyncFakeTransactions()
     use_cases = IdManagerUseCases(store, ServiceOptions())

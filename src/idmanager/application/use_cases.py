@@ -267,13 +267,18 @@ class SyncIdManagerUseCases(_Steps):
         return self._drive(steps)
 
     def forget_answers(
-        self, before: datetime, *, batch: int = FORGET_BATCH, pause: float = FORGET_PAUSE_S
+        self,
+        before: datetime,
+        *,
+        owner: str | None = None,
+        batch: int = FORGET_BATCH,
+        pause: float = FORGET_PAUSE_S,
     ) -> int:
-        """Delete the idempotency answers stored before ``before``, a short transaction per
-        ``batch`` and ``pause`` seconds between them (no long lock, allocations go first);
-        return how many."""
+        """Delete the idempotency answers stored before ``before`` (only ``owner``'s when
+        given), a short transaction per ``batch`` and ``pause`` seconds between them (no long
+        lock, allocations go first); return how many."""
         total = 0
-        while (done := self.transactions.run(lambda r: r.forget(before, batch))) > 0:
+        while (done := self.transactions.run(lambda r: r.forget(before, batch, owner))) > 0:
             total += done
             if done < batch:
                 break
@@ -351,13 +356,18 @@ class IdManagerUseCases(_Steps):
         return await self._drive(steps)
 
     async def forget_answers(
-        self, before: datetime, *, batch: int = FORGET_BATCH, pause: float = FORGET_PAUSE_S
+        self,
+        before: datetime,
+        *,
+        owner: str | None = None,
+        batch: int = FORGET_BATCH,
+        pause: float = FORGET_PAUSE_S,
     ) -> int:
-        """Delete the idempotency answers stored before ``before``, a short transaction per
-        ``batch`` and ``pause`` seconds between them (no long lock, allocations go first);
-        return how many."""
+        """Delete the idempotency answers stored before ``before`` (only ``owner``'s when
+        given), a short transaction per ``batch`` and ``pause`` seconds between them (no long
+        lock, allocations go first); return how many."""
         total = 0
-        while (done := await self.transactions.run(lambda r: r.forget(before, batch))) > 0:
+        while (done := await self.transactions.run(lambda r: r.forget(before, batch, owner))) > 0:
             total += done
             if done < batch:
                 break

@@ -212,12 +212,9 @@ class IdManagerRepository(ABC):
         """Return the answer stored for ``owner``'s ``key``, if any."""
 
     @abstractmethod
-    def forget(self, before: datetime, limit: int) -> int:
-        """Delete at most ``limit`` answers stored before ``before``; return how many."""
-
-    def remembers_in_one_statement(self) -> bool:
-        """Return True when :meth:`allocate_remembering` is one atomic statement."""
-        return False
+    def forget(self, before: datetime, limit: int, owner: str | None = None) -> int:
+        """Delete at most ``limit`` answers stored before ``before`` (only ``owner``'s when
+        given); return how many."""
 
     def allocate_remembering(
         self, scope: str, prefix: str, count: int, claim: Claim, status: int

@@ -496,16 +496,15 @@ class IdManagerRepositoryImpl(IdManagerRepository):
         ).first()
         return Remembered(row.fingerprint, row.status, row.answer) if row is not None else None
 
-    def forget(self, before: datetime, limit: int) -> int:
+    def forget(self, before: datetime, limit: int, owner: str | None = None) -> int:
         i = _IDEM.c
         old = select(i.id).where(i.created_at < _naive_utc(before, self.dialect))
+        if owner is not None:
+            old = old.where(i.owner == owner)
         ids = list(self._execute(old.order_by(i.id).limit(limit)).scalars())
         if ids:
             self._execute(_IDEM.delete().where(i.id.in_(ids)))
         return len(ids)
-
-    def remembers_in_one_statement(self) -> bool:
-        return self.dialect == "postgresql"
 
     def allocate_remembering(
         self, scope: str, prefix: str, count: int, claim: Claim, status: int
