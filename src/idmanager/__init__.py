@@ -28,6 +28,11 @@ _EXPORTS = {
     "connect": "compose",
     "IdManager": "domain.entity",
     "AccessDeniedError": "domain.errors",
+    "AmbiguousFormatError": "domain.errors",
+    "ForbiddenError": "domain.errors",
+    "IdempotencyKeyReusedError": "domain.errors",
+    "LimitReachedError": "domain.errors",
+    "NotAuthenticatedError": "domain.errors",
     "BusyError": "domain.errors",
     "ConflictError": "domain.errors",
     "FormatLockedError": "domain.errors",
@@ -127,6 +132,21 @@ if TYPE_CHECKING:
     )
     from .domain.errors import (
         AccessDeniedError as AccessDeniedError,
+    )
+    from .domain.errors import (
+        AmbiguousFormatError as AmbiguousFormatError,
+    )
+    from .domain.errors import (
+        ForbiddenError as ForbiddenError,
+    )
+    from .domain.errors import (
+        IdempotencyKeyReusedError as IdempotencyKeyReusedError,
+    )
+    from .domain.errors import (
+        LimitReachedError as LimitReachedError,
+    )
+    from .domain.errors import (
+        NotAuthenticatedError as NotAuthenticatedError,
     )
     from .domain.errors import (
         BusyError as BusyError,

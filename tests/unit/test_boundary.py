@@ -176,3 +176,18 @@ async def test_the_client_raises_each_kinds_exception(found: ProblemKind) -> Non
 
 async def _no_sleep(_seconds: float) -> None:
     return None
+
+
+def test_every_error_class_is_importable_from_the_package() -> None:
+    """The README's promise: ``from idmanager import <any error>``."""
+    import inspect
+
+    import idmanager
+    from idmanager.domain import errors
+
+    classes = {
+        name
+        for name, value in vars(errors).items()
+        if inspect.isclass(value) and issubclass(value, errors.IdManagerError)
+    }
+    assert classes - set(idmanager.__all__) == set()
