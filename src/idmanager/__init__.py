@@ -137,25 +137,19 @@ if TYPE_CHECKING:
         AmbiguousFormatError as AmbiguousFormatError,
     )
     from .domain.errors import (
-        ForbiddenError as ForbiddenError,
-    )
-    from .domain.errors import (
-        IdempotencyKeyReusedError as IdempotencyKeyReusedError,
-    )
-    from .domain.errors import (
-        LimitReachedError as LimitReachedError,
-    )
-    from .domain.errors import (
-        NotAuthenticatedError as NotAuthenticatedError,
-    )
-    from .domain.errors import (
         BusyError as BusyError,
     )
     from .domain.errors import (
         ConflictError as ConflictError,
     )
     from .domain.errors import (
+        ForbiddenError as ForbiddenError,
+    )
+    from .domain.errors import (
         FormatLockedError as FormatLockedError,
+    )
+    from .domain.errors import (
+        IdempotencyKeyReusedError as IdempotencyKeyReusedError,
     )
     from .domain.errors import (
         IdManagerError as IdManagerError,
@@ -177,6 +171,12 @@ if TYPE_CHECKING:
     )
     from .domain.errors import (
         InvalidScopeError as InvalidScopeError,
+    )
+    from .domain.errors import (
+        LimitReachedError as LimitReachedError,
+    )
+    from .domain.errors import (
+        NotAuthenticatedError as NotAuthenticatedError,
     )
     from .domain.errors import (
         PrefixInactiveError as PrefixInactiveError,
