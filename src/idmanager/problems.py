@@ -160,8 +160,9 @@ KINDS: tuple[ProblemKind, ...] = (
         409,
         "Ambiguous format",
         EXIT_CONFLICT,
-        "Prefix COLA (no separator, 2 letters) would write the IDs of COL (no separator, "
-        "3 letters), such as COLAAA0001: give one of them a separator",
+        "Prefix COLA (no separator, 2 letters, 4 digits) would write IDs of COL (no "
+        "separator, 3 letters, 4 digits), such as COLAAA0001: give one of them a separator "
+        "or other widths",
         AmbiguousFormatError,
     ),
     ProblemKind(
@@ -169,8 +170,7 @@ KINDS: tuple[ProblemKind, ...] = (
         409,
         "Sequence limit reached",
         EXIT_CONFLICT,
-        "The service already holds 100,000 sequences, its limit (IDMANAGER_MAX_SEQUENCES); "
-        "no new prefix is created",
+        "The service already holds 100,000 sequences, its limit; CUS is not created",
         LimitReachedError,
     ),
     ProblemKind(
