@@ -15,7 +15,7 @@ from ..application.results import HealthReport, to_json
 from ..application.use_cases import IdManagerUseCases
 from ..domain.errors import AccessDeniedError, ForbiddenError
 from ..settings import Role, Settings
-from .deps import Credentials, MetricsDep, ReadAccess
+from .deps import Credentials, MetricsDep, bearer_token
 from .routes import problems
 from .schemas import Liveness
 from .security import KeyRing, Principal
@@ -87,7 +87,7 @@ async def health(request: Request) -> JSONResponse:
     try:
         # Read here, not through the bearer dependency: the route needs no key, and its
         # OpenAPI operation must not say it does.
-        principal = keys.authorize(_bearer_token(request), Role.READ)
+        principal = keys.authorize(bearer_token(request), Role.READ)
     except AccessDeniedError:
         report = _anonymous(report)
     else:
@@ -100,11 +100,6 @@ async def health(request: Request) -> JSONResponse:
 async def live() -> Liveness:
     """Report that the process answers, without touching the database."""
     return Liveness(status="alive")
-
-
-def _bearer_token(request: Request) -> str | None:
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    return token.strip() or None if scheme.lower() == "bearer" else None
 
 
 @router.get(
@@ -127,6 +122,3 @@ async def metrics(request: Request, metrics: MetricsDep, credentials: Credential
     # Off the event loop: allocations go on while the page is written.
     body = await asyncio.to_thread(metrics.render)
     return Response(body, media_type=CONTENT_TYPE_LATEST)
-
-
-__all__ = ["ReadAccess", "router"]

@@ -105,18 +105,10 @@ async def _posted(request: Request) -> tuple[Visit, FormData]:
     return found, form
 
 
-async def _posted_by_viewer(
+async def _posted_by_admin(
     posted: Annotated[tuple[Visit, FormData], Depends(_posted)],
 ) -> tuple[Visit, FormData]:
-    if posted[0].principal is None:
-        raise LoginRequired(posted[0].ended)
-    return posted
-
-
-async def _posted_by_admin(
-    posted: Annotated[tuple[Visit, FormData], Depends(_posted_by_viewer)],
-) -> tuple[Visit, FormData]:
-    require_admin(posted[0])
+    require_admin(posted[0])  # logged in (LoginRequired) and an admin
     return posted
 
 
@@ -124,9 +116,8 @@ async def _posted_by_admin(
 Visitor = Annotated[Visit, Depends(visit)]
 # A logged-in caller, any role.
 Viewer = Annotated[Visit, Depends(_viewer)]
-# A form posted with its CSRF token, by anyone (login), a logged-in caller, or an admin.
+# A form posted with its CSRF token, by anyone (login), or by an admin.
 Posted = Annotated[tuple[Visit, FormData], Depends(_posted)]
-PostedByViewer = Annotated[tuple[Visit, FormData], Depends(_posted_by_viewer)]
 PostedByAdmin = Annotated[tuple[Visit, FormData], Depends(_posted_by_admin)]
 
 
