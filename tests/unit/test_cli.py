@@ -46,6 +46,7 @@ from idmanager.domain.repository import AuditAction, AuditEntry
 from idmanager.infrastructure import legacy_source
 from idmanager.infrastructure.database import DEFAULT_DATABASE_URL
 from idmanager.problems import EXIT_ACCESS, EXIT_OK, KINDS, kind_of
+from idmanager.settings import MIN_KEY_LENGTH
 from legacy_seed import SEED_ROWS, create_seed_table
 
 from .cli_backend import FakeBackend
@@ -103,8 +104,8 @@ def command_built_once(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(typer.testing, "_get_command", lambda _: COMMAND)
 
 
-def ok(backend: FakeBackend, *args: str, **env: str | None) -> str:
-    """Run a command that must succeed quietly; return its stdout."""
+def ok(backend: FakeBackend | None, *args: str, **env: str | None) -> str:
+    """Run a command that must succeed quietly; return its stdout (None: the SQL backend)."""
     result = idm(backend, *args, **env)
     assert result.exit_code == 0, result.stderr
     assert result.stderr == ""
@@ -294,6 +295,84 @@ def test_closed_output_says_which_ids_were_allocated(
     assert backend.repository.rows["", "HED"].last_value == 300_000
 
 
+FULL = Path("/dev/full")  # every write fails with ENOSPC, as on a full disk
+
+
+def on_a_full_disk(
+    backend: FakeBackend,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    *args: str,
+) -> tuple[object, str]:
+    """Run ``idmanager ARGS`` with stdout on a full disk; return its exit code and stderr.
+
+    Typer's runner replaces stdout with a buffer, so the command runs directly here.
+    """
+    stdout = FULL.open("w")
+    monkeypatch.setattr(sys, "stdout", stdout)
+    for name in ("IDMANAGER_ACTOR", "IDMANAGER_DATABASE_URL", "COLUMNS"):
+        monkeypatch.delenv(name, raising=False)
+    try:
+        with pytest.raises(SystemExit) as exited:
+            app(list(args), prog_name="idmanager", obj=backend)
+    finally:
+        stdout.close()  # what the failed write left buffered must not fail again
+    return exited.value.code, capsys.readouterr().err
+
+
+@pytest.mark.skipif(not FULL.exists(), reason="no /dev/full")
+def test_a_full_disk_says_which_ids_were_allocated(
+    backend: FakeBackend, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    failure = "error: could not write the output (No space left on device) before every ID "
+    assert on_a_full_disk(backend, monkeypatch, capsys, "next", "DF", "-n", "5") == (
+        1,
+        failure + "was printed; DF-AAA0001 to DF-AAA0005 (5 IDs) were allocated\n",
+    )
+    assert on_a_full_disk(backend, monkeypatch, capsys, "next", "DF", "--json") == (
+        1,
+        failure + "was printed; DF-AAA0006 to DF-AAA0006 (1 IDs) were allocated\n",
+    )
+    assert backend.repository.rows["", "DF"].last_value == 6
+
+
+@pytest.mark.skipif(not FULL.exists(), reason="no /dev/full")
+def test_a_full_disk_is_one_error_line_for_tables_and_json(
+    backend: FakeBackend, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ok(backend, "next", "DF", "-n", "3")
+    failure = "error: could not write the output (No space left on device)"
+    for args in (
+        ["list"],
+        ["list", "--json"],
+        ["list", "--search", "nothing"],
+        ["show", "DF"],
+        ["show", "DF", "--json"],
+        ["audit"],
+        ["audit", "--json"],
+        ["health"],
+        ["health", "--json"],
+        ["migrate"],
+    ):
+        assert on_a_full_disk(backend, monkeypatch, capsys, *args) == (1, failure + "\n"), args
+    # What a change did is said, since it was committed all the same.
+    assert on_a_full_disk(
+        backend, monkeypatch, capsys, "reset", "DF", "--to", "DF-AAA0009", "--json"
+    ) == (1, failure + "; the reset of DF was made\n")
+    assert on_a_full_disk(backend, monkeypatch, capsys, "deactivate", "DF", "--scope", "") == (
+        1,
+        failure + "; DF was deactivated\n",
+    )
+    assert on_a_full_disk(backend, monkeypatch, capsys, "activate", "DF", "--json") == (
+        1,
+        failure + "; DF was activated\n",
+    )
+    assert on_a_full_disk(
+        backend, monkeypatch, capsys, "reset", "DF", "--to", "DF-AAA0010", "--dry-run"
+    ) == (1, failure + "\n")
+    assert stats(backend, "DF").latest_id == "DF-AAA0009"
+
+
 # -- reset -----------------------------------------------------------------------------------
 
 
@@ -368,6 +447,23 @@ def test_list_without_sequences_says_how_to_create_one(backend: FakeBackend) -> 
     assert ok(backend, "list", "--json") == "[]\n"
 
 
+def test_list_says_no_prefix_matches_when_its_filters_leave_none(backend: FakeBackend) -> None:
+    filters = [
+        ["--search", "VEN"],
+        ["--scope", "acme"],
+        ["--active-only"],
+        ["--template", "INV{YYYY}"],
+        ["--skip", "1"],
+        ["--limit", "0"],
+    ]
+    for options in filters:  # nothing stored yet: the filters, not the database, say so
+        assert ok(backend, "list", *options) == "no prefixes match\n", options
+    ok(backend, "next", "CUS")
+    ok(backend, "deactivate", "CUS")
+    for options in filters:
+        assert ok(backend, "list", *options) == "no prefixes match\n", options
+
+
 def test_list_table_shows_the_scope_column_only_when_needed(backend: FakeBackend) -> None:
     ok(backend, "next", "CUS", "-n", "100")
     ok(backend, "next", "VEN", "-n", "12000")
@@ -390,6 +486,50 @@ def test_list_table_shows_the_scope_column_only_when_needed(backend: FakeBackend
     default_scope = rows(ok(backend, "list", "--scope", ""))
     assert default_scope[0][0] == "Prefix"
     assert [row[0] for row in default_scope[1:]] == ["CUS", "VEN"]
+
+
+LONG_PREFIX = "A_RATHER_LONG_PREFIX_FOR_" + "X" * 40
+LONG_SCOPE = "a-rather-long-tenant-name.example:eu-west-1"
+
+
+def test_a_redirected_list_has_whole_rows_however_wide(backend: FakeBackend) -> None:
+    ok(backend, "next", LONG_PREFIX, "--scope", LONG_SCOPE, "-n", "2")
+    ok(backend, "next", "CUS")
+    # A pipe or a file, with no COLUMNS: Rich alone would cut the rows at 80 columns.
+    text = ok(backend, "list", COLUMNS=None)
+    assert "…" not in text
+    assert [row[:5] for row in rows(text)[1:]] == [
+        ["CUS", "CUS-AAA0001", "CUS-AAA0002", "1", "yes"],
+        [LONG_SCOPE, LONG_PREFIX, format_id(LONG_PREFIX, 2), format_id(LONG_PREFIX, 3), "2"],
+    ]
+    audit = ok(backend, "audit", COLUMNS=None)
+    assert f"{LONG_SCOPE}/{LONG_PREFIX}" in audit
+    assert f"first ID {format_id(LONG_PREFIX, 1)} (separator '-'" in audit
+
+
+def test_a_narrow_terminal_wraps_long_names_and_ids_rather_than_cutting_them(
+    backend: FakeBackend,
+) -> None:
+    ok(backend, "next", LONG_PREFIX, "--scope", LONG_SCOPE, "-n", "2")
+    ok(backend, "next", "CUS")
+    lines = ok(backend, "list", COLUMNS="90").splitlines()
+    assert "…" not in "".join(lines)
+    assert max(len(line) for line in lines) <= 90
+    header, body = lines[0], lines[1:]
+    starts = [header.index(name) for name in ("Scope", "Prefix", "Latest ID", "Next ID")]
+    starts.append(header.index("Issued"))
+
+    def column(number: int) -> str:
+        """Return a column's cells, read down the lines and joined: what it shows whole."""
+        start, end = starts[number], starts[number + 1]
+        return "".join(line[start:end].strip() for line in body)
+
+    assert [column(number) for number in range(4)] == [
+        LONG_SCOPE,
+        "CUS" + LONG_PREFIX,
+        "CUS-AAA0001" + format_id(LONG_PREFIX, 2),
+        "CUS-AAA0002" + format_id(LONG_PREFIX, 3),
+    ]
 
 
 def test_list_json_is_the_statistics_of_each_sequence(backend: FakeBackend) -> None:
@@ -588,12 +728,31 @@ def test_each_kind_of_error_exits_with_its_code_from_the_registry(
         assert failed(idm(backend, *args), code) == f"error: {error}", args
 
 
+CLI_DOC = Path(__file__).parents[2] / "docs" / "cli.md"
+
+
 def test_the_documented_exit_codes_are_those_of_the_registry() -> None:
-    text = (Path(__file__).parents[2] / "docs" / "cli.md").read_text()
-    documented = {int(code) for code in re.findall(r"^\| (\d) \|", text, re.MULTILINE)}
+    documented = dict(re.findall(r"^\| (\d) \| (.*) \|$", CLI_DOC.read_text(), re.MULTILINE))
     # Access refusals (API keys) belong to the HTTP service: the command line never has them.
     produced = {kind.exit_code for kind in KINDS if kind.error is not None} - {EXIT_ACCESS}
-    assert documented == {EXIT_OK} | produced
+    assert {int(code) for code in documented} == {EXIT_OK} | produced
+    # Each code's row names every kind of error that ends with it, as `--help` does.
+    for kind in KINDS:
+        if kind.error is not None and kind.exit_code != EXIT_ACCESS:
+            assert kind.title.lower() in documented[str(kind.exit_code)].lower(), kind.kind
+    assert "database not migrated" in documented["1"].lower()
+
+
+def test_the_documented_api_keys_are_long_enough_to_be_accepted() -> None:
+    # Shown where serve refuses a public host without keys, and in its examples.
+    hint = failed(idm(FakeBackend(), "serve", "--host", "0.0.0.0"), 2)
+    examples = re.findall(r"IDMANAGER_API_KEYS='([^']+)'", CLI_DOC.read_text())
+    examples += re.findall(r"\(e\.g\. '([^']+)'\)", CLI_DOC.read_text() + hint)
+    assert len(examples) >= 3
+    for example in examples:
+        for pair in example.split(","):
+            key, _, role = pair.partition(":")
+            assert len(key) >= MIN_KEY_LENGTH and role in ("read", "generate", "admin"), pair
 
 
 def test_an_error_spread_over_lines_is_one_line(backend: FakeBackend) -> None:
@@ -644,6 +803,55 @@ def test_an_unusable_database_url_is_exit_2_before_connecting() -> None:
     for command in ("list", "migrate", "health", "audit"):
         message = failed(idm(None, command, "--database-url", "not a url"), 2)
         assert message.startswith("error: invalid database URL: "), command
+
+
+def test_a_sqlite_file_that_does_not_exist_is_refused_rather_than_created(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The real backend: a mistyped path must not leave an empty database behind.
+    monkeypatch.chdir(tmp_path)
+    typo = tmp_path.resolve() / "typo.db"
+    commands = [
+        ["list"],
+        ["show", "CUS"],
+        ["health"],
+        ["audit"],
+        ["next", "CUS"],
+        ["reset", "CUS", "--to", "CUS-AAA0009"],
+        ["activate", "CUS"],
+        ["deactivate", "CUS"],
+    ]
+    for url in (f"sqlite:///{typo}", f"sqlite+aiosqlite:///{typo}", "sqlite:///typo.db"):
+        for args in commands:
+            assert failed(idm(None, *args, "--database-url", url), 2) == (
+                f"error: SQLite database {typo} does not exist; run "
+                f"`idmanager migrate --database-url {url}` to create it"
+            ), args
+    assert list(tmp_path.iterdir()) == []
+    # Migrated, it is read; an in-memory database is never refused for want of a file.
+    assert idm(None, "migrate", "--database-url", f"sqlite:///{typo}").exit_code == 0
+    assert ok(None, "list", "--database-url", "sqlite:///typo.db") == (
+        "no prefixes yet: `idmanager next PREFIX` creates one\n"
+    )
+    assert "Database not migrated" in failed(idm(None, "list", "--database-url", "sqlite://"), 1)
+    # A missing folder is named as such.
+    missing = tmp_path.resolve() / "no" / "such"
+    assert failed(idm(None, "list", "--database-url", f"sqlite:///{missing}/ids.db"), 2) == (
+        f"error: The SQLite database's folder {missing} does not exist"
+    )
+
+
+def test_import_legacy_refuses_a_target_sqlite_file_that_does_not_exist(
+    seed_file: str, tmp_path: Path
+) -> None:
+    typo = tmp_path.resolve() / "typo.db"
+    url = f"sqlite:///{typo}"
+    result = idm(None, "import-legacy", "--from", seed_file, "--database-url", url)
+    assert failed(result, 2) == (
+        f"error: SQLite database {typo} does not exist; run "
+        f"`idmanager migrate --database-url {url}` to create it"
+    )
+    assert not typo.exists()
 
 
 # -- the actor -------------------------------------------------------------------------------
@@ -786,7 +994,7 @@ def test_audit_refuses_bad_options_with_exit_2(trail: FakeBackend) -> None:
         "error: limit must be between 1 and 1000, got 0"
     )
     assert failed(idm(trail, "audit", "--before", "0"), 2) == (
-        "error: before must be a positive entry number, got 0"
+        "error: before must be an entry number between 1 and 9223372036854775807, got 0"
     )
     for args in (["--since", "yesterday"], ["--action", "delete"]):
         result = idm(trail, "audit", *args)
@@ -1019,7 +1227,7 @@ def test_serve_refuses_a_public_host_without_api_keys(
     message = failed(idm(backend, "serve", "--host", "0.0.0.0", "--port", "8123"), 2)
     assert message == (
         "error: refusing to serve on 0.0.0.0 without API keys: set IDMANAGER_API_KEYS "
-        "(e.g. 'secret:admin') or serve on a loopback address such as 127.0.0.1"
+        "(e.g. 's3cret-admin-key-1:admin') or serve on a loopback address such as 127.0.0.1"
     )
     assert list(tmp_path.iterdir()) == []
     assert "IDMANAGER_HOST" not in os.environ  # the runner restored the environment

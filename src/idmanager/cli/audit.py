@@ -11,7 +11,7 @@ from rich.table import Table
 from ..application.results import AuditPage
 from ..domain.repository import AuditAction
 from ..infrastructure.database import DEFAULT_DATABASE_URL
-from .base import EXIT_CODES, DatabaseUrl, Json, app, console, print_json, run, when
+from .base import EXIT_CODES, DatabaseUrl, Json, app, console, output, print_json, run, when
 
 # Typer takes one Option per parameter: what --since and --until share, as its arguments.
 _TIME: dict[str, Any] = {
@@ -96,12 +96,13 @@ def audit(
     if as_json:
         print_json(page)
         return
-    if not page.items:
-        typer.echo("no audit entries match")
-        return
-    console().print(_table(page))
-    if page.next_cursor is not None:
-        typer.echo(f"more: --before {page.next_cursor}")
+    with output():
+        if not page.items:
+            typer.echo("no audit entries match")
+            return
+        console().print(_table(page))
+        if page.next_cursor is not None:
+            typer.echo(f"more: --before {page.next_cursor}")
 
 
 def _table(page: AuditPage) -> Table:

@@ -10,11 +10,15 @@ or, in tests, whatever ``CliRunner.invoke(app, args, obj=backend)`` hands in.
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import hashlib
 import json
+import os
 import re
+import shlex
 import socket
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
@@ -39,7 +43,7 @@ from ..domain.errors import (
     ResetRefusedError,
 )
 from ..domain.repository import Claim
-from ..infrastructure.database import create_engine, sync_url
+from ..infrastructure.database import create_engine, sqlite_path, sync_url
 from ..infrastructure.migrate import migrate as apply_migrations
 from ..problems import EXIT_ERROR, EXIT_INPUT, KINDS, kind_of
 
@@ -191,6 +195,26 @@ def engine_for(url: str | URL) -> Engine:
     return create_engine(url, **options)
 
 
+def require_sqlite_file(database_url: str) -> None:
+    """Exit 2 when the URL names a SQLite file that does not exist (a typo, most likely).
+
+    Opening it would create an empty database, which every command but ``migrate`` and
+    ``serve`` would then find unmigrated. A missing folder is left to the engine, which
+    names the folder.
+    """
+    url = checked_url(database_url)
+    path = sqlite_path(url) if url.get_backend_name() == "sqlite" else None
+    if path is None or path.exists():
+        return
+    folder = path.parent.resolve()
+    if folder.is_dir():
+        fail(
+            f"SQLite database {folder / path.name} does not exist; run "
+            f"`idmanager migrate --database-url {shlex.quote(database_url)}` to create it",
+            EXIT_INPUT,
+        )
+
+
 class Backend:
     """Where commands find their storage: a real database, by URL."""
 
@@ -198,7 +222,11 @@ class Backend:
     def use_cases(
         self, database_url: str, options: ServiceOptions
     ) -> Iterator[SyncIdManagerUseCases]:
-        """Yield use cases on the database, disposed of afterwards."""
+        """Yield use cases on the database, disposed of afterwards.
+
+        A SQLite file must exist: only ``migrate`` (and ``serve``) create one.
+        """
+        require_sqlite_file(database_url)
         engine = engine_for(database_url)
         try:
             yield connect(engine, options)
@@ -259,13 +287,48 @@ def command_claim(key: str, *request: object) -> Claim:
     return Claim(CLI_OWNER, key, hashlib.sha256(text.encode()).hexdigest())
 
 
-def print_json(document: Any) -> None:
+def silence_stdout() -> None:
+    """Point stdout's descriptor at /dev/null, so the interpreter's final flush of what is
+    still buffered cannot fail (and print a traceback) after an error was reported."""
+    # No descriptor (a test's buffer, a closed stdout): nothing would be flushed to one.
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        target = sys.stdout.fileno()
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, target)
+        os.close(devnull)
+
+
+@contextmanager
+def output(done: str = "") -> Iterator[None]:
+    """Report a failure to write stdout (a full disk, a closed pipe) as one error line, exit 1.
+
+    ``done`` says what the command did before printing, e.g. "the reset was committed".
+    """
+    try:
+        yield
+        sys.stdout.flush()
+    except OSError as exc:
+        silence_stdout()
+        reason = exc.strerror or type(exc).__name__
+        fail(f"could not write the output ({reason})" + (f"; {done}" if done else ""))
+
+
+def print_json(document: Any, done: str = "") -> None:
     """Print a result (or any JSON-ready data) as one indented JSON document."""
-    typer.echo(json.dumps(to_json(document), indent=2, ensure_ascii=False))
+    with output(done):
+        typer.echo(json.dumps(to_json(document), indent=2, ensure_ascii=False))
+
+
+# Wide enough for any table: a file or a pipe gets whole lines, cut by nothing.
+UNLIMITED_WIDTH = 10_000
 
 
 def console() -> Console:
-    return Console(highlight=False, soft_wrap=False)
+    """Return a console for stdout: the terminal's width, or unlimited when redirected
+    (unless COLUMNS says otherwise)."""
+    isatty = getattr(sys.stdout, "isatty", None)
+    redirected = not (isatty and isatty()) and "COLUMNS" not in os.environ
+    return Console(highlight=False, soft_wrap=False, width=UNLIMITED_WIDTH if redirected else None)
 
 
 def where(scope: str) -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, TextIO
@@ -35,15 +34,19 @@ from .base import (
     console,
     default_actor,
     fail,
+    output,
     print_json,
     report,
     run,
+    silence_stdout,
     when,
     where,
 )
 
 # As long as the HTTP service keeps them by default (IDMANAGER_IDEMPOTENCY_TTL_S).
 KEYS_KEPT = timedelta(days=1)
+# How many sequences `list` shows unless --limit says otherwise.
+LIST_LIMIT = 100
 
 
 @app.command("next", epilog=EXIT_CODES)
@@ -138,11 +141,16 @@ def _write_ids(ids: IdRange, scope: str, as_json: bool) -> None:
             if as_json:
                 out.write("]}\n")
             out.flush()
-    except BrokenPipeError:
-        # The reader went away (`| head`): keep the interpreter's final flush quiet.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), out.fileno())
+    except OSError as exc:
+        # The reader went away (`| head`), or the disk is full: the IDs are committed all
+        # the same, so say which; and keep the interpreter's final flush quiet.
+        silence_stdout()
+        if isinstance(exc, BrokenPipeError):
+            what = "output closed"
+        else:
+            what = f"could not write the output ({exc.strerror or type(exc).__name__})"
         fail(
-            f"output closed before every ID was printed; {ids[0]} to {ids[-1]} "
+            f"{what} before every ID was printed; {ids[0]} to {ids[-1]} "
             f"({len(ids):,} IDs) were allocated"
         )
 
@@ -193,18 +201,21 @@ def reset(
         commit=not dry_run,
         actor=actor or default_actor(),
     )
+    done = "" if dry_run else f"the reset of {result.prefix}{where(result.scope)} was made"
     if as_json:
-        print_json(result)
+        print_json(result, done)
         return
     moved = f"latest ID {result.previous_id or '(none)'} -> {result.latest_id or '(none)'}"
     subject = f"{result.prefix}{where(result.scope)}"
-    if dry_run:
-        typer.echo(
-            f"dry run, nothing changed: {subject} would go from {moved}, next ID {result.next_id}"
-        )
-    else:
-        forced = " (forced)" if result.forced else ""
-        typer.echo(f"reset {subject}{forced}: {moved}, next ID {result.next_id}")
+    with output(done):
+        if dry_run:
+            typer.echo(
+                f"dry run, nothing changed: {subject} would go from {moved}, "
+                f"next ID {result.next_id}"
+            )
+        else:
+            forced = " (forced)" if result.forced else ""
+            typer.echo(f"reset {subject}{forced}: {moved}, next ID {result.next_id}")
 
 
 @app.command("list", epilog=EXIT_CODES)
@@ -239,7 +250,7 @@ def list_prefixes(
     ] = 0,
     limit: Annotated[
         int, typer.Option("--limit", metavar="N", help="Show at most N sequences.")
-    ] = 100,
+    ] = LIST_LIMIT,
     database_url: DatabaseUrl = DEFAULT_DATABASE_URL,
     as_json: Json = False,
 ) -> None:
@@ -262,20 +273,27 @@ def list_prefixes(
     if as_json:
         print_json([SequenceStats.of(manager) for manager in managers])
         return
-    if not managers:
-        typer.echo("no prefixes yet: `idmanager next PREFIX` creates one")
-        return
-    console().print(_list_table(managers))
+    with output():
+        if managers:
+            console().print(_list_table(managers))
+        elif (
+            any((scope is not None, active_only, search is not None, template is not None, skip))
+            or limit != LIST_LIMIT
+        ):
+            typer.echo("no prefixes match")
+        else:
+            typer.echo("no prefixes yet: `idmanager next PREFIX` creates one")
 
 
 def _list_table(managers: list[IdManager]) -> Table:
     with_scope = any(manager.scope for manager in managers)
     table = Table(box=None, pad_edge=False)
+    # A terminal too narrow for the table wraps the names and IDs: never cuts them short.
     if with_scope:
-        table.add_column("Scope", overflow="fold")
-    table.add_column("Prefix", no_wrap=True)
-    table.add_column("Latest ID", no_wrap=True)
-    table.add_column("Next ID", no_wrap=True)
+        table.add_column("Scope", overflow="fold", min_width=5)
+    table.add_column("Prefix", overflow="fold", min_width=6)
+    table.add_column("Latest ID", overflow="fold", min_width=9)
+    table.add_column("Next ID", overflow="fold", min_width=9)
     table.add_column("Issued", justify="right", no_wrap=True)
     table.add_column("Active", no_wrap=True)
     table.add_column("Updated (UTC)", no_wrap=True)
@@ -338,7 +356,8 @@ def show(
     table.add_column(overflow="fold")
     for name, value in rows:
         table.add_row(name, value)
-    console().print(table)
+    with output():
+        console().print(table)
 
 
 def _set_active(
@@ -349,15 +368,18 @@ def _set_active(
         lambda s: (s.activate_prefix if active else s.deactivate_prefix)(prefix, scope=scope),
         actor=actor or default_actor(),
     )
+    done = f"{manager.prefix}{where(scope)} was {'' if active else 'de'}activated"
     if as_json:
-        print_json(SequenceStats.of(manager))
-    elif active:
-        typer.echo(f"{manager.prefix}{where(scope)} is active: next ID {manager.next_id}")
-    else:
-        typer.echo(
-            f"{manager.prefix}{where(scope)} is inactive: it issues no new IDs until "
-            f"`idmanager activate {manager.prefix}`"
-        )
+        print_json(SequenceStats.of(manager), done)
+        return
+    with output(done):
+        if active:
+            typer.echo(f"{manager.prefix}{where(scope)} is active: next ID {manager.next_id}")
+        else:
+            typer.echo(
+                f"{manager.prefix}{where(scope)} is inactive: it issues no new IDs until "
+                f"`idmanager activate {manager.prefix}`"
+            )
 
 
 @app.command(epilog=EXIT_CODES)
@@ -395,11 +417,12 @@ def health(database_url: DatabaseUrl = DEFAULT_DATABASE_URL, as_json: Json = Fal
     if as_json:
         print_json(result)
     elif result.healthy:
-        typer.echo(
-            f"healthy: {result.message} ({result.prefix_count} "
-            f"prefix{'' if result.prefix_count == 1 else 'es'}, "
-            f"test ID {result.test_id_generated})"
-        )
+        with output():
+            typer.echo(
+                f"healthy: {result.message} ({result.prefix_count} "
+                f"prefix{'' if result.prefix_count == 1 else 'es'}, "
+                f"test ID {result.test_id_generated})"
+            )
     else:
         typer.echo(f"unhealthy: {' '.join(result.message.split())}", err=True)
     raise typer.Exit(0 if result.healthy else EXIT_ERROR)
@@ -418,4 +441,5 @@ def migrate(database_url: DatabaseUrl = DEFAULT_DATABASE_URL, as_json: Json = Fa
     if as_json:
         print_json({"status": "up to date"})
     else:
-        typer.echo("database is up to date")
+        with output():
+            typer.echo("database is up to date")

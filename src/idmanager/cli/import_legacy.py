@@ -24,6 +24,7 @@ from .base import (
     backend,
     default_actor,
     fail,
+    output,
     print_json,
     report,
 )
@@ -113,12 +114,14 @@ def import_legacy(
                 "issued again while they are still in use",
                 err=True,
             )
+    done = "the import was written" if outcome.written else ""
     if as_json:
-        print_json(outcome.to_dict())
+        print_json(outcome.to_dict(), done)
     else:
-        for row in outcome.rows:
-            typer.echo(row_line(row))
-        typer.echo(summary_line(outcome))
+        with output(done):
+            for row in outcome.rows:
+                typer.echo(row_line(row))
+            typer.echo(summary_line(outcome))
     if outcome.failed:
         result = "a real run would write nothing" if dry_run else "nothing was written"
         fail(

@@ -99,7 +99,8 @@ def serve(
     if settings.loopback_only and not _is_loopback(settings.host):
         fail(
             f"refusing to serve on {settings.host} without API keys: set IDMANAGER_API_KEYS "
-            "(e.g. 'secret:admin') or serve on a loopback address such as 127.0.0.1",
+            "(e.g. 's3cret-admin-key-1:admin') or serve on a loopback address such as "
+            "127.0.0.1",
             EXIT_INPUT,
         )
     if settings.migrate_on_start:
