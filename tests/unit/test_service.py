@@ -423,3 +423,16 @@ def test_the_audit_trail_refuses_cursors_and_times_it_cannot_hold(
     ):
         with pytest.raises(InvalidInputError):
             service.list_audit(**bad)
+
+
+def test_a_legacy_import_continues_in_the_seeds_format_whatever_the_default(
+    repo: FakeRepository,
+) -> None:
+    """The seed wrote ORD-AAA0042: the imported sequence goes on with ORD-AAA0043, even where
+    new sequences are made in another format."""
+    from idmanager.application.legacy import LegacyRow, apply_row, plan_row
+
+    service = SyncIdManagerService(repo, ServiceOptions(default_format=IdFormat("/", 2, 6)))
+    apply_row(service, plan_row(LegacyRow("ORD", "ORD-AAA0042")))
+    assert service.generate_id("ORD") == "ORD-AAA0043"
+    assert service.generate_id("NEW") == "NEW/AA000001"

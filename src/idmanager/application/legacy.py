@@ -212,6 +212,7 @@ def apply_row(service: SyncIdManagerService, planned: PlannedRow, *, scope: str 
                 scope=scope,
                 is_active=planned.row.is_active,
                 detail=f"legacy latest ID {stored!r}" if stored is not None else "legacy: none",
+                fmt=DEFAULT_FORMAT,  # the seed's IDs, whatever format new sequences get here
             )
         except ResetRefusedError:
             # Created and moved on by an allocation since the read above: it is further.

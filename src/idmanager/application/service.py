@@ -550,14 +550,16 @@ class SyncIdManagerService:
         scope: str = "",
         is_active: bool = True,
         detail: str | None = None,
+        fmt: IdFormat | None = None,
     ) -> IdManager:
         """Continue a sequence issued elsewhere: make ``latest_value`` its counter.
 
-        A missing sequence is created with the default format; an existing one is moved
-        forward, never backwards (``ResetRefusedError``). One audit entry either way.
+        A missing sequence is created with ``fmt`` (the IDs' format there; by default the
+        service's default format); an existing one is moved forward, never backwards
+        (``ResetRefusedError``). One audit entry either way.
         """
         key = self.key(prefix, scope)
-        fmt = self.options.default_format
+        fmt = fmt or self.options.default_format
         manager = self.repository.get(*key, for_update=True)
         if manager is None:
             new = IdManager(
