@@ -192,9 +192,14 @@ def test_an_unreachable_database_is_reported_at_once() -> None:
 
 
 def test_a_database_without_the_schema_says_to_migrate(tmp_path: Path) -> None:
+    (tmp_path / "empty.db").touch()  # a database file, with no tables
     url = f"sqlite:///{tmp_path / 'empty.db'}"
     message = one_line_error(idm("next", "MIG", url=url), 1)
     assert "run `idmanager migrate` first" in message
+    # A mistyped path: said so, and no empty file is left behind.
+    typo = one_line_error(idm("next", "MIG", url=f"sqlite:///{tmp_path / 'typo.db'}"), 2)
+    assert "does not exist; run `idmanager migrate" in typo
+    assert not (tmp_path / "typo.db").exists()
 
 
 def test_progress_bar_goes_to_a_terminal_stderr_only(sqlite_url: str) -> None:

@@ -802,6 +802,34 @@ def test_cli_next_with_a_key_prints_the_same_ids_again_and_allocates_once() -> N
     assert {owner for owner, _ in backend.repository.answers} == {"cli"}
 
 
+def test_cli_next_deletes_only_its_own_expired_answers() -> None:
+    """Where no server runs the command line cleans up after itself: its own answers older
+    than IDMANAGER_IDEMPOTENCY_TTL_S, never an HTTP client's (its retry must still find it)."""
+    backend = FakeBackend()
+    answers = backend.repository.answers
+    next_ids(backend, "CUS", "--idempotency-key", "old-run")
+    answers[("api-key:0123456789ab", "client-retry")] = answers[("cli", "old-run")]
+    two_days_ago = datetime.now(UTC) - timedelta(days=2)
+    for key, (_, stored) in list(answers.items()):
+        answers[key] = (two_days_ago, stored)
+    week = str(7 * 86_400)
+    kept = CliRunner().invoke(
+        cli_app,
+        ["next", "CUS", "--idempotency-key", "run-2"],
+        obj=backend,
+        env={"IDMANAGER_IDEMPOTENCY_TTL_S": week},
+    )
+    assert kept.exit_code == 0 and len(answers) == 3  # a week: nothing is old enough
+    next_ids(backend, "CUS", "--idempotency-key", "run-3")  # the default: 24 hours
+    assert sorted(answers) == [
+        ("api-key:0123456789ab", "client-retry"),
+        ("cli", "run-2"),
+        ("cli", "run-3"),
+    ]
+    bad = next_ids(backend, "CUS", "--idempotency-key", "run-4", "--keys-kept", "5")
+    assert bad.exit_code == 2 and "--keys-kept" in bad.stderr
+
+
 def test_cli_next_the_same_key_with_another_request_is_an_input_error() -> None:
     backend = FakeBackend()
     next_ids(backend, "CUS", "--idempotency-key", "k-1")

@@ -20,6 +20,7 @@ from ..domain.format import IdRange
 from ..infrastructure.database import DEFAULT_DATABASE_URL
 from ..problems import EXIT_ERROR, EXIT_NOT_FOUND
 from .base import (
+    CLI_OWNER,
     EXIT_CODES,
     PROGRESS_THRESHOLD,
     Actor,
@@ -43,8 +44,6 @@ from .base import (
     where,
 )
 
-# As long as the HTTP service keeps them by default (IDMANAGER_IDEMPOTENCY_TTL_S).
-KEYS_KEPT = timedelta(days=1)
 # How many sequences `list` shows unless --limit says otherwise.
 LIST_LIMIT = 100
 
@@ -73,10 +72,23 @@ def next_ids(
             metavar="KEY",
             help="Allocate once for KEY: run again with the same KEY (and the same PREFIX, "
             "N, scope and date), the command prints the same IDs and allocates nothing. For "
-            "scripts that may be interrupted. Keys are kept 24 hours.",
+            "scripts that may be interrupted. Keys are kept --keys-kept seconds.",
             show_default=False,
         ),
     ] = None,
+    keys_kept: Annotated[
+        int,
+        typer.Option(
+            "--keys-kept",
+            metavar="SECONDS",
+            envvar="IDMANAGER_IDEMPOTENCY_TTL_S",
+            min=60,
+            max=30 * 86_400,
+            help="How long the command line keeps its answers to --idempotency-key; older "
+            "ones of its own are deleted as it goes (the HTTP service's never are). The "
+            "service's setting.",
+        ),
+    ] = 86_400,
     database_url: DatabaseUrl = DEFAULT_DATABASE_URL,
     as_json: Json = False,
 ) -> None:
@@ -95,8 +107,10 @@ def next_ids(
                 claim = command_claim(idempotency_key, "next", prefix, count, scope, on)
                 once = use_cases.allocate_once(prefix, count, claim, scope=scope, on=on)
                 ids = once.value
-                # Where no server runs, the command line keeps the table small itself.
-                use_cases.forget_answers(datetime.now(UTC) - KEYS_KEPT)
+                # Where no server runs, the command line keeps the table small itself: its own
+                # answers only, never an HTTP client's.
+                kept = timedelta(seconds=keys_kept)
+                use_cases.forget_answers(datetime.now(UTC) - kept, owner=CLI_OWNER)
                 if once.replayed:
                     typer.echo(
                         f"key {idempotency_key!r} was used before: these are its IDs, "
