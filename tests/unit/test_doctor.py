@@ -163,6 +163,19 @@ def test_sqlite_without_wal_is_a_warning() -> None:
     assert diagnose(facts).holds and _statuses(facts)["journal"] is Status.WARN
 
 
+def test_a_sqlite_file_that_does_not_exist_fails_and_says_what_to_do(tmp_path: Path) -> None:
+    missing = tmp_path / "typo.db"
+    facts = replace(
+        MIGRATED, backend="sqlite", sqlite=SqliteFacts(str(missing), False, "ext4", None)
+    )
+    assert _statuses(facts)["file"] is Status.FAIL
+    assert "does not exist" in _message(facts, "file")
+    assert "create it with `idmanager migrate`" in _message(facts, "file")
+    nowhere = tmp_path / "no" / "x.db"
+    facts = replace(MIGRATED, backend="sqlite", sqlite=SqliteFacts(str(nowhere), False, None, None))
+    assert f"create its folder {nowhere.parent}, then" in _message(facts, "file")
+
+
 def test_sqlite_in_memory_fails() -> None:
     facts = replace(MIGRATED, backend="sqlite", sqlite=SqliteFacts(None, False, None, None))
     assert _statuses(facts)["file"] is Status.FAIL

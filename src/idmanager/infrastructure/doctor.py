@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
+from pathlib import Path
 
 from .deployment import Facts, GaleraFacts, MysqlFacts, PostgresFacts, SqliteFacts
 
@@ -210,6 +211,16 @@ def _sqlite(facts: SqliteFacts) -> list[Check]:
     if facts.path is None:
         return [Check("file", Status.FAIL, "An in-memory database forgets every ID at exit.")]
     checks = []
+    if not facts.exists:
+        folder = Path(facts.path).parent
+        create = "create it with" if folder.is_dir() else f"create its folder {folder}, then"
+        checks.append(
+            Check(
+                "file",
+                Status.FAIL,
+                f"{facts.path} does not exist: check the URL, or {create} `idmanager migrate`.",
+            )
+        )
     kind = facts.file_system
     if kind is not None and (kind in NETWORK_FILE_SYSTEMS or kind.startswith("fuse")):
         checks.append(
