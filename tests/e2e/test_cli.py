@@ -27,6 +27,7 @@ from typing import Any
 import pytest
 
 from idmanager import format_id
+from processes import reaped
 
 # The command as installed (the console script next to this interpreter); `python -m
 # idmanager` runs the same program and is used where the journey is not about installation.
@@ -62,20 +63,21 @@ def idm(
 
 def idm_many(*commands: tuple[str, ...], url: str) -> list[CompletedProcess[str]]:
     """Run independent commands at the same time (saves wall time); return them in order."""
-    processes = [
-        subprocess.Popen(
-            [*MODULE, *args, "--database-url", url],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=clean_env(),
-        )
-        for args in commands
-    ]
     results = []
-    for args, process in zip(commands, processes, strict=True):
-        out, err = process.communicate(timeout=60)
-        results.append(CompletedProcess(list(args), process.returncode, out, err))
+    with reaped([]) as processes:
+        processes.extend(
+            subprocess.Popen(
+                [*MODULE, *args, "--database-url", url],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env=clean_env(),
+            )
+            for args in commands
+        )
+        for args, process in zip(commands, processes, strict=True):
+            out, err = process.communicate(timeout=60)
+            results.append(CompletedProcess(list(args), process.returncode, out, err))
     return results
 
 

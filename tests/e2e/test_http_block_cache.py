@@ -7,6 +7,7 @@ duplicates after SIGKILL, and the metrics.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -64,7 +65,17 @@ class Workers:
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
+                # A group of its own: uvicorn's workers outlive a killed supervisor.
+                start_new_session=True,
             )
+        try:
+            self._wait_live()
+        except BaseException:
+            self.kill()
+            raise
+
+    def _wait_live(self) -> None:
+        assert self.process is not None
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             assert self.process.poll() is None, self.log()
@@ -74,6 +85,13 @@ class Workers:
             except httpx.TransportError:
                 time.sleep(0.1)
         pytest.fail(f"idmanager serve did not answer within 30 s:\n{self.log()}")
+
+    def kill(self) -> None:
+        """SIGKILL the supervisor and its workers (its process group), and wait for it."""
+        if self.process is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -106,9 +124,7 @@ def serve(start_server: Callable[..., Server], workdir: Path) -> Iterator[Callab
 
     yield start
     for server in started:
-        if server.process is not None and server.process.poll() is None:
-            server.process.send_signal(signal.SIGKILL)
-            server.process.wait()
+        server.kill()
 
 
 def allocate(server: Server, prefix: str, count: int = 1) -> list[str]:

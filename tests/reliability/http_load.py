@@ -100,7 +100,11 @@ class ServerProcess:
             )
         self.starts += 1
         if wait:
-            self.wait_live(timeout)
+            try:
+                self.wait_live(timeout)
+            except BaseException:
+                self.stop()  # never left running by a failed start
+                raise
         return time.monotonic() - began
 
     def wait_live(self, timeout: float = 30) -> None:

@@ -13,6 +13,7 @@ import pytest
 
 import idmanager
 from idmanager import BlockCache, SyncBlockCache, connect, parse_id
+from processes import reaped
 
 from .test_concurrency import ALLOCATOR, last_value
 
@@ -36,9 +37,13 @@ def start(url: str, prefix: str, count: int, mode: str) -> subprocess.Popen[str]
         stderr=subprocess.PIPE,
         text=True,
     )
-    assert process.stdout is not None
-    line = process.stdout.readline()
-    assert line.strip() == "ready", (line, process.stderr and process.stderr.read())
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        assert line.strip() == "ready", (line, process.stderr and process.stderr.read())
+    except BaseException:
+        with reaped([process]):
+            raise
     return process
 
 
@@ -85,10 +90,11 @@ async def test_tasks_and_threads_share_nothing_twice(url: str, prefix: str) -> N
 
 
 def test_four_processes_unique_and_increasing_per_process(url: str, prefix: str) -> None:
-    processes = [start(url, prefix, 500, "cache") for _ in range(4)]
-    for process in processes:
-        go(process)
-    outputs = [process.communicate(timeout=120) for process in processes]
+    with reaped([]) as processes:
+        processes.extend(start(url, prefix, 500, "cache") for _ in range(4))
+        for process in processes:
+            go(process)
+        outputs = [process.communicate(timeout=120) for process in processes]
     results = []
     for process, (out, err) in zip(processes, outputs, strict=True):
         assert process.returncode == 0, err
@@ -125,16 +131,19 @@ async def test_hand_back_only_when_nobody_allocated_since(url: str, prefix: str)
 
 
 def test_sigkill_leaves_gaps_never_duplicates(url: str, prefix: str) -> None:
-    victim = start(url, prefix, 100_000, "cache-stream")
-    go(victim)
-    assert victim.stdout is not None
-    seen = [victim.stdout.readline().strip() for _ in range(120)]
-    victim.send_signal(signal.SIGKILL)
-    victim.wait(timeout=30)
-    assert victim.returncode == -signal.SIGKILL
-    survivor = start(url, prefix, 200, "cache")
-    go(survivor)
-    out, err = survivor.communicate(timeout=120)
+    with reaped([]) as processes:
+        victim = start(url, prefix, 100_000, "cache-stream")
+        processes.append(victim)
+        go(victim)
+        assert victim.stdout is not None
+        seen = [victim.stdout.readline().strip() for _ in range(120)]
+        victim.send_signal(signal.SIGKILL)
+        victim.wait(timeout=30)
+        assert victim.returncode == -signal.SIGKILL
+        survivor = start(url, prefix, 200, "cache")
+        processes.append(survivor)
+        go(survivor)
+        out, err = survivor.communicate(timeout=120)
     assert survivor.returncode == 0, err
     after = json.loads(out.strip().splitlines()[-1])["ids"]
     issued = seen + after

@@ -14,7 +14,6 @@ import string
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from sqlalchemy.orm import Session
 
 import idmanager
 from idmanager import IdGeneratorUtil, parse_id
+from processes import reaped
 
 ALLOCATOR = Path(__file__).with_name("allocator.py")
 
@@ -261,9 +261,7 @@ async def test_a_million_ids_in_one_call(url: str, prefix: str) -> None:
         async with AsyncSession(engine) as session:
             await session.connection()
             statements.clear()
-            began = time.perf_counter()
             issued = await IdGeneratorUtil.bulk_generate_ids(prefix, 1_000_000, session)
-            elapsed = time.perf_counter() - began
             bulk_statements = list(statements)
             await session.commit()
         async with AsyncSession(engine) as session:
@@ -278,8 +276,7 @@ async def test_a_million_ids_in_one_call(url: str, prefix: str) -> None:
     assert issued[-1] == expected[999_999] == f"{prefix}-ADW0100"
     assert issued == expected[:1_000_000]
     assert following == expected[1_000_000]
-    assert len(bulk_statements) == 1, bulk_statements
-    assert elapsed < 20, f"a million IDs took {elapsed:.1f}s"
+    assert len(bulk_statements) == 1, bulk_statements  # its speed: bench/run.py
 
 
 # --- migrations at once ------------------------------------------------------------------------
@@ -291,16 +288,17 @@ MIGRATE = "import sys, idmanager; idmanager.migrate(sys.argv[1]); print('migrate
 def test_4_processes_migrating_one_database_at_once(backend: str, databases: Any) -> None:
     """Replicas that start together all run the migrations: every one must succeed."""
     url = databases.create(backend, migrate=False)
-    processes = [
-        subprocess.Popen(
-            [sys.executable, "-c", MIGRATE, url],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
+    with reaped([]) as processes:
+        processes.extend(
+            subprocess.Popen(
+                [sys.executable, "-c", MIGRATE, url],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for _ in range(4)
         )
-        for _ in range(4)
-    ]
-    outputs = [process.communicate(timeout=60) for process in processes]
+        outputs = [process.communicate(timeout=60) for process in processes]
     for process, (out, err) in zip(processes, outputs, strict=True):
         assert (process.returncode, out.strip()) == (0, "migrated"), err[-2000:]
     engine = idmanager.create_engine(url, poolclass=sa.pool.NullPool)

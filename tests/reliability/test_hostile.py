@@ -39,6 +39,9 @@ from idmanager import format_id, parse_id
 from .http_load import PROBLEM, Keys, ServerProcess, assert_problem, record, server_env
 
 SQL = "CUS'; DROP TABLE id_managers;--"
+# Longest an allocation may take while other requests flood the server: a stall, not a
+# speed bound (before the fixes of issue 12, floods held allocations up for 5 to 23 s).
+STALL_S = 4.0
 INTERNALS = ("Traceback", "sqlalchemy", "asyncpg", "psycopg", 'File "', "postgresql://")
 
 
@@ -159,17 +162,18 @@ def hostile(
     url = databases.create("postgresql")
     server = ServerProcess("hostile", server_env(url, keys), tmp_path_factory.mktemp("hostile"))
     server.start()
-    admin = keys.header("admin")
-    for scope in ("", "acme"):
-        response = httpx.post(
-            f"{server.url}/api/v1/prefixes/LEGIT/ids",
-            params={"count": 3, "scope": scope},
-            headers=admin,
-        )
-        assert response.status_code == 201, response.text
-    assert httpx.put(f"{server.url}/api/v1/prefixes/FRESH", json={}, headers=admin).is_success
     engine = idmanager.create_engine(url, poolclass=sa.pool.NullPool)
     try:
+        admin = keys.header("admin")
+        for scope in ("", "acme"):
+            response = httpx.post(
+                f"{server.url}/api/v1/prefixes/LEGIT/ids",
+                params={"count": 3, "scope": scope},
+                headers=admin,
+            )
+            assert response.status_code == 201, response.text
+        response = httpx.put(f"{server.url}/api/v1/prefixes/FRESH", json={}, headers=admin)
+        assert response.is_success, response.text
         yield server, keys, engine
     finally:
         engine.dispose()
@@ -417,9 +421,9 @@ def busy(
     url = databases.create("postgresql")
     server = ServerProcess("busy", server_env(url, keys), tmp_path_factory.mktemp("busy"))
     server.start()
-    admin = keys.header("admin")
-    assert httpx.post(f"{server.url}/api/v1/prefixes/FLOOD/ids", headers=admin).is_success
     try:
+        admin = keys.header("admin")
+        assert httpx.post(f"{server.url}/api/v1/prefixes/FLOOD/ids", headers=admin).is_success
         yield server, keys, url
     finally:
         server.stop()
@@ -532,7 +536,9 @@ def test_a_flood_of_health_checks_shares_one_probe_a_second(
         assert set(flood.statuses) == {200}, flood.statuses
         assert sum(flood.statuses.values()) > 5 * probes
         assert probes <= seconds + 2, (probes, seconds)  # one a second, shared
-        assert max(latencies) < 2.0, _figures(latencies)
+        # Allocations go on meanwhile: a stall bound (the issue saw 5 s at 64, 23 s at 200),
+        # not a speed figure; the figures are recorded above.
+        assert max(latencies) < STALL_S, _figures(latencies)
     record("health flood", figures)
 
 
@@ -608,7 +614,7 @@ def test_a_flood_of_metrics_does_not_stall_allocations(
         },
     )
     assert set(flood.statuses) == {200}
-    assert max(flooded) < 2.0, _figures(flooded)
+    assert max(flooded) < STALL_S, _figures(flooded)  # the issue saw 7.7 s
 
 
 # Row 5: the block cache and 6,000 spellings of one prefix.

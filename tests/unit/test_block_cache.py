@@ -71,6 +71,9 @@ async def test_concurrent_tasks_get_distinct_ids() -> None:
     ids = [i for r in results for i in r]
     assert len(ids) == len(set(ids)) == 1000
     await cache.close()
+    # No gap either: every ID of 1 … 1000 was handed out, the unused tail handed back.
+    assert sorted(ids) == [f"INV-AAA{n:04d}" for n in range(1, 1001)]
+    assert repo.rows[("", "INV")].last_value == 1000
 
 
 async def test_hand_back_is_refused_when_someone_allocated_after() -> None:
