@@ -190,6 +190,14 @@ class Settings(BaseSettings):
         description="A document date given for a period template must lie within this many "
         "days of today. Empty: any date.",
     )
+    fiscal_year_start: int = Field(
+        1,
+        ge=1,
+        le=12,
+        description="The first month of the fiscal year, for {FY} in period templates (4: "
+        "April to March, named by the year it ends in). The same for every process sharing "
+        "the database.",
+    )
     allowed_hosts: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["127.0.0.1", "localhost", "::1"],
         description="Host names the service answers to (the Host header), comma-separated; "

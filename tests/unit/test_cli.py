@@ -1240,3 +1240,13 @@ def test_serve_refuses_invalid_settings_naming_the_variable(
     message = failed(idm(backend, "serve", IDMANAGER_MAX_BULK="lots"), 2)
     assert message.startswith("error: invalid settings: IDMANAGER_MAX_BULK: ")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_fiscal_year_start_is_a_global_option_and_a_setting() -> None:
+    backend = FakeBackend()
+    args = ("next", "INV{FY}", "--date", "2026-05-01")
+    assert ok(backend, *args) == "INV2026-AAA0001\n"  # the calendar year by default
+    assert ok(backend, "--fiscal-year-start", "4", *args) == "INV2027-AAA0001\n"
+    assert ok(backend, *args, IDMANAGER_FISCAL_YEAR_START="4") == "INV2027-AAA0002\n"
+    bad = idm(backend, "--fiscal-year-start", "13", *args)
+    assert bad.exit_code == 2 and "--fiscal-year-start" in bad.stderr

@@ -994,3 +994,14 @@ async def test_the_block_cache_serves_from_blocks_and_hands_the_tail_back(keys: 
     assert api.repository.rows["", "CUS"].last_value == 155
     release = api.repository.entries()[-1]
     assert (release.action, release.old_value, release.new_value) == ("release", reserved, 155)
+
+
+async def test_the_fiscal_year_starts_where_the_setting_says() -> None:
+    """IDMANAGER_FISCAL_YEAR_START=4: April 2026 to March 2027 is FY2027, as the library's
+    ``ServiceOptions(fiscal_year_start=4)`` names it."""
+    for start, expected in ((1, "INV2026-AAA0001"), (4, "INV2027-AAA0001")):
+        async with serve(fiscal_year_start=start, period_window_days=None) as api:
+            response = await api.http.post(
+                "/api/v1/prefixes/INV{FY}/ids", params={"date": "2026-05-01"}
+            )
+            assert response.json()["ids"] == [expected], response.text

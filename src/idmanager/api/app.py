@@ -214,6 +214,7 @@ def create_app(
         create_missing=settings.create_missing,
         max_sequences=settings.max_sequences,
         period_window_days=settings.period_window_days,
+        fiscal_year_start=settings.fiscal_year_start,
     )
     engine = build_engine(settings) if use_cases is None else None
     app.state.settings = settings
@@ -227,6 +228,7 @@ def create_app(
             create_missing=options.create_missing,
             max_sequences=options.max_sequences,
             period_window_days=options.period_window_days,
+            fiscal_year_start=options.fiscal_year_start,
         )
     app.state.use_cases = use_cases
     app.state.keys = KeyRing(settings.api_keys)

@@ -160,8 +160,30 @@ def main(
             "--version", callback=_version, is_eager=True, help="Print the version and exit."
         ),
     ] = False,
+    fiscal_year_start: Annotated[
+        int,
+        typer.Option(
+            "--fiscal-year-start",
+            metavar="MONTH",
+            envvar="IDMANAGER_FISCAL_YEAR_START",
+            min=1,
+            max=12,
+            help="The first month of the fiscal year, for {FY} in period templates (4: April "
+            "to March, named by the year it ends in). As the service's setting.",
+        ),
+    ] = 1,
 ) -> None:
     """Human-readable, sequential, never-repeating business IDs (CUS-AAA0001)."""
+    _current_context().meta[_FISCAL_YEAR_START] = fiscal_year_start
+
+
+_FISCAL_YEAR_START = "idmanager.fiscal_year_start"
+
+
+def options(actor: str | None) -> ServiceOptions:
+    """The service options of a command: its actor, and the global --fiscal-year-start."""
+    meta = _current_context().meta
+    return ServiceOptions(actor=actor, fiscal_year_start=meta.get(_FISCAL_YEAR_START, 1))
 
 
 def fail(message: str, code: int = EXIT_ERROR) -> NoReturn:
@@ -265,7 +287,7 @@ def run(
 ) -> T:
     """Run one service operation in its own transaction, reporting expected errors."""
     try:
-        with backend().use_cases(database_url, ServiceOptions(actor=actor)) as use_cases:
+        with backend().use_cases(database_url, options(actor)) as use_cases:
             return use_cases.run(operation, commit=commit)
     except IdManagerError as exc:
         report(exc)

@@ -12,7 +12,6 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from ..application.options import ServiceOptions
 from ..application.results import SequenceStats
 from ..domain.entity import IdManager
 from ..domain.errors import IdManagerError
@@ -35,6 +34,7 @@ from .base import (
     console,
     default_actor,
     fail,
+    options,
     output,
     print_json,
     report,
@@ -98,9 +98,9 @@ def next_ids(
     "count", "ids"}. An unknown prefix is created on first use (audited under --actor).
     """
     on = day.date() if day else None
-    options = ServiceOptions(actor=actor or default_actor())
+    service_options = options(actor or default_actor())
     try:
-        with backend().use_cases(database_url, options) as use_cases:
+        with backend().use_cases(database_url, service_options) as use_cases:
             if idempotency_key is None:
                 ids = use_cases.run(lambda s: s.generate_range(prefix, count, scope=scope, on=on))
             else:

@@ -8,7 +8,6 @@ import typer
 from sqlalchemy.exc import ArgumentError
 
 from ..application import legacy
-from ..application.options import ServiceOptions
 from ..domain.errors import IdManagerError
 from ..infrastructure import legacy_source
 from ..infrastructure.database import DEFAULT_DATABASE_URL, sync_url
@@ -24,6 +23,7 @@ from .base import (
     backend,
     default_actor,
     fail,
+    options,
     output,
     print_json,
     report,
@@ -83,20 +83,19 @@ def import_legacy(
         source_url_checked = sync_url(source_url)
     except (ValueError, ArgumentError) as exc:
         fail(f"invalid --from database URL: {exc}", EXIT_INPUT)
-    options: dict[str, Any] = {}
+    connect: dict[str, Any] = {}
     if (
         source_url_checked.get_backend_name() in ("postgresql", "mysql")
         and "connect_timeout" not in source_url_checked.query
     ):
-        options["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT_S}
+        connect["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT_S}
     source = None
     try:
-        source = legacy_source.source_engine(source_url_checked, **options)
+        source = legacy_source.source_engine(source_url_checked, **connect)
         rows = [
             legacy.LegacyRow(*values) for values in legacy_source.read_legacy_rows(source, table)
         ]
-        service_options = ServiceOptions(actor=actor or default_actor())
-        with backend().use_cases(database_url, service_options) as target:
+        with backend().use_cases(database_url, options(actor or default_actor())) as target:
             outcome = legacy.import_legacy(
                 rows, target, table=table, scope=scope, on_corrupt=on_corrupt, dry_run=dry_run
             )
