@@ -17,6 +17,7 @@ from idmanager import (
     ResetRefusedError,
     SequenceStats,
     format_id,
+    parse_id,
 )
 from idmanager.application.results import to_json
 from idmanager.domain.entity import WIDTH_WARNING_RATIO, check_count
@@ -110,7 +111,18 @@ def test_reset_to_a_bad_id_of_the_prefix_names_the_value() -> None:
     with pytest.raises(InvalidIdError, match=r"'RST-AA#1'.*expected letters"):
         IdManager("RST").reset_target("RST-AA#1", force=True)
     with pytest.raises(InvalidIdError, match="before the first ID"):
-        IdManager("RST").reset_target("RST-AAA0000", force=True)
+        parse_id("RST-AAA0000", lenient=True)  # an ID it is not: no ID is numbered 0
+
+
+def test_the_id_just_before_the_first_is_nothing_issued() -> None:
+    """SPEC: ``CUS-AAB0000`` means "just before CUS-AAB0001"; so ``…AAA0000`` as a latest
+    ID is "nothing issued yet", a reset to the start (as the legacy import reads it)."""
+    manager = IdManager("RST", last_value=5)
+    assert manager.reset_target("RST-AAA0000", force=True) == 0
+    assert manager.reset_target(" rst-aaa0 ", force=True) == 0
+    assert manager.reset_target("RST-AAB0000", force=True) == 9999
+    with pytest.raises(ResetRefusedError):
+        manager.reset_target("RST-AAA0000", force=False)  # backwards: force, as ever
 
 
 def test_reset_to_a_non_string_is_an_invalid_id() -> None:

@@ -386,7 +386,7 @@ def test_refused_configure_of_unknown_prefix_creates_nothing(
     service: SyncIdManagerService, repo: FakeRepository
 ) -> None:
     with pytest.raises(InvalidIdError):
-        service.configure_prefix("NEW2", latest_id="NEW2-AAA0000")
+        service.configure_prefix("NEW2", latest_id="NEW2-AA#1")
     assert repo.snapshot() == {}
 
 

@@ -23,7 +23,7 @@ from ..domain.errors import (
     InvalidPrefixError,
     ResetRefusedError,
 )
-from ..domain.format import DEFAULT_FORMAT, format_id, normalize_prefix, parse_id
+from ..domain.format import DEFAULT_FORMAT, format_id, latest_ordinal, normalize_prefix
 from .service import SyncIdManagerService, check_scope
 from .use_cases import SyncIdManagerUseCases
 
@@ -132,21 +132,9 @@ def read_latest(text: str, prefix: str) -> int:
     Raises:
         InvalidIdError: naming the value and why it cannot be read.
     """
-    stripped = text.strip()
-    if not stripped:
+    if not text.strip():
         return 0
-    try:
-        return parse_id(text, lenient=True, fmt=DEFAULT_FORMAT, prefix=prefix).ordinal
-    except InvalidIdError:
-        # parse_id refuses ordinal 0; "…AAA0000" is the seed's "just before AAA0001".
-        if stripped.endswith("0"):
-            try:
-                after = parse_id(stripped[:-1] + "1", lenient=True, prefix=prefix).ordinal
-            except InvalidIdError:
-                after = None
-            if after == 1:
-                return 0
-        raise
+    return latest_ordinal(text, fmt=DEFAULT_FORMAT, prefix=prefix)
 
 
 def plan_row(row: LegacyRow, on_corrupt: OnCorrupt = OnCorrupt.FAIL) -> PlannedRow:

@@ -13,8 +13,8 @@ from .format import (
     IdFormat,
     IdRange,
     format_id,
+    latest_ordinal,
     normalize_prefix,
-    parse_id,
 )
 
 HEALTH_CHECK_PREFIX = "_HEALTH_CHECK_"
@@ -67,9 +67,10 @@ class IdManager:
         return IdRange(self.prefix, self.last_value - count + 1, count, self.format)
 
     def parse(self, text: str) -> int:
-        """Return the ordinal of ``text``, an ID of this prefix (format corrections allowed)."""
+        """Return the ordinal of ``text``, a latest ID of this prefix (format corrections
+        allowed; ``PREFIX-AAA0000``, just before the first, is 0: nothing issued)."""
         try:
-            return parse_id(text, lenient=True, fmt=self.format, prefix=self.prefix).ordinal
+            return latest_ordinal(text, fmt=self.format, prefix=self.prefix)
         except InvalidIdError as exc:
             if isinstance(text, str) and not text.strip().upper().startswith(
                 self.prefix + self.format.separator

@@ -257,6 +257,35 @@ def parse_id(
     Raises:
         InvalidIdError: naming the value and why it cannot be read.
     """
+    parsed_prefix, ordinal, shown = _read(text, lenient, fmt, prefix)
+    if ordinal < 1:
+        first = format_id(parsed_prefix, 1, fmt)
+        raise InvalidIdError(f"Invalid ID {shown!r}: it comes before the first ID {first}")
+    if fmt.letter_width == 0:
+        letters_out, number_out = "", ordinal
+    else:
+        # Re-derive the parts: a lenient "AAB0000" is really "AAA9999".
+        block, offset = divmod(ordinal - 1, fmt.per_block)
+        letters_out, number_out = block_letters(block, fmt.letter_width), offset + 1
+    normalized = format_id(parsed_prefix, ordinal, fmt)
+    return ParsedId(parsed_prefix, letters_out, number_out, ordinal, normalized)
+
+
+def latest_ordinal(text: str, *, fmt: IdFormat, prefix: str) -> int:
+    """Return the ordinal of ``text`` read as a *latest* ID of ``prefix`` (leniently): as
+    :func:`parse_id`, except that the ID just before the first (``PREFIX-AAA0000``) is 0,
+    nothing issued yet.
+
+    Raises:
+        InvalidIdError: naming the value and why it cannot be read.
+    """
+    _, ordinal, _ = _read(text, True, fmt, prefix)
+    return ordinal if ordinal == 0 else parse_id(text, lenient=True, fmt=fmt, prefix=prefix).ordinal
+
+
+def _read(text: str, lenient: bool, fmt: IdFormat, prefix: str | None) -> tuple[str, int, str]:
+    """Return the prefix, the ordinal (0 for "just before the first") and the text as shown
+    in messages."""
     if not isinstance(text, str):
         raise InvalidIdError(f"ID must be a string, got {type(text).__name__}")
     shown = text if len(text) <= 80 else text[:77] + "..."
@@ -283,17 +312,7 @@ def parse_id(
         ordinal = letters_block(letters, fmt.letter_width) * fmt.per_block + number
     if ordinal > MAX_ORDINAL:
         raise InvalidIdError(f"Invalid ID {shown!r}: {_BEYOND_END}")
-    if ordinal < 1:
-        first = format_id(parsed_prefix, 1, fmt)
-        raise InvalidIdError(f"Invalid ID {shown!r}: it comes before the first ID {first}")
-    if fmt.letter_width == 0:
-        letters_out, number_out = "", ordinal
-    else:
-        # Re-derive the parts: a lenient "AAB0000" is really "AAA9999".
-        block, offset = divmod(ordinal - 1, fmt.per_block)
-        letters_out, number_out = block_letters(block, fmt.letter_width), offset + 1
-    normalized = format_id(parsed_prefix, ordinal, fmt)
-    return ParsedId(parsed_prefix, letters_out, number_out, ordinal, normalized)
+    return parsed_prefix, ordinal, shown
 
 
 def _split(raw: str, shown: str, fmt: IdFormat, prefix: str | None) -> tuple[str, str]:
