@@ -80,6 +80,38 @@ async def test_a_connection_the_server_killed_is_thrown_away(
     assert _unawaited(recwarn) == []
 
 
+async def test_backends_killed_while_idle_cost_one_allocation_at_most(
+    postgres_url: str, prefix: str, recwarn: pytest.WarningsRecorder
+) -> None:
+    """All of a pool's backends ended at once (pg_terminate_backend, a restart): whatever
+    asyncpg makes of each (a closed connection, or a protocol stuck on the FATAL message it
+    read), the first allocation to meet one throws the pool's connections away."""
+    engine = idmanager.create_async_engine(postgres_url, pool_size=4, max_overflow=0)
+    use_cases = idmanager.connect(engine)
+    try:
+        held = [await engine.raw_connection() for _ in range(4)]
+        for fairy in held:
+            fairy.close()
+        await use_cases.allocate(prefix)
+        _admin(
+            postgres_url,
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()",
+        )
+        outcomes: list[str] = []
+        for _ in range(6):
+            try:
+                outcomes.append((await use_cases.allocate(prefix))[0])
+            except StorageError:
+                outcomes.append("503")
+        assert "503" not in outcomes[1:], outcomes  # at most the first one failed
+        issued = [o for o in outcomes if o != "503"]
+        assert issued == [f"{prefix}-AAA{n:04d}" for n in range(2, 2 + len(issued))]
+    finally:
+        await engine.dispose()
+    assert _unawaited(recwarn) == []
+
+
 async def test_after_the_pool_is_invalidated_allocations_reconnect(
     postgres_url: str, prefix: str, recwarn: pytest.WarningsRecorder
 ) -> None:

@@ -162,9 +162,13 @@ def _connection_class(orig: BaseException) -> bool:
     Read straight from a driver (no SQLAlchemy around it), a lost connection is psycopg's
     ``OperationalError`` or ``InterfaceError`` and asyncpg's ``InterfaceError`` (its
     ``ConnectionDoesNotExistError``), with no SQLSTATE: the DB-API's names for "the
-    connection", which every driver keeps.
+    connection", which every driver keeps. asyncpg's ``InternalClientError`` too: its
+    protocol in a state it cannot leave ("cannot switch to state 12; another operation (2) is
+    in progress"), as when the server ended an idle backend (``pg_terminate_backend``, a
+    restart) and the FATAL message arrived before the closed socket was noticed.
     """
-    return any(c.__name__ in ("OperationalError", "InterfaceError") for c in type(orig).__mro__)
+    names = ("OperationalError", "InterfaceError", "InternalClientError")
+    return any(c.__name__ in names for c in type(orig).__mro__)
 
 
 def as_domain_error(exc: BaseException) -> IdManagerError:
