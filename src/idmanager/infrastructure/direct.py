@@ -29,13 +29,13 @@ import sqlite3
 import threading
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from contextlib import suppress
 from typing import Any, cast
 
 from sqlalchemy import Engine, event
 from sqlalchemy.exc import MissingGreenlet, SQLAlchemyError
-from sqlalchemy.pool import NullPool, Pool, PoolProxiedConnection, QueuePool
+from sqlalchemy.pool import ConnectionPoolEntry, NullPool, Pool, PoolProxiedConnection, QueuePool
 from sqlalchemy.sql import ClauseElement
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.util import greenlet_spawn
@@ -438,6 +438,9 @@ class AsyncAllocations(_Allocations):
             and getattr(pool, "_pre_ping", True) is False
             and getattr(pool, "_recycle", 0) == -1
             and not pool.dispatch.checkout
+            # Every idle entry connected: one left to connect again (its connect failed in a
+            # failover, say) would need I/O.
+            and _all_connected(getattr(pool._pool, "queue", None))
         ):
             return None
         try:
@@ -496,6 +499,11 @@ def _bridging(allocations: weakref.ref[AsyncAllocations]) -> Callable[..., None]
             found.bridge()
 
     return invalidated
+
+
+def _all_connected(entries: Iterable[ConnectionPoolEntry] | None) -> bool:
+    """Return True when every idle entry of a queue pool holds a connection."""
+    return entries is not None and all(entry.dbapi_connection is not None for entry in entries)
 
 
 def _size(pool: Pool) -> int:
