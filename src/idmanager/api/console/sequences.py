@@ -22,7 +22,7 @@ router = APIRouter(prefix="/console", route_class=ConsoleRoute, include_in_schem
 
 PAGE = 50
 NOTICES = {
-    "registered": "Registered. The sequence issues its first ID on its first request.",
+    "registered": "Registered.",
     "configured": "The format is changed.",
     "reset": "The sequence is reset.",
     "activated": "The sequence is active: it issues new IDs again.",
