@@ -183,13 +183,16 @@ def test_galera_writers_on_every_node_while_a_node_is_killed_and_rejoins(
                 row = Order()
                 session.add(row)
                 session.flush()  # the allocation, in the caller's transaction
+                # Read before the commit: after it the row is expired, and reading it would be
+                # a query of the test's own, to a node that may be gone by then.
+                number = row.number
                 try:
                     session.commit()  # Galera certifies here
                 except IdManagerError as exc:
                     exc.add_note("at commit")
                     raise
-                assert row.number is not None
-                return [row.number]
+                assert number is not None
+                return [number]
 
         return work
 
