@@ -444,24 +444,26 @@ def test_an_answer_that_is_no_known_problem_is_an_api_error() -> None:
     assert len(gateway.requests) == 1  # only a 503 says "try again"
 
 
+STATS = {
+    "prefix": "CUS",
+    "scope": "",
+    "exists": True,
+    "latest_id": "CUS-AAA0001",
+    "next_id": "CUS-AAA0002",
+    "count_issued": 1,
+    "is_active": True,
+    "format": {"separator": "-", "letter_width": 3, "digit_width": 4, "checksum": None},
+    "template": None,
+    "created_at": "2026-01-01T00:00:00Z",
+    "updated_at": "2026-01-01T00:00:00Z",
+    "created_by": None,
+    "width_usage": 0.0,
+    "warning": None,
+}
+
+
 def test_a_newer_servers_extra_fields_are_ignored() -> None:
-    stats = {
-        "prefix": "CUS",
-        "scope": "",
-        "exists": True,
-        "latest_id": "CUS-AAA0001",
-        "next_id": "CUS-AAA0002",
-        "count_issued": 1,
-        "is_active": True,
-        "format": {"separator": "-", "letter_width": 3, "digit_width": 4, "checksum": None},
-        "template": None,
-        "created_at": "2026-01-01T00:00:00Z",
-        "updated_at": "2026-01-01T00:00:00Z",
-        "created_by": None,
-        "width_usage": 0.0,
-        "warning": None,
-        "next_reset": "2027-01-01",
-    }
+    stats = {**STATS, "next_reset": "2027-01-01"}
     server = Server(httpx.Response(200, json=stats))
     with server.client() as client:
         parsed = client.get_prefix_stats("CUS")
@@ -493,22 +495,6 @@ async def test_the_async_client_retries_as_the_sync_one() -> None:
 
 # -- reads after a timeout, and answers that are not JSON -------------------------------------
 
-STATS = {
-    "prefix": "CUS",
-    "scope": "",
-    "exists": True,
-    "latest_id": "CUS-AAA0001",
-    "next_id": "CUS-AAA0002",
-    "count_issued": 1,
-    "is_active": True,
-    "format": {"separator": "-", "letter_width": 3, "digit_width": 4, "checksum": None},
-    "template": None,
-    "created_at": "2026-01-01T00:00:00Z",
-    "updated_at": "2026-01-01T00:00:00Z",
-    "created_by": None,
-    "width_usage": 0.0,
-    "warning": None,
-}
 PARSED = {
     "prefix": "CUS",
     "letters": "AAB",
