@@ -6,10 +6,11 @@ the sequence's row stays locked for the 20 ms, so the transactions queue behind 
 Drawn at commit (``numbered(..., at_commit=True)``), the lock is held only while committing.
 
 For scale, the same transaction written by hand on raw asyncpg (number at commit) shows what
-the machine allows. ``hold_times`` measures how long the sequence's row stays locked at
-commit, from the allocation statement to the end of COMMIT, one transaction at a time, and
-what runs in between: the Python calls from the allocation's reply to the write of the
-numbers (a count: free of noise), the write, the COMMIT.
+the machine allows, and the same ORM transaction with no numbering at all what the ORM
+allows. ``hold_times`` measures how long the sequence's row stays locked at commit, from the
+allocation statement to the end of COMMIT, one transaction at a time, and what runs in
+between: the Python calls from the allocation's reply to the write of the numbers (a count:
+free of noise), the write, the COMMIT.
 
 Runs on a fresh PostgreSQL database on IDMANAGER_BENCH_PG (default 127.0.0.1:5432), dropped
 afterwards. ``python bench/orm.py`` prints the figures; ``main()`` also returns them.
@@ -24,12 +25,17 @@ import pstats
 import statistics
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
-from sqlalchemy import String, event
+from sqlalchemy import String
+from sqlalchemy.dialects.postgresql.asyncpg import (
+    AsyncAdapt_asyncpg_connection,
+    AsyncAdapt_asyncpg_cursor,
+)
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -62,6 +68,15 @@ class DrawnAtCommit(Base):
     )
 
 
+class Unnumbered(Base):
+    """The same document with no numbering: the ORM's own cost, the most it allows."""
+
+    __tablename__ = "bench_documents_unnumbered"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    number: Mapped[str | None] = mapped_column(String(300), unique=True)
+
+
 class ByHand(Base):
     __tablename__ = "bench_documents_by_hand"
 
@@ -83,6 +98,7 @@ class Figures:
     at_start: float
     at_commit: float
     by_hand: float
+    unnumbered: float  # the same ORM transaction with no numbering at all
     clients: int = CLIENTS
     work_ms: float = WORK_S * 1000
 
@@ -108,7 +124,8 @@ async def in_a_loop(transaction: Callable[[], Awaitable[object]], seconds: float
 
 
 def orm_transaction(
-    sessions: async_sessionmaker[AsyncSession], model: type[DrawnAtStart | DrawnAtCommit]
+    sessions: async_sessionmaker[AsyncSession],
+    model: type[DrawnAtStart | DrawnAtCommit | Unnumbered],
 ) -> Callable[[], Awaitable[None]]:
     async def transaction() -> None:
         async with sessions() as session:
@@ -148,6 +165,7 @@ async def measure(url: str, seconds: float = SECONDS) -> Figures:
         "DOCS": orm_transaction(sessions, DrawnAtStart),
         "DOCC": orm_transaction(sessions, DrawnAtCommit),
         "DOCH": by_hand_transaction(pool),
+        "none": orm_transaction(sessions, Unnumbered),
     }
     try:
         for transaction in runs.values():  # create the sequences, warm the pools
@@ -163,7 +181,7 @@ async def measure(url: str, seconds: float = SECONDS) -> Figures:
     finally:
         await pool.close()
         await engine.dispose()
-    return Figures(rates["DOCS"], rates["DOCC"], rates["DOCH"])
+    return Figures(rates["DOCS"], rates["DOCC"], rates["DOCH"], rates["none"])
 
 
 @dataclass(frozen=True)
@@ -180,23 +198,32 @@ class HoldTimes:
     transactions: int
 
 
-async def hold_times(url: str, n: int = 300) -> HoldTimes:
-    """Commit ``n`` documents numbered at commit, one at a time, timing the row's lock."""
-    engine = create_async_engine(url, pool_size=1)
-    sessions = async_sessionmaker(engine, expire_on_commit=False)
-    install(sessions)
-    marks: dict[str, float] = {}
-    counting = cProfile.Profile()
+@contextmanager
+def _statements_timed(
+    marks: dict[str, float], counting: cProfile.Profile, now: Callable[[], float]
+) -> Iterator[None]:
+    """Mark when each statement of SQLAlchemy's asyncpg adapter is sent and answered, and
+    when COMMIT is done; profile the Python from the allocation's reply to the next statement.
+
+    At the DB-API cursor, below SQLAlchemy's cursor events: listening to those would take
+    the allocation off the cursor (see ``direct.on_cursor``). For this benchmark only.
+    """
+    cursor, connection = AsyncAdapt_asyncpg_cursor, AsyncAdapt_asyncpg_connection
+    execute, executemany, commit = (
+        cursor._prepare_and_execute,
+        cursor._executemany,
+        connection.commit,
+    )
     counted = [False]
 
-    def before(_c: Any, _cur: Any, statement: str, *_: Any) -> None:
+    def sent(operation: str) -> None:
         if counted[0]:
             counting.disable()
             counted[0] = False
-        marks.setdefault("idm_sent" if "id_managers" in statement else "write_sent", now())
+        marks.setdefault("idm_sent" if "id_managers" in operation else "write_sent", now())
 
-    def after(_c: Any, _cur: Any, statement: str, *_: Any) -> None:
-        if "id_managers" in statement and "idm_reply" not in marks:
+    def answered(operation: str) -> None:
+        if "id_managers" in operation and "idm_reply" not in marks:
             marks["idm_reply"] = now()
             if marks.get("counting"):  # a second pass: the profiler would slow the first
                 counting.enable()
@@ -204,25 +231,62 @@ async def hold_times(url: str, n: int = 300) -> HoldTimes:
         elif "write_sent" in marks:
             marks.setdefault("write_reply", now())
 
+    async def timed_execute(self: Any, operation: str, parameters: Any) -> Any:
+        sent(operation)
+        try:
+            return await execute(self, operation, parameters)
+        finally:
+            answered(operation)
+
+    async def timed_executemany(self: Any, operation: str, parameters: Any) -> Any:
+        sent(operation)
+        try:
+            return await executemany(self, operation, parameters)
+        finally:
+            answered(operation)
+
+    def timed_commit(self: Any) -> None:
+        try:
+            commit(self)
+        finally:
+            marks.setdefault("committed", now())
+
+    cursor._prepare_and_execute = timed_execute  # type: ignore[method-assign]
+    cursor._executemany = timed_executemany  # type: ignore[method-assign]
+    connection.commit = timed_commit  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        cursor._prepare_and_execute = execute  # type: ignore[method-assign]
+        cursor._executemany = executemany  # type: ignore[method-assign]
+        connection.commit = commit  # type: ignore[method-assign]
+
+
+async def hold_times(url: str, n: int = 300) -> HoldTimes:
+    """Commit ``n`` documents numbered at commit, one at a time, timing the row's lock."""
+    engine = create_async_engine(url, pool_size=1)
+    sessions = async_sessionmaker(engine, expire_on_commit=False)
+    install(sessions)
+    marks: dict[str, float] = {}
+    counting = cProfile.Profile()
     now = time.perf_counter
-    event.listen(engine.sync_engine, "before_cursor_execute", before)
-    event.listen(engine.sync_engine, "after_cursor_execute", after)
     rows: list[tuple[float, ...]] = []
     try:
-        for i in range(n + 30 + n // 3):
-            async with sessions() as session:
-                session.add(DrawnAtCommit())
-                await session.flush()
-                marks.clear()
-                marks["counting"] = 1.0 if i >= n + 30 else 0.0
-                await session.commit()
-                done = now()
-            if 30 <= i < n + 30:  # warmed up, not counted
-                sent, reply = marks["idm_sent"], marks["idm_reply"]
-                write, written = marks["write_sent"], marks["write_reply"]
-                rows.append(
-                    (done - sent, reply - sent, write - reply, written - write, done - written)
-                )
+        with _statements_timed(marks, counting, now):
+            for i in range(n + 30 + n // 3):
+                async with sessions() as session:
+                    session.add(DrawnAtCommit())
+                    await session.flush()
+                    marks.clear()
+                    marks["counting"] = 1.0 if i >= n + 30 else 0.0
+                    await session.commit()
+                if 30 <= i < n + 30:  # warmed up, not counted
+                    sent, reply = marks["idm_sent"], marks["idm_reply"]
+                    write, written = marks["write_sent"], marks["write_reply"]
+                    done = marks["committed"]
+                    rows.append(
+                        (done - sent, reply - sent, write - reply, written - write, done - written)
+                    )
         calls = pstats.Stats(counting).total_calls / (n // 3)
         by_hand = await _by_hand_hold(url, n)
     finally:
@@ -281,6 +345,7 @@ def main(pg: str = PG, seconds: float = SECONDS) -> tuple[Figures, HoldTimes]:
     print(f"  number drawn at commit                 {figures.at_commit:>10,.0f} documents/s")
     print(f"  at commit / at the start               {figures.ratio:>10.1f}x")
     print(f"  by hand on raw asyncpg, at commit      {figures.by_hand:>10,.0f} documents/s")
+    print(f"  the same ORM transaction, no numbering {figures.unnumbered:>10,.0f} documents/s")
     print(
         f"  the row locked at commit, median of {held.transactions} (ms): {held.orm_total:.2f} "
         f"(allocation {held.orm_allocation:.2f}, then {held.orm_between:.3f} of Python "

@@ -245,7 +245,15 @@ def _issue_15() -> list[str]:
 
 def _bound(row: Row) -> str:
     """For HTTP at one client, the most the machine allows: a request is the bare endpoint's
-    round trip and the statement's, one after the other."""
+    round trip and the statement's, one after the other. For the ORM, the most the ORM allows:
+    the same transaction with no numbering at all."""
+    if row.name.endswith("number drawn at commit, vs by hand"):
+        unnumbered = find(
+            row.name.replace("number drawn at commit", "the same ORM transaction with no numbering")
+        )
+        if unnumbered is None or unnumbered.ratio is None:
+            return ""
+        return f" (the same ORM transaction with no numbering at all: {unnumbered.ratio:.2f}x)"
     if not (
         row.name.startswith("HTTP IdManager, own transaction") and row.name.endswith(" 1 clients")
     ):

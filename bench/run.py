@@ -555,6 +555,8 @@ def orm_runs() -> None:
     record("orm", f"{name}, number drawn at commit", figures.at_commit, "docs/s", start)
     hand = record("orm", f"{name}, by hand on raw asyncpg, at commit", figures.by_hand, "docs/s")
     record("orm", f"{name}, number drawn at commit, vs by hand", figures.at_commit, "docs/s", hand)
+    unnumbered = f"{name}, the same ORM transaction with no numbering, vs by hand"
+    record("orm", unnumbered, figures.unnumbered, "docs/s", hand)
     lock = "ORM at commit, the sequence's row locked (median, one at a time)"
     by_hand = record("orm", f"{lock}: by hand on asyncpg (ms)", held.by_hand_total, "ms")
     record("orm", f"{lock}: idmanager.orm (ms)", held.orm_total, "ms", by_hand)

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeAlias, TypeVar, cast
 
 from sqlalchemy import Table, Update, bindparam, event, inspect, update
+from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import PendingRollbackError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Mapper, Session, SessionTransaction, scoped_session, sessionmaker
@@ -42,7 +43,9 @@ from .application.options import DEFAULT_OPTIONS, ServiceOptions
 from .application.service import SyncIdManagerService
 from .domain.errors import InvalidInputError
 from .domain.period import resolve_prefix
+from .infrastructure.direct import execute_on_cursor, on_cursor
 from .infrastructure.repository import IdManagerRepositoryImpl
+from .infrastructure.statements import Statement
 
 __all__ = ["Numbering", "install", "numbered"]
 
@@ -109,10 +112,25 @@ class _Numbered:
     # is (:_idm_pk0, ...), taken from these positions of the object's identity.
     update: Update | None = None
     pk_positions: tuple[int, ...] = ()
+    # The update compiled for each dialect it ran on (the DB-API cursor's text).
+    compiled: dict[Dialect, Statement] = field(default_factory=dict)
 
-    def row(self, identity: tuple[Any, ...]) -> dict[str, Any]:
-        """Return the parameters of :attr:`update` for one object, but its number."""
-        return {f"_idm_pk{i}": identity[p] for i, p in enumerate(self.pk_positions)}
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The parameters of :attr:`update`: the number, then the primary key."""
+        return ("_idm_value", *(f"_idm_pk{i}" for i in range(len(self.pk_positions))))
+
+    def row(self, identity: tuple[Any, ...]) -> list[Any]:
+        """Return the values of :attr:`update`'s parameters for one object, its number None."""
+        return [None, *(identity[p] for p in self.pk_positions)]
+
+    def statement(self, dialect: Dialect) -> Statement:
+        """Return :attr:`update` compiled for ``dialect``."""
+        found = self.compiled.get(dialect)
+        if found is None:
+            assert self.update is not None, "only columns numbered at commit are updated"
+            found = self.compiled[dialect] = Statement(dialect, self.update, self.names)
+        return found
 
 
 def _discover(mapper: Mapper[Any]) -> Iterator[_Numbered]:
@@ -238,8 +256,8 @@ class _Numberer:
     def _number_at_commit(self, session: Session, tracked: _Tracked) -> None:
         waiting, tracked.at_commit = tracked.at_commit, []
         # Prepare all that does not need the numbers before the sequences are locked.
-        groups: dict[Key, list[tuple[object, str, dict[str, Any]]]] = defaultdict(list)
-        rows: dict[_Numbered, list[dict[str, Any]]] = defaultdict(list)
+        groups: dict[Key, list[tuple[object, str, list[Any]]]] = defaultdict(list)
+        rows: dict[_Numbered, list[list[Any]]] = defaultdict(list)
         for obj, numbered in waiting:
             state = inspect(obj)
             if state.persistent and state.dict.get(numbered.key) is None:
@@ -249,17 +267,21 @@ class _Numberer:
         # Each update on its table's connection, found now: the ORM's per-statement work
         # (autoflush, binds, its compile state) would run while the sequences are locked.
         writes = [
-            (session.connection(bind_arguments={"clause": numbered.update}), numbered, parameters)
-            for numbered, parameters in rows.items()
+            (session.connection(bind_arguments={"clause": numbered.update}), numbered, values)
+            for numbered, values in rows.items()
         ]
         # From the first allocation to COMMIT the sequences are locked: in between, only the
         # numbers, and one write of them per column.
         for (obj, key, row), value in self._allocate(session, groups):
-            row["_idm_value"] = value
+            row[0] = value
             tracked.written.append((obj, key, value))
-        for connection, numbered, parameters in writes:
-            assert numbered.update is not None, "only columns numbered at commit wait for it"
-            connection.execute(numbered.update, parameters)  # one executemany per column
+        for connection, numbered, values in writes:
+            if on_cursor(connection):
+                execute_on_cursor(connection, numbered.statement(connection.dialect), values)
+            else:  # through SQLAlchemy, which logs it (echo) or shows it to listeners
+                names = numbered.names
+                params = [dict(zip(names, v, strict=True)) for v in values]
+                connection.execute(cast(Update, numbered.update), params)
 
     def after_commit(self, session: Session) -> None:
         """Show the at-commit numbers on the objects; the rest is permanent now."""

@@ -29,15 +29,14 @@ import sqlite3
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable
-from contextlib import suppress
-from typing import Any, cast
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager, suppress
+from typing import Any
 
-from sqlalchemy import Engine, event
+from sqlalchemy import Connection, Engine, event
+from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import MissingGreenlet, SQLAlchemyError
 from sqlalchemy.pool import ConnectionPoolEntry, NullPool, Pool, PoolProxiedConnection, QueuePool
-from sqlalchemy.sql import ClauseElement
-from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.util import greenlet_spawn
 
 from ..domain.entity import IdManager
@@ -45,7 +44,7 @@ from ..domain.format import MAX_ORDINAL, IdFormat
 from ..domain.repository import Claim, KeyAlreadyUsed, allocation_of
 from .database import sqlite_path
 from .errors import Failure, as_domain_error, classify
-from .repository import _statement
+from .statements import Statement, named_statement
 
 SYNC_DRIVERS = ("psycopg", "pysqlite")
 ASYNC_DRIVERS = ("asyncpg", "aiosqlite")
@@ -65,43 +64,92 @@ def _forked() -> None:
 os.register_at_fork(after_in_child=_forked)
 
 
-class Statement:
-    """One repository statement as the driver's text, and its parameters in the driver's form.
+_ALLOCATING: weakref.WeakKeyDictionary[Dialect, Statement] = weakref.WeakKeyDictionary()
 
-    Compiled once per engine, with the engine's own dialect: a call only binds values.
+
+def _allocating(dialect: Dialect) -> Statement:
+    """Return the allocation statement compiled for ``dialect`` (once per dialect)."""
+    found = _ALLOCATING.get(dialect)
+    if found is None:
+        statement = named_statement(dialect.name, "allocate_direct")
+        found = _ALLOCATING[dialect] = Statement(dialect, statement, _ALLOCATE)
+    return found
+
+
+def on_cursor(connection: Connection) -> bool:
+    """Return True when an allocation in ``connection``'s transaction may run on its cursor.
+
+    SQLAlchemy's work around a statement (its execution context, its result) costs several
+    times the cursor's own call. The cursor is the one SQLAlchemy would use, in the same
+    transaction; only what the engine's user would see of the statement is lost, so an engine
+    that logs its statements (``echo``) or listens to them (tracing) keeps SQLAlchemy's path.
     """
+    dialect = connection.dialect
+    if dialect.name not in ("postgresql", "sqlite"):
+        return False  # MySQL: no RETURNING on UPDATE
+    dispatch = connection.dispatch
+    echo = getattr(connection, "_echo", True)
+    return not (echo or dispatch.before_cursor_execute or dispatch.after_cursor_execute)
 
-    def __init__(self, engine: Engine, name: str, names: tuple[str, ...]) -> None:
-        statement = cast(ClauseElement, _statement(engine.dialect.name, name))
-        compiled = cast(SQLCompiler, statement.compile(dialect=engine.dialect))
-        self.sql = str(compiled)
-        defaults = compiled.construct_params(dict.fromkeys(names)) or {}
-        order = compiled.positiontup
-        self.names = names
-        # The statement's own parameters, in the order its text wants them: the allocation's
-        # are exactly ``names`` (bound as they are given); the keyed one has constants too.
-        self.exact = (tuple(order) if order is not None else tuple(defaults)) == names
-        if order is None:  # named (psycopg's %(name)s): a mapping
-            self.named = True
-            self.template: Any = dict(defaults)
-            self.slots: tuple[Any, ...] = names
-        else:  # positional ($1 or ?): a list; a name may stand at several places
-            self.named = False
-            self.template = [defaults[n] for n in order]
-            self.slots = tuple(tuple(i for i, n in enumerate(order) if n == m) for m in names)
 
-    def bind(self, *values: Any) -> Any:
-        """Return the statement's parameters, ``values`` given in the order of its ``names``."""
-        if self.exact:
-            return dict(zip(self.names, values, strict=True)) if self.named else values
-        params = self.template.copy()
-        for slot, value in zip(self.slots, values, strict=True):
-            if self.named:
-                params[slot] = value
-            else:
-                for i in slot:
-                    params[i] = value
-        return params
+def allocate_on_cursor(
+    connection: Connection, scope: str, prefix: str, count: int
+) -> IdManager | None:
+    """Allocate in ``connection``'s transaction with one statement on its DB-API cursor.
+
+    The sequence's new state, or None when no row was allocated (missing, inactive, full).
+    """
+    statement = _allocating(connection.dialect)
+    params = statement.bind(count, scope, prefix, MAX_ORDINAL - count)
+    with _cursor(connection) as cursor:
+        cursor.execute(statement.sql, params)
+        row = cursor.fetchone()
+    return None if row is None else _manager(scope, prefix, row)
+
+
+def execute_on_cursor(
+    connection: Connection, statement: Statement, rows: Sequence[Sequence[Any]]
+) -> None:
+    """Run ``statement`` once per row of values, in ``connection``'s transaction, on its
+    DB-API cursor (one row: a plain execute; more: the driver's executemany)."""
+    with _cursor(connection) as cursor:
+        if len(rows) == 1:
+            cursor.execute(statement.sql, statement.bind(*rows[0]))
+        else:
+            cursor.executemany(statement.sql, [statement.bind(*row) for row in rows])
+
+
+@contextmanager
+def _cursor(connection: Connection) -> Iterator[Any]:
+    """Yield a DB-API cursor of ``connection``; translate its failures as SQLAlchemy would.
+
+    A lost connection is invalidated, with the pool's older connections, as SQLAlchemy does
+    on a disconnect; a cancellation mid-statement leaves the connection in an unknown state:
+    invalidated too.
+    """
+    try:
+        cursor = connection.connection.cursor()
+        try:
+            yield cursor
+        finally:
+            cursor.close()
+    except BaseException as exc:
+        errors = _errors_of(connection.dialect)
+        lost = isinstance(exc, errors) and classify(exc) is Failure.UNAVAILABLE
+        if (lost or not isinstance(exc, Exception)) and not connection.invalidated:
+            error = exc if isinstance(exc, Exception) else None
+            if lost:
+                connection.engine.pool._invalidate(connection.connection, error, _checkin=False)
+            connection.invalidate(error)
+        if isinstance(exc, errors):
+            raise as_domain_error(exc) from exc
+        raise
+
+
+def _errors_of(dialect: Dialect) -> tuple[type[BaseException], ...]:
+    """Return what a cursor's call may raise: the DB-API's errors, the pool's, a socket's."""
+    dbapi_error: type[BaseException] = dialect.loaded_dbapi.Error
+    return (dbapi_error, SQLAlchemyError, OSError, TimeoutError)
 
 
 def _format(separator: str, letter_width: int, digit_width: int) -> IdFormat:
@@ -201,11 +249,12 @@ class _Allocations:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.driver = engine.dialect.driver
-        self.allocating = Statement(engine, "allocate_direct", _ALLOCATE)
+        self.allocating = _allocating(engine.dialect)
         self.remembers = engine.dialect.name == "postgresql"
-        self.remembering = (
-            Statement(engine, "allocate_remembering", _REMEMBERING) if self.remembers else None
-        )
+        self.remembering = None
+        if self.remembers:
+            remembering = named_statement("postgresql", "allocate_remembering")
+            self.remembering = Statement(engine.dialect, remembering, _REMEMBERING)
         self.errors = _driver_errors(engine)
         self.pinned: weakref.WeakSet[_Pinned] = weakref.WeakSet()
         # Disposing of the engine closes its connections: ours too.

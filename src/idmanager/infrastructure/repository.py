@@ -10,15 +10,9 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar, cast
 
 from sqlalchemy import (
-    BigInteger,
     Connection,
-    Executable,
-    Integer,
     Row,
-    String,
     Table,
-    Text,
-    bindparam,
     false,
     func,
     or_,
@@ -26,8 +20,6 @@ from sqlalchemy import (
     text,
     update,
 )
-from sqlalchemy import cast as sa_cast
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.mysql import insert as mysql_insert
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
@@ -48,18 +40,16 @@ from ..domain.repository import (
     StoredAudit,
     allocation_of,
 )
+from .direct import allocate_on_cursor, on_cursor
 from .errors import Failure, classify, translate_errors, watch_commit
-from .models import IdempotencyModel, IdManagerAuditModel, IdManagerModel
+from .models import IdManagerAuditModel, IdManagerModel
+from .statements import COLUMNS, IDEMPOTENCY, MYSQL, SEQUENCES, named_statement, row_of
 
 T = TypeVar("T")
 _PROBE_SCOPE = "_health_"
-_TABLE = cast(Table, IdManagerModel.__table__)
 # How a Session with several binds (``binds=``) finds the engine of these tables.
 _BIND_ARGUMENTS = {"mapper": IdManagerModel}
 _AUDIT = cast(Table, IdManagerAuditModel.__table__)
-_IDEM = cast(Table, IdempotencyModel.__table__)
-_COLUMNS = tuple(_TABLE.c)
-_MYSQL = ("mysql", "mariadb")
 
 
 def _utc(value: datetime | None) -> datetime | None:
@@ -81,109 +71,6 @@ def _entity(row: Row[Any]) -> IdManager:
         created_by=m["created_by"],
         template=m["template"],
     )
-
-
-def _row(manager: IdManager) -> dict[str, Any]:
-    return {
-        "scope": manager.scope,
-        "prefix": manager.prefix,
-        "last_value": manager.last_value,
-        "is_active": manager.is_active,
-        "separator": manager.format.separator,
-        "letter_width": manager.format.letter_width,
-        "digit_width": manager.format.digit_width,
-        "created_by": manager.created_by,
-        "template": manager.template,
-    }
-
-
-def _statements(dialect: str) -> dict[str, Executable]:
-    """Build the statements of the allocation path once, with bound parameters.
-
-    Building a statement costs more than the database round trip it makes, so the
-    allocation path only binds values to these.
-    """
-    t = _TABLE.c
-    key = (t.scope == bindparam("key_scope"), t.prefix == bindparam("key_prefix"))
-    # PostgreSQL would fail on a BIGINT overflow, but SQLite silently turns the sum into a
-    # REAL and stores it: guard in the statement, on both.
-    has_room = t.last_value <= bindparam("room")
-    allocate = (
-        update(_TABLE)
-        .where(*key, t.is_active, has_room)
-        .values(last_value=t.last_value + bindparam("count"), updated_at=func.current_timestamp())
-    )
-    statements: dict[str, Executable] = {"get": select(*_COLUMNS).where(*key)}
-    if dialect in _MYSQL:
-        # No RETURNING on UPDATE: LAST_INSERT_ID(expr) hands the new last_value back in the
-        # statement's own reply (the driver's lastrowid), so the allocation is one statement.
-        statements["allocate"] = allocate.values(
-            last_value=func.last_insert_id(t.last_value + bindparam("count"))
-        )
-        statements["get_for_update"] = select(*_COLUMNS).where(*key).with_for_update()
-        return statements
-    statements["allocate"] = allocate.returning(*_COLUMNS)
-    # Run on the driver connection (.direct): only what the answer needs. The timestamps
-    # would cost more to decode (on SQLite, to parse from text) than the rest of the row.
-    statements["allocate_direct"] = allocate.returning(
-        t.last_value, t.separator, t.letter_width, t.digit_width
-    )
-    if dialect == "postgresql":
-        statements["allocate_remembering"] = _allocate_remembering(allocate)
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    statements["insert"] = (
-        insert(_TABLE)
-        .values({name: bindparam(name) for name in _row(IdManager("X"))})
-        .on_conflict_do_nothing(index_elements=[t.scope, t.prefix])
-        .returning(*_COLUMNS)
-    )
-    # SQLite locks the whole database for a write transaction: no row locks to take.
-    statements["get_for_update"] = (
-        statements["get"]
-        if dialect == "sqlite"
-        else select(*_COLUMNS).where(*key).with_for_update()
-    )
-    return statements
-
-
-def _allocate_remembering(allocate: Any) -> Executable:
-    """Allocate and store the answer in ONE statement (PostgreSQL's data-modifying CTE).
-
-    Both happen, or neither: a key already used fails the whole statement, the allocation
-    with it.
-    """
-    t = _TABLE.c
-    done = allocate.returning(t.prefix, t.last_value, t.separator, t.letter_width, t.digit_width)
-    done = done.cte("allocated")
-    answer = func.json_build_object(
-        "prefix",
-        done.c.prefix,
-        "last",
-        done.c.last_value,
-        "count",
-        bindparam("count", type_=BigInteger),
-        "format",
-        func.json_build_array(done.c.separator, done.c.letter_width, done.c.digit_width),
-    )
-    row: Any = select(
-        # Typed: asyncpg cannot tell the type of a bare parameter in a SELECT list.
-        bindparam("owner", type_=String),
-        bindparam("idem_key", type_=String),
-        bindparam("fingerprint", type_=String),
-        bindparam("status", type_=Integer),
-        sa_cast(answer, Text),
-    ).select_from(done)
-    columns = ["owner", "idem_key", "fingerprint", "status", "answer"]
-    return _IDEM.insert().from_select(columns, row).returning(_IDEM.c.answer)
-
-
-_STATEMENTS: dict[str, dict[str, Executable]] = {}
-
-
-def _statement(dialect: str, name: str) -> Executable:
-    if dialect not in _STATEMENTS:
-        _STATEMENTS[dialect] = _statements(dialect)
-    return _STATEMENTS[dialect][name]
 
 
 _ESCAPE = "/"  # not a backslash: MySQL reads those in string literals too
@@ -219,7 +106,7 @@ class IdManagerRepositoryImpl(IdManagerRepository):
     """
 
     def creates_while_allocating(self) -> bool:
-        return self.dialect in _MYSQL
+        return self.dialect in MYSQL
 
     def __init__(self, session: Session | AsyncSession | Connection | AsyncConnection) -> None:
         self._async = session if isinstance(session, AsyncSession | AsyncConnection) else None
@@ -252,16 +139,21 @@ class IdManagerRepositoryImpl(IdManagerRepository):
     def _execute(self, statement: Any, params: dict[str, Any] | None = None) -> Any:
         # Through the session's Connection: same transaction, without the ORM's per-statement
         # machinery, which a Core statement does not need.
+        connection = self._connection()
         with translate_errors():
-            if isinstance(self.session, Session):
-                connection = self.session.connection(bind_arguments=_BIND_ARGUMENTS)
-                watch_commit(connection)  # the session's owner commits, after we return
-            else:
-                connection = self.session
             return connection.execute(statement, params)
 
     def _named(self, name: str, params: dict[str, Any]) -> Any:
-        return self._execute(_statement(self.dialect, name), params)
+        return self._execute(named_statement(self.dialect, name), params)
+
+    def _connection(self) -> Connection:
+        """Return the connection of the transaction this repository works in."""
+        if not isinstance(self.session, Session):
+            return self.session
+        with translate_errors():
+            connection = self.session.connection(bind_arguments=_BIND_ARGUMENTS)
+        watch_commit(connection)  # the session's owner commits, after we return
+        return connection
 
     @contextmanager
     def waiting_at_most(self, milliseconds: int) -> Iterator[None]:
@@ -279,7 +171,7 @@ class IdManagerRepositoryImpl(IdManagerRepository):
             finally:
                 with suppress(StorageError):
                     self._execute(text("SELECT set_config('lock_timeout', :v, true)"), {"v": saved})
-        elif self.dialect in _MYSQL:
+        elif self.dialect in MYSQL:
             # InnoDB counts whole seconds; 0 does not wait (MariaDB; MySQL waits 1 s).
             self._execute(
                 text("SET @idm_wait = @@innodb_lock_wait_timeout, innodb_lock_wait_timeout = :s"),
@@ -301,9 +193,13 @@ class IdManagerRepositoryImpl(IdManagerRepository):
             "count": count,
             "room": MAX_ORDINAL - count,
         }
-        if self.dialect in _MYSQL:
+        if self.dialect in MYSQL:
             return self._allocate_mysql(params)
-        row = self._named("allocate", params).first()
+        connection = self._connection()
+        if on_cursor(connection):
+            return allocate_on_cursor(connection, scope, prefix, count)
+        with translate_errors():
+            row = connection.execute(named_statement(self.dialect, "allocate"), params).first()
         return _entity(row) if row is not None else None
 
     def _allocate_mysql(self, params: dict[str, Any]) -> IdManager | None:
@@ -324,29 +220,29 @@ class IdManagerRepositoryImpl(IdManagerRepository):
         return manager
 
     def insert(self, manager: IdManager) -> IdManager | None:
-        values = _row(manager)
-        if self.dialect not in _MYSQL:
+        values = row_of(manager)
+        if self.dialect not in MYSQL:
             row = self._named("insert", values).first()
             return _entity(row) if row is not None else None
         # A no-op update of an existing row rather than a duplicate-key error: the error
         # would leave a shared lock that deadlocks with the next write of the row.
         result = self._execute(
-            mysql_insert(_TABLE).values(values).on_duplicate_key_update(id=_TABLE.c.id)
+            mysql_insert(SEQUENCES).values(values).on_duplicate_key_update(id=SEQUENCES.c.id)
         )
         if not _inserted(result):
             return None
         return self.get(manager.scope, manager.prefix, for_update=True)
 
     def allocate_or_create(self, new: IdManager, count: int) -> tuple[IdManager | None, bool]:
-        if self.dialect not in _MYSQL:
+        if self.dialect not in MYSQL:
             return super().allocate_or_create(new, count)
-        t = _TABLE.c
+        t = SEQUENCES.c
         may = t.is_active & (t.last_value <= MAX_ORDINAL - count)
         # Assignments run left to right and see the values already assigned: the time first,
         # while last_value still holds its old value.
         statement = (
-            mysql_insert(_TABLE)
-            .values(_row(new))
+            mysql_insert(SEQUENCES)
+            .values(row_of(new))
             .on_duplicate_key_update(
                 [
                     ("updated_at", func.if_(may, func.current_timestamp(), t.updated_at)),
@@ -363,9 +259,9 @@ class IdManagerRepositoryImpl(IdManagerRepository):
         return (_entity(found) if found is not None else None), created
 
     def release(self, scope: str, prefix: str, *, expected: int, new: int) -> bool:
-        t = _TABLE.c
+        t = SEQUENCES.c
         result = self._execute(
-            update(_TABLE)
+            update(SEQUENCES)
             .where(t.scope == scope, t.prefix == prefix, t.last_value == expected)
             .values(last_value=new, updated_at=func.current_timestamp())
         )
@@ -377,9 +273,9 @@ class IdManagerRepositoryImpl(IdManagerRepository):
         return _entity(row) if row else None
 
     def update(self, manager: IdManager) -> None:
-        t = _TABLE.c
+        t = SEQUENCES.c
         self._execute(
-            update(_TABLE)
+            update(SEQUENCES)
             .where(t.scope == manager.scope, t.prefix == manager.prefix)
             .values(
                 last_value=manager.last_value,
@@ -392,8 +288,8 @@ class IdManagerRepositoryImpl(IdManagerRepository):
         )
 
     def list_sequences(self, query: SequenceQuery) -> list[IdManager]:
-        t = _TABLE.c
-        statement = select(*_COLUMNS).where(t.prefix != HEALTH_CHECK_PREFIX)
+        t = SEQUENCES.c
+        statement = select(*COLUMNS).where(t.prefix != HEALTH_CHECK_PREFIX)
         if query.scope is not None:
             statement = statement.where(t.scope == query.scope)
         if query.scopes is not None:
@@ -408,9 +304,9 @@ class IdManagerRepositoryImpl(IdManagerRepository):
         return [_entity(row) for row in self._execute(statement)]
 
     def overlapping(self, scope: str, prefix: str) -> list[IdManager]:
-        t = _TABLE.c
+        t = SEQUENCES.c
         starts = [prefix[:i] for i in range(1, len(prefix))]
-        statement = select(*_COLUMNS).where(
+        statement = select(*COLUMNS).where(
             t.scope == scope,
             t.separator == "",
             t.prefix != prefix,
@@ -419,7 +315,7 @@ class IdManagerRepositoryImpl(IdManagerRepository):
         return [_entity(row) for row in self._execute(statement)]
 
     def totals(self, *, scope: str | None) -> tuple[int, int]:
-        t = _TABLE.c
+        t = SEQUENCES.c
         # SQLite's SUM of integers fails ("integer overflow") past 2**63, which a single
         # sequence near its end reaches; PostgreSQL and MySQL sum BIGINTs into decimals.
         # On SQLite, sum the high and the low 32 bits apart: each sum fits, the total is exact.
@@ -452,11 +348,11 @@ class IdManagerRepositoryImpl(IdManagerRepository):
         )
 
     def list_audit(self, query: AuditQuery) -> list[StoredAudit]:
-        a, t = _AUDIT.c, _TABLE.c
+        a, t = _AUDIT.c, SEQUENCES.c
         # The sequence's format writes the counters as IDs; a sequence gone (never, today)
         # or never created leaves the default one.
         statement = select(_AUDIT, t.separator, t.letter_width, t.digit_width).select_from(
-            _AUDIT.outerjoin(_TABLE, (t.scope == a.scope) & (t.prefix == a.prefix))
+            _AUDIT.outerjoin(SEQUENCES, (t.scope == a.scope) & (t.prefix == a.prefix))
         )
         conditions = [
             (query.scope, a.scope),
@@ -487,23 +383,23 @@ class IdManagerRepositoryImpl(IdManagerRepository):
             "answer": answer,
         }
         with _claiming():
-            self._execute(_IDEM.insert().values(values))
+            self._execute(IDEMPOTENCY.insert().values(values))
 
     def recall(self, owner: str, key: str) -> Remembered | None:
-        i = _IDEM.c
+        i = IDEMPOTENCY.c
         row = self._execute(
             select(i.fingerprint, i.status, i.answer).where(i.owner == owner, i.idem_key == key)
         ).first()
         return Remembered(row.fingerprint, row.status, row.answer) if row is not None else None
 
     def forget(self, before: datetime, limit: int, owner: str | None = None) -> int:
-        i = _IDEM.c
+        i = IDEMPOTENCY.c
         old = select(i.id).where(i.created_at < _naive_utc(before, self.dialect))
         if owner is not None:
             old = old.where(i.owner == owner)
         ids = list(self._execute(old.order_by(i.id).limit(limit)).scalars())
         if ids:
-            self._execute(_IDEM.delete().where(i.id.in_(ids)))
+            self._execute(IDEMPOTENCY.delete().where(i.id.in_(ids)))
         return len(ids)
 
     def allocate_remembering(

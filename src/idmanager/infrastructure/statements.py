@@ -1,0 +1,177 @@
+"""The tables' statements on the allocation path, built once per dialect.
+
+Building a statement costs more than the database round trip it makes, so the allocation path
+only binds values to statements built here; :class:`Statement` compiles one to the driver's own
+text for the paths that run it on the driver's connection (:mod:`.direct`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+from sqlalchemy import (
+    BigInteger,
+    Executable,
+    Integer,
+    String,
+    Table,
+    Text,
+    bindparam,
+    func,
+    select,
+    update,
+)
+from sqlalchemy import cast as sa_cast
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Dialect
+from sqlalchemy.sql import ClauseElement
+from sqlalchemy.sql.compiler import SQLCompiler
+
+from ..domain.entity import IdManager
+from .models import IdempotencyModel, IdManagerModel
+
+SEQUENCES = cast(Table, IdManagerModel.__table__)
+IDEMPOTENCY = cast(Table, IdempotencyModel.__table__)
+COLUMNS = tuple(SEQUENCES.c)
+MYSQL = ("mysql", "mariadb")
+
+
+def row_of(manager: IdManager) -> dict[str, Any]:
+    """Return the columns of a sequence's row (its id and timestamps aside)."""
+    return {
+        "scope": manager.scope,
+        "prefix": manager.prefix,
+        "last_value": manager.last_value,
+        "is_active": manager.is_active,
+        "separator": manager.format.separator,
+        "letter_width": manager.format.letter_width,
+        "digit_width": manager.format.digit_width,
+        "created_by": manager.created_by,
+        "template": manager.template,
+    }
+
+
+def _build(dialect: str) -> dict[str, Executable]:
+    """Build the statements of the allocation path once, with bound parameters.
+
+    Building a statement costs more than the database round trip it makes, so the
+    allocation path only binds values to these.
+    """
+    t = SEQUENCES.c
+    key = (t.scope == bindparam("key_scope"), t.prefix == bindparam("key_prefix"))
+    # PostgreSQL would fail on a BIGINT overflow, but SQLite silently turns the sum into a
+    # REAL and stores it: guard in the statement, on both.
+    has_room = t.last_value <= bindparam("room")
+    allocate = (
+        update(SEQUENCES)
+        .where(*key, t.is_active, has_room)
+        .values(last_value=t.last_value + bindparam("count"), updated_at=func.current_timestamp())
+    )
+    statements: dict[str, Executable] = {"get": select(*COLUMNS).where(*key)}
+    if dialect in MYSQL:
+        # No RETURNING on UPDATE: LAST_INSERT_ID(expr) hands the new last_value back in the
+        # statement's own reply (the driver's lastrowid), so the allocation is one statement.
+        statements["allocate"] = allocate.values(
+            last_value=func.last_insert_id(t.last_value + bindparam("count"))
+        )
+        statements["get_for_update"] = select(*COLUMNS).where(*key).with_for_update()
+        return statements
+    statements["allocate"] = allocate.returning(*COLUMNS)
+    # Run on the driver connection (.direct): only what the answer needs. The timestamps
+    # would cost more to decode (on SQLite, to parse from text) than the rest of the row.
+    statements["allocate_direct"] = allocate.returning(
+        t.last_value, t.separator, t.letter_width, t.digit_width
+    )
+    if dialect == "postgresql":
+        statements["allocate_remembering"] = _allocate_remembering(allocate)
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    statements["insert"] = (
+        insert(SEQUENCES)
+        .values({name: bindparam(name) for name in row_of(IdManager("X"))})
+        .on_conflict_do_nothing(index_elements=[t.scope, t.prefix])
+        .returning(*COLUMNS)
+    )
+    # SQLite locks the whole database for a write transaction: no row locks to take.
+    statements["get_for_update"] = (
+        statements["get"] if dialect == "sqlite" else select(*COLUMNS).where(*key).with_for_update()
+    )
+    return statements
+
+
+def _allocate_remembering(allocate: Any) -> Executable:
+    """Allocate and store the answer in ONE statement (PostgreSQL's data-modifying CTE).
+
+    Both happen, or neither: a key already used fails the whole statement, the allocation
+    with it.
+    """
+    t = SEQUENCES.c
+    done = allocate.returning(t.prefix, t.last_value, t.separator, t.letter_width, t.digit_width)
+    done = done.cte("allocated")
+    answer = func.json_build_object(
+        "prefix",
+        done.c.prefix,
+        "last",
+        done.c.last_value,
+        "count",
+        bindparam("count", type_=BigInteger),
+        "format",
+        func.json_build_array(done.c.separator, done.c.letter_width, done.c.digit_width),
+    )
+    row: Any = select(
+        # Typed: asyncpg cannot tell the type of a bare parameter in a SELECT list.
+        bindparam("owner", type_=String),
+        bindparam("idem_key", type_=String),
+        bindparam("fingerprint", type_=String),
+        bindparam("status", type_=Integer),
+        sa_cast(answer, Text),
+    ).select_from(done)
+    columns = ["owner", "idem_key", "fingerprint", "status", "answer"]
+    return IDEMPOTENCY.insert().from_select(columns, row).returning(IDEMPOTENCY.c.answer)
+
+
+_STATEMENTS: dict[str, dict[str, Executable]] = {}
+
+
+def named_statement(dialect: str, name: str) -> Executable:
+    """Return one of the statements built by :func:`_build` for ``dialect``."""
+    if dialect not in _STATEMENTS:
+        _STATEMENTS[dialect] = _build(dialect)
+    return _STATEMENTS[dialect][name]
+
+
+class Statement:
+    """A statement as the driver's text, and its parameters in the driver's form.
+
+    Compiled once, with the dialect of the engine it runs on: a call only binds values.
+    """
+
+    def __init__(self, dialect: Dialect, statement: Executable, names: tuple[str, ...]) -> None:
+        compiled = cast(SQLCompiler, cast(ClauseElement, statement).compile(dialect=dialect))
+        self.sql = str(compiled)
+        defaults = compiled.construct_params(dict.fromkeys(names)) or {}
+        order = compiled.positiontup
+        self.names = names
+        # The statement's own parameters, in the order its text wants them: the allocation's
+        # are exactly ``names`` (bound as they are given); the keyed one has constants too.
+        self.exact = (tuple(order) if order is not None else tuple(defaults)) == names
+        if order is None:  # named (psycopg's %(name)s): a mapping
+            self.named = True
+            self.template: Any = dict(defaults)
+            self.slots: tuple[Any, ...] = names
+        else:  # positional ($1 or ?): a list; a name may stand at several places
+            self.named = False
+            self.template = [defaults[n] for n in order]
+            self.slots = tuple(tuple(i for i, n in enumerate(order) if n == m) for m in names)
+
+    def bind(self, *values: Any) -> Any:
+        """Return the statement's parameters, ``values`` given in the order of its ``names``."""
+        if self.exact:
+            return dict(zip(self.names, values, strict=True)) if self.named else values
+        params = self.template.copy()
+        for slot, value in zip(self.slots, values, strict=True):
+            if self.named:
+                params[slot] = value
+            else:
+                for i in slot:
+                    params[i] = value
+        return params
