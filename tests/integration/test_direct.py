@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session
 
 import idmanager
 from idmanager import BusyError, StorageError
+from idmanager.infrastructure import direct
 from idmanager.infrastructure.database import sync_url
 
 
@@ -110,6 +111,30 @@ async def test_backends_killed_while_idle_cost_one_allocation_at_most(
     finally:
         await engine.dispose()
     assert _unawaited(recwarn) == []
+
+
+async def test_an_idle_connection_is_checked_out_without_the_greenlet_bridge(
+    postgres_url: str, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The bridge costs as much as the rest of the checkout: a warm pool of connected idle
+    connections hands one out, and takes it back, in plain code."""
+    engine = idmanager.create_async_engine(postgres_url, pool_size=2, max_overflow=0)
+    use_cases = idmanager.connect(engine)
+    bridged: list[str] = []
+    real = direct.greenlet_spawn
+
+    def counted(fn: Any, *args: Any, **kwargs: Any) -> Any:
+        bridged.append(getattr(fn, "__qualname__", repr(fn)))
+        return real(fn, *args, **kwargs)
+
+    try:
+        await use_cases.allocate(prefix)  # the pool connects: through the bridge
+        monkeypatch.setattr(direct, "greenlet_spawn", counted)
+        issued = [(await use_cases.allocate(prefix))[0] for _ in range(5)]
+        assert issued[-1].endswith("0006")
+        assert bridged == []
+    finally:
+        await engine.dispose()
 
 
 async def test_after_the_pool_is_invalidated_allocations_reconnect(

@@ -489,7 +489,7 @@ class AsyncAllocations(_Allocations):
             and not pool.dispatch.checkout
             # Every idle entry connected: one left to connect again (its connect failed in a
             # failover, say) would need I/O.
-            and _all_connected(getattr(pool._pool, "queue", None))
+            and _all_connected(_idle_entries(pool))
         ):
             return None
         try:
@@ -548,6 +548,21 @@ def _bridging(allocations: weakref.ref[AsyncAllocations]) -> Callable[..., None]
             found.bridge()
 
     return invalidated
+
+
+def _idle_entries(pool: QueuePool) -> Iterable[ConnectionPoolEntry] | None:
+    """Return the idle entries of a queue pool, or None where they cannot be seen.
+
+    A thread queue keeps them in its ``queue``; the asyncio pool's queue in the ``_queue``
+    of its asyncio.Queue, made at first use.
+    """
+    queue: Any = pool._pool
+    entries = getattr(queue, "queue", None)
+    if entries is None:
+        made = vars(queue).get("_queue")  # memoized: not made before the first check-in
+        entries = getattr(made, "_queue", None)
+    found: Iterable[ConnectionPoolEntry] | None = entries
+    return found
 
 
 def _all_connected(entries: Iterable[ConnectionPoolEntry] | None) -> bool:
