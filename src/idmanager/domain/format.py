@@ -86,8 +86,12 @@ def _width_start(letter_width: int, width: int) -> int:
     return sum(26**w for w in range(letter_width, width))
 
 
+@lru_cache(maxsize=1024)
 def block_letters(block: int, letter_width: int) -> str:
-    """Return the letters of letter block ``block`` (0-based)."""
+    """Return the letters of letter block ``block`` (0-based).
+
+    Cached: a sequence stays in one block for ``per_block`` IDs (9,999 at four digits).
+    """
     width, start = letter_width, 0
     while block - start >= 26**width:
         start += 26**width
