@@ -42,6 +42,17 @@ def _dialect(driver: str) -> Any:
     }[driver]
 
 
+def _named_statement() -> Any:
+    """Return the library's function that gives its statements by name."""
+    try:
+        from idmanager.infrastructure.statements import named_statement
+    except ImportError:  # an older library built them in the repository
+        from idmanager.infrastructure.repository import (
+            _statement as named_statement,
+        )
+    return named_statement
+
+
 def library_statement(driver: str) -> tuple[str, tuple[str, ...]]:
     """Return the statement the library's own-transaction allocation runs, for ``driver``.
 
@@ -51,14 +62,13 @@ def library_statement(driver: str) -> tuple[str, tuple[str, ...]]:
     library runs. Before that statement existed (an older library), its full allocation
     statement with the same narrow RETURNING stands in.
     """
-    from idmanager.infrastructure.repository import _statement
-
+    named = _named_statement()
     dialect = "sqlite" if driver == "sqlite" else "postgresql"
     try:
-        statement = _statement(dialect, "allocate_direct")
+        statement = named(dialect, "allocate_direct")
     except KeyError:
         _note("no 'allocate_direct' (an older library): its 'allocate', narrowed")
-        statement = _statement(dialect, "allocate")
+        statement = named(dialect, "allocate")
     compiled = statement.compile(dialect=_dialect(driver))
     sql = str(compiled).split(" RETURNING ")[0] + NARROW
     order = tuple(compiled.positiontup or ("count", "key_scope", "key_prefix", "room"))
@@ -118,9 +128,7 @@ def use_cases(engine: Any) -> Any:
 
 def library_core_statement(dialect: str) -> Any:
     """Return the repository's Core allocation statement (the full one, every column)."""
-    from idmanager.infrastructure.repository import _statement
-
-    return _statement(dialect, "allocate")
+    return _named_statement()(dialect, "allocate")
 
 
 def route_parameters() -> dict[str, Any]:
