@@ -244,9 +244,9 @@ def _issue_15() -> list[str]:
 
 
 def _bound(row: Row) -> str:
-    """For HTTP at one client, the most the machine allows: a request is the bare endpoint's
-    round trip and the statement's, one after the other. For the ORM, the most the ORM allows:
-    the same transaction with no numbering at all."""
+    """For HTTP at one client, about the most the machine allows: a request is the bare
+    endpoint's round trip and the statement's, one after the other. For the ORM, the most the
+    ORM allows: the same transaction with no numbering at all."""
     if row.name.endswith("number drawn at commit, vs by hand"):
         unnumbered = find(
             row.name.replace("number drawn at commit", "the same ORM transaction with no numbering")
@@ -268,7 +268,7 @@ def _bound(row: Row) -> str:
     if bare is None or raw is None:
         return ""
     most = bare.value / (bare.value + raw.value)
-    return f" (the bare endpoint then the raw statement, one after the other: at most {most:.2f}x)"
+    return f" (the bare endpoint's round trip and the raw statement's, added: {most:.2f}x)"
 
 
 def _cpu_beside_raw() -> list[str]:

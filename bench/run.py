@@ -236,19 +236,11 @@ async def callers_transaction(url: str) -> None:
                     await session.commit()
                     return result
 
+            bare, library = await alternated(clients, [bare_session, caller], names_of(True))
             base = record(
-                "pg",
-                f"bare SQLAlchemy session, same upsert, {clients} clients",
-                await rate(clients, bare_session),
-                "IDs/s",
+                "pg", f"bare SQLAlchemy session, same upsert, {clients} clients", bare, "IDs/s"
             )
-            record(
-                "pg",
-                f"library in caller's session, {clients} clients",
-                await rate(clients, caller),
-                "IDs/s",
-                base,
-            )
+            record("pg", f"library in caller's session, {clients} clients", library, "IDs/s", base)
 
 
 async def bulk(url: str) -> None:
