@@ -24,9 +24,11 @@ class Role(StrEnum):
 
     @property
     def rank(self) -> int:
-        return list(Role).index(self)
+        """Its place in the order above: a role includes every role of a lower rank."""
+        return _RANKS[self]
 
 
+_RANKS = {role: rank for rank, role in enumerate(Role)}
 MIN_KEY_LENGTH = 16
 _ROLES = {role.value for role in Role}
 _SCOPE_PATTERN = re.compile(r"[A-Za-z0-9_.:@*?-]+")
