@@ -16,6 +16,7 @@ import logging
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import nullcontext
+from datetime import datetime
 from typing import Any
 
 import pytest
@@ -45,6 +46,21 @@ class Line(Base):
     line_no: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
     number: Mapped[str | None] = mapped_column(
         String(300), unique=True, info=numbered("LIN", at_commit=True)
+    )
+
+
+class Ticket(Base):
+    """Numbered at commit on a key SQLAlchemy converts for the driver (both parts are text
+    to SQLite)."""
+
+    __tablename__ = "cursor_tickets"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    opened: Mapped[datetime] = mapped_column(
+        primary_key=True, default=lambda: datetime(2026, 11, 30, 9, 30)
+    )
+    number: Mapped[str | None] = mapped_column(
+        String(300), unique=True, info=numbered("TIK", at_commit=True)
     )
 
 
@@ -169,6 +185,34 @@ async def test_orm_numbers_written_on_the_cursor_to_a_composite_key(
         ).all()
     assert [number for _line, number in stored] == expected
     assert spied == ["LIN"]
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+@pytest.mark.parametrize("count", [1, 3])
+async def test_orm_numbers_written_on_the_cursor_to_a_key_the_driver_gets_converted(
+    tables: Db, count: int
+) -> None:
+    """A ``Uuid`` and a ``DateTime`` in the primary key are text to SQLite: the write's
+    parameters are converted as SQLAlchemy would, or the UPDATE would match no row (or fail to
+    bind)."""
+    session = tables.sessions()
+    install(session)
+    try:
+        tickets = [Ticket() for _ in range(count)]
+        session.add_all(tickets)
+        await resolve(session.commit())
+    finally:
+        await resolve(session.close())
+    numbers = [t.number for t in tickets]
+    assert all(n is not None and n.startswith("TIK-") for n in numbers), numbers
+    table = Ticket.__table__
+    with tables.reader.connect() as connection:
+        stored = dict(
+            connection.execute(
+                sa.select(table.c.id, table.c.number).where(table.c.id.in_([t.id for t in tickets]))
+            ).all()
+        )
+    assert stored == {t.id: t.number for t in tickets}
 
 
 def _admin(url: str, sql: str, **params: Any) -> None:

@@ -142,7 +142,9 @@ def named_statement(dialect: str, name: str) -> Executable:
 class Statement:
     """A statement as the driver's text, and its parameters in the driver's form.
 
-    Compiled once, with the dialect of the engine it runs on: a call only binds values.
+    Compiled once, with the dialect of the engine it runs on: a call only binds values, each
+    converted as SQLAlchemy would for its column's type on that dialect (a ``Uuid`` or a
+    ``DateTime`` is text to SQLite).
     """
 
     def __init__(self, dialect: Dialect, statement: Executable, names: tuple[str, ...]) -> None:
@@ -151,6 +153,11 @@ class Statement:
         defaults = compiled.construct_params(dict.fromkeys(names)) or {}
         order = compiled.positiontup
         self.names = names
+        self.processors = tuple(
+            compiled.binds[name].type.dialect_impl(dialect).bind_processor(dialect)
+            for name in names
+        )
+        self.processing = any(p is not None for p in self.processors)
         # The statement's own parameters, in the order its text wants them: the allocation's
         # are exactly ``names`` (bound as they are given); the keyed one has constants too.
         self.exact = (tuple(order) if order is not None else tuple(defaults)) == names
@@ -165,6 +172,10 @@ class Statement:
 
     def bind(self, *values: Any) -> Any:
         """Return the statement's parameters, ``values`` given in the order of its ``names``."""
+        if self.processing:
+            values = tuple(
+                v if p is None else p(v) for p, v in zip(self.processors, values, strict=True)
+            )
         if self.exact:
             return dict(zip(self.names, values, strict=True)) if self.named else values
         params = self.template.copy()
