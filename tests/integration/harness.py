@@ -251,3 +251,19 @@ class Traced:
         if self.recording:
             self.logged.append(line)
             self._record(_logged_sql(line))
+
+
+_TABLES: dict[tuple[int, str], str] = {}
+
+
+def database_with(databases: Any, backend: str, metadata: sa.MetaData) -> str:
+    """Return a migrated database of ``backend`` that also holds ``metadata``'s tables, made
+    once per run: a test module's models, kept out of the session's shared databases."""
+    key = (id(metadata), backend)
+    if key not in _TABLES:
+        url = databases.create(backend)
+        engine = sa.create_engine(sync_url(url), poolclass=sa.pool.NullPool)
+        metadata.create_all(engine)
+        engine.dispose()
+        _TABLES[key] = url
+    return _TABLES[key]

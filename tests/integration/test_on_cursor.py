@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from harness import Db, resolve
+from harness import Db, database_with, resolve
 from sqlalchemy import String
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
@@ -64,19 +64,10 @@ class Ticket(Base):
     )
 
 
-_URLS: dict[str, str] = {}
-
-
 @pytest.fixture
 async def tables(backend: str, mode: str, databases: Any) -> AsyncIterator[Db]:
     """A harness on this module's database of ``backend``, with its table."""
-    if backend not in _URLS:
-        url = databases.create(backend)
-        engine = sa.create_engine(sync_url(url), poolclass=sa.pool.NullPool)
-        Base.metadata.create_all(engine)
-        engine.dispose()
-        _URLS[backend] = url
-    db = Db(backend, mode, _URLS[backend])
+    db = Db(backend, mode, database_with(databases, backend, Base.metadata))
     yield db
     await db.dispose()
 

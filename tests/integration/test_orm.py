@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from harness import Db, resolve
+from harness import Db, database_with, resolve
 from sqlalchemy import String, UniqueConstraint
 from sqlalchemy.exc import PendingRollbackError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -104,19 +104,10 @@ async def registered(db: Db, tenant: str, *prefixes: str) -> None:
         )
 
 
-_URLS: dict[str, str] = {}
-
-
 @pytest.fixture
 async def orm(backend: str, mode: str, databases: Any) -> AsyncIterator[Db]:
     """A harness on this module's database of ``backend``, its sessions numbering models."""
-    if backend not in _URLS:
-        url = databases.create(backend)
-        engine = sa.create_engine(sync_url(url), poolclass=sa.pool.NullPool)
-        Base.metadata.create_all(engine)
-        engine.dispose()
-        _URLS[backend] = url
-    db = Db(backend, mode, _URLS[backend])
+    db = Db(backend, mode, database_with(databases, backend, Base.metadata))
     install(db.sessions)
     yield db
     await db.dispose()
