@@ -546,6 +546,26 @@ def _cached_allocator(store: AsyncFakeTransactions, **options: Any) -> CachedAll
     return CachedAllocator(BlockCache(use_cases.run), DatabaseAllocator(use_cases), 100, **options)
 
 
+async def test_cache_a_sequence_s_first_requests_go_to_the_database_one_at_a_time() -> None:
+    """Two first requests for a sequence: the second waits for the first's admission and
+    takes a block. Both through the database at once, the second one's statement could land
+    after a block was fetched, past it: a later request would get a lower ID."""
+    store = SlowTransactions()
+    allocator = _cached_allocator(store)
+    store.gate.clear()
+    first = asyncio.create_task(allocator.allocate("CUS", 1, "", None))
+    await asyncio.sleep(0.01)
+    second = asyncio.create_task(allocator.allocate("cus", 1, "", None))  # the same sequence
+    await asyncio.sleep(0.01)
+    assert store.started == 1  # the second waits for the first, not at the database
+    store.gate.set()
+    assert list((await first)[1]) == ["CUS-AAA0001"]
+    assert list((await second)[1]) == ["CUS-AAA0002"]  # the first ID of the first block
+    later = [(await allocator.allocate("CUS", 1, "", None))[1] for _ in range(3)]
+    assert [list(ids) for ids in later] == [["CUS-AAA0003"], ["CUS-AAA0004"], ["CUS-AAA0005"]]
+    assert allocator._admitting == {}  # nothing kept once admitted
+
+
 async def test_cache_a_failed_first_attempt_frees_the_key_and_tells_its_repeats() -> None:
     store = SlowTransactions()
     allocator = _cached_allocator(store)

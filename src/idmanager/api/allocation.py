@@ -12,6 +12,7 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import date
 from typing import Protocol
 
@@ -102,6 +103,14 @@ class DatabaseAllocator:
         return None
 
 
+@dataclass
+class _Admitting:
+    """A sequence's first request in flight, and how many requests wait behind it."""
+
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    users: int = 0
+
+
 class CachedAllocator:
     """Up to ``max_count`` IDs from the block cache; larger requests from the database.
 
@@ -129,6 +138,8 @@ class CachedAllocator:
         self._answers: OrderedDict[
             tuple[str, str], tuple[float, str, asyncio.Future[Allocated]]
         ] = OrderedDict()
+        # Sequences whose first request is on its way through the database (:meth:`_first_use`).
+        self._admitting: dict[tuple[str, str], _Admitting] = {}
 
     async def allocate(
         self,
@@ -149,9 +160,9 @@ class CachedAllocator:
             # The document date's window holds here as in the database's path.
             sequence_key(prefix, scope, on, self.database.use_cases.options)
         if not cache.holds(prefix, scope, on):
-            allocated = await self.database.allocate(prefix, count, scope, on, actor, create)
-            cache.admit(prefix, scope, on)  # it exists: the next requests take blocks
-            return allocated
+            first = await self._first_use(cache, prefix, count, scope, on, actor, create)
+            if first is not None:
+                return first
         try:
             if count == 1:
                 ids = [await cache.generate_id(prefix, scope=scope, on=on)]
@@ -164,6 +175,40 @@ class CachedAllocator:
             return await self.database.allocate(prefix, count, scope, on, actor, create)
         self.served += count
         return resolve_prefix(prefix, on, fiscal_year_start=cache.fiscal_year_start), ids
+
+    async def _first_use(
+        self,
+        cache: BlockCache,
+        prefix: str,
+        count: int,
+        scope: str,
+        on: date | None,
+        actor: str | None,
+        create: bool,
+    ) -> Allocated | None:
+        """Serve a sequence's first request here through the database, then admit it to the
+        cache; return None when another request admitted it meanwhile (take a block then).
+
+        One request at a time per sequence: were a second one's statement still on its way
+        to the database when the first one's admission let blocks be fetched, it could take
+        an ID past the next block, and a later request of this process a lower one from it.
+        """
+        key = sequence_key(prefix, scope, on, self.database.use_cases.options)
+        entry = self._admitting.get(key)
+        if entry is None:
+            entry = self._admitting[key] = _Admitting()
+        entry.users += 1
+        try:
+            async with entry.lock:
+                if cache.holds(prefix, scope, on):
+                    return None
+                allocated = await self.database.allocate(prefix, count, scope, on, actor, create)
+                cache.admit(prefix, scope, on)  # it exists: the next requests take blocks
+                return allocated
+        finally:
+            entry.users -= 1
+            if entry.users == 0:
+                del self._admitting[key]
 
     async def allocate_once(
         self,
