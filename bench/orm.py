@@ -258,15 +258,15 @@ def _statements_timed(
         finally:
             marks.setdefault("committed", now())
 
-    cursor._prepare_and_execute = timed_execute  # type: ignore[method-assign]
-    cursor._executemany = timed_executemany  # type: ignore[method-assign]
-    connection.commit = timed_commit  # type: ignore[method-assign]
+    cursor._prepare_and_execute = timed_execute
+    cursor._executemany = timed_executemany
+    connection.commit = timed_commit
     try:
         yield
     finally:
-        cursor._prepare_and_execute = execute  # type: ignore[method-assign]
-        cursor._executemany = executemany  # type: ignore[method-assign]
-        connection.commit = commit  # type: ignore[method-assign]
+        cursor._prepare_and_execute = execute
+        cursor._executemany = executemany
+        connection.commit = commit
 
 
 async def hold_times(url: str, n: int = 300) -> HoldTimes:
