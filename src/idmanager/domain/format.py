@@ -283,8 +283,7 @@ def latest_ordinal(text: str, *, fmt: IdFormat, prefix: str) -> int:
     Raises:
         InvalidIdError: naming the value and why it cannot be read.
     """
-    _, ordinal, _ = _read(text, True, fmt, prefix)
-    return ordinal if ordinal == 0 else parse_id(text, lenient=True, fmt=fmt, prefix=prefix).ordinal
+    return _read(text, True, fmt, prefix)[1]  # never below 0: digits and letters count up
 
 
 def _read(text: str, lenient: bool, fmt: IdFormat, prefix: str | None) -> tuple[str, int, str]:
