@@ -238,19 +238,15 @@ def _statements_timed(
         elif "write_sent" in marks:
             marks.setdefault("write_reply", now())
 
-    async def timed_execute(self: Any, operation: str, parameters: Any) -> Any:
-        sent(operation)
-        try:
-            return await execute(self, operation, parameters)
-        finally:
-            answered(operation)
+    def timed(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+        async def run(self: Any, operation: str, parameters: Any) -> Any:
+            sent(operation)
+            try:
+                return await method(self, operation, parameters)
+            finally:
+                answered(operation)
 
-    async def timed_executemany(self: Any, operation: str, parameters: Any) -> Any:
-        sent(operation)
-        try:
-            return await executemany(self, operation, parameters)
-        finally:
-            answered(operation)
+        return run
 
     def timed_commit(self: Any) -> None:
         try:
@@ -258,8 +254,8 @@ def _statements_timed(
         finally:
             marks.setdefault("committed", now())
 
-    cursor._prepare_and_execute = timed_execute
-    cursor._executemany = timed_executemany
+    cursor._prepare_and_execute = timed(execute)
+    cursor._executemany = timed(executemany)
     connection.commit = timed_commit
     try:
         yield

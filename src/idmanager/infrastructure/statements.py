@@ -52,11 +52,7 @@ def row_of(manager: IdManager) -> dict[str, Any]:
 
 
 def _build(dialect: str) -> dict[str, Executable]:
-    """Build the statements of the allocation path once, with bound parameters.
-
-    Building a statement costs more than the database round trip it makes, so the
-    allocation path only binds values to these.
-    """
+    """Build the statements of the allocation path for ``dialect``, with bound parameters."""
     t = SEQUENCES.c
     key = (t.scope == bindparam("key_scope"), t.prefix == bindparam("key_prefix"))
     # PostgreSQL would fail on a BIGINT overflow, but SQLite silently turns the sum into a
