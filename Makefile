@@ -40,7 +40,12 @@ typecheck: $(DEV)
 fast: $(DEV)
 	$(BIN)/pytest tests/unit tests/test_architecture.py
 
+# The HTTP figures want wrk, a load generator in C: bench/load.py, its Python stand-in, takes
+# CPU from the server it measures. Installed from Debian's packages where this user may.
 bench: $(DEV)
+	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; } || \
+	  echo "wrk is not installed: the HTTP figures use bench/load.py, which takes CPU from the server"
 	$(BIN)/python bench/run.py
 
 clean:

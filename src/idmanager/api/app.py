@@ -35,6 +35,7 @@ from .limits import BodyLimit
 from .logs import configure_logging
 from .metrics import Metrics
 from .operations import HealthProbe
+from .plain import PlainAllocations
 from .security import KeyRing
 
 logger = logging.getLogger("idmanager.api")
@@ -239,8 +240,10 @@ def create_app(
     app.state.allocator = DatabaseAllocator(app.state.use_cases)
     install_error_handlers(app)
     app.add_middleware(BodyLimit)
-    # Outermost: requests from the wrong host, peer or site are refused before anything.
+    # Requests from the wrong host, peer or site are refused before anything.
     app.add_middleware(Guard, settings=settings)
+    # Outermost: the allocation route's plain requests, answered under the guard's rules.
+    app.add_middleware(PlainAllocations, settings=settings)
     app.include_router(routes.router)
     app.include_router(operations.router)
     install_docs(app)

@@ -30,10 +30,9 @@ def _access(needed: Role) -> Callable[[Request, Credentials], Awaitable[Principa
     return authorize
 
 
-def bearer_token(request: Request) -> str | None:
-    """Return the request's bearer token as the ``HTTPBearer`` dependency reads it (the hot
-    route checks its key inline, without FastAPI solving a dependency chain)."""
-    authorization = request.headers.get("Authorization")
+def bearer_token(authorization: str | None) -> str | None:
+    """Return the bearer token of an ``Authorization`` header as the ``HTTPBearer``
+    dependency reads it (for the routes that check a key without solving a dependency)."""
     scheme, credentials = get_authorization_scheme_param(authorization)
     if not (authorization and scheme and credentials) or scheme.lower() != "bearer":
         return None

@@ -57,14 +57,15 @@ class Guard:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            refusal = self._refusal(scope)
+            refusal = self.refusal(scope)
             if refusal is not None:
                 found, detail = refusal
                 await _refuse(scope, send, found, detail)
                 return
         await self.app(scope, receive, send)
 
-    def _refusal(self, scope: Scope) -> tuple[ProblemKind, str] | None:
+    def refusal(self, scope: Scope) -> tuple[ProblemKind, str] | None:
+        """Return the kind of refusal and its detail, or None if the rules let ``scope`` in."""
         headers = dict(scope["headers"])
         host = headers.get(b"host", b"").decode("latin-1")
         if not self.any_host and _host_name(host) not in self.hosts:

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import json
-import re
 import time
-from collections.abc import Callable, Coroutine, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import Response, StreamingResponse
-from fastapi.routing import APIRoute
 from starlette.convertors import Convertor, register_url_convertor
+from starlette.datastructures import State
 
 from ..application.results import AuditPage, ResetResult, SequenceStats, from_json, to_json
 from ..application.service import SyncIdManagerService
@@ -20,7 +20,7 @@ from ..domain.errors import InvalidInputError, PrefixNotFoundError
 from ..domain.format import IdFormat, IdRange
 from ..domain.repository import AuditAction, Claim
 from ..problems import PROBLEM_JSON, ProblemKind, kind
-from ..settings import Role, Settings
+from ..settings import Settings
 from . import idempotency
 from .allocation import Allocator
 from .deps import (
@@ -31,7 +31,6 @@ from .deps import (
     ReadAccess,
     Scope,
     UseCases,
-    bearer_token,
     document_date,
 )
 from .idempotency import IdempotencyKey
@@ -44,7 +43,7 @@ from .schemas import (
     Problem,
     ResetRequest,
 )
-from .security import KeyRing, Principal
+from .security import Principal
 
 T = TypeVar("T")
 # A date, or a date and a time, as ISO 8601 writes them: not a number of seconds.
@@ -158,55 +157,23 @@ async def allocate_ids(
     on: OnDate = None,
 ) -> Response:
     """Allocate the next `count` IDs of a prefix, committed before they are returned."""
-    return await _allocate(request, prefix, principal, count, scope, on)
-
-
-# The query of a plain request, read by the hot path itself; FastAPI reads any other.
-_PLAIN_COUNT = re.compile(r"[1-9][0-9]{0,8}")
-_PLAIN_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
-_MAX_SCOPE = 255  # Scope's max_length
-
-
-class _AllocationRoute(APIRoute):
-    """The allocation route, whose plain requests skip FastAPI's per-request solving.
-
-    Solving the key's dependency chain and three query parameters costs FastAPI as much as
-    serving an ID from the block cache. The declaration of :func:`allocate_ids` still makes
-    the OpenAPI document, and still handles any request the hot path does not take as plain
-    (a count that is not a small positive number, a scope or a date out of shape): its
-    validation errors are FastAPI's own. The key is checked as the dependency checks it, and
-    first, as there.
-    """
-
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        solved = super().get_route_handler()
-
-        async def handler(request: Request) -> Response:
-            count, scope, on = 1, "", None
-            if request.scope["query_string"]:
-                query = request.query_params
-                text, scope, on = query.get("count"), query.get("scope", ""), query.get("date")
-                if (
-                    (text is not None and not _PLAIN_COUNT.fullmatch(text))
-                    or len(scope) > _MAX_SCOPE
-                    or (on is not None and not _PLAIN_DATE.fullmatch(on))
-                ):
-                    return await solved(request)
-                if text is not None:
-                    count = int(text)
-            keys: KeyRing = request.app.state.keys
-            principal = keys.authorize(bearer_token(request), Role.GENERATE)
-            prefix: str = request.path_params["prefix"]
-            return await _allocate(request, prefix, principal, count, scope, on)
-
-        return handler
+    # Read here, not as a parameter: documented by the route's `openapi_extra`.
+    key = request.headers.get(idempotency.HEADER)
+    allocation = await allocate(request.app.state, prefix, principal, count, scope, on, key)
+    if count > STREAM_ABOVE and isinstance(allocation.ids, IdRange):
+        body = _ids_body(allocation.prefix, allocation.ids.chunks(), count)
+        return StreamingResponse(
+            body, status_code=201, media_type="application/json", headers=allocation.headers()
+        )
+    return Response(
+        allocation.body(), 201, headers=allocation.headers(), media_type="application/json"
+    )
 
 
 router.add_api_route(
     "/prefixes/{prefix}/ids",
     allocate_ids,
     methods=["POST"],
-    route_class_override=_AllocationRoute,
     summary="Allocate IDs",
     status_code=201,
     response_model=IdsResponse,
@@ -227,22 +194,46 @@ router.add_api_route(
 )
 
 
-async def _allocate(
-    request: Request, prefix: str, principal: Principal, count: int, scope: str, on: str | None
-) -> Response:
+@dataclass(frozen=True, slots=True)
+class Allocation:
+    """The answer to an allocation: what the route, and the plain path (api/plain.py), send."""
+
+    prefix: str  # resolved: a period template's period filled in
+    ids: Sequence[str]
+    count: int
+    replayed: bool | None  # None: the request had no Idempotency-Key
+
+    def headers(self) -> dict[str, str] | None:
+        return None if self.replayed is None else _replayed(self.replayed)
+
+    def body(self) -> bytes:
+        """Return ``{"prefix", "ids", "count"}`` as JSON: what :func:`_ids_body` writes.
+
+        Written as it is: a prefix (``[A-Z0-9_]``) and its IDs (the prefix, a separator of
+        ``-./:#``, letters, digits) hold nothing JSON escapes.
+        """
+        text = '{"prefix":"' + self.prefix + '","ids":["' + '","'.join(self.ids) + '"],"count":'
+        return (text + str(self.count) + "}").encode()
+
+
+async def allocate(
+    state: State,
+    prefix: str,
+    principal: Principal,
+    count: int,
+    scope: str,
+    on: str | None,
+    key: str | None,
+) -> Allocation:
+    """Allocate for an authorized caller, with the app's ``state``: the route's work, shared
+    with the plain path (which reads the same parameters from the request itself)."""
     started = time.perf_counter()
-    # The hot route reads the app's state itself: each dependency FastAPI solves costs about
-    # a tenth of the throughput of an allocation served from the block cache.
-    state = request.app.state
     settings: Settings = state.settings
     allocator: Allocator = state.allocator
     create = settings.create_missing and principal.may(settings.create_role)
     scope = principal.check_scope(scope)
     day = document_date(on)
-    # Read here, not as a parameter: the hot route solves as little as it can.
-    key = request.headers.get(idempotency.HEADER)
-    headers = None
-    replayed = False
+    replayed: bool | None = None
     if key is None:
         name, ids = await allocator.allocate(prefix, count, scope, day, principal.actor, create)
     else:
@@ -252,28 +243,10 @@ async def _allocate(
             prefix, count, scope, day, principal.actor, create, claim
         )
         (name, ids), replayed = once.value, once.replayed
-        headers = _replayed(replayed)
     if not replayed:  # a replay allocated nothing
         metrics: Metrics = state.metrics
         metrics.allocated(prefix, name, count, time.perf_counter() - started)
-    if count > STREAM_ABOVE and isinstance(ids, IdRange):
-        body = _ids_body(name, ids.chunks(), count)
-        return StreamingResponse(
-            body, status_code=201, media_type="application/json", headers=headers
-        )
-    return Response(
-        _ids_json(name, ids, count), 201, headers=headers, media_type="application/json"
-    )
-
-
-def _ids_json(prefix: str, ids: Iterable[str], count: int) -> bytes:
-    """Return ``{"prefix", "ids", "count"}`` as JSON: what :func:`_ids_body` writes.
-
-    Written as it is: a prefix (``[A-Z0-9_]``) and its IDs (the prefix, a separator of
-    ``-./:#``, letters, digits) hold nothing JSON escapes.
-    """
-    body = '{"prefix":"' + prefix + '","ids":["' + '","'.join(ids) + '"],"count":'
-    return (body + str(count) + "}").encode()
+    return Allocation(name, ids, count, replayed)
 
 
 def _replayed(replayed: bool) -> dict[str, str]:
