@@ -61,7 +61,11 @@ class KeyRing:
     """The configured API keys. With none, every request is allowed (loopback-only serving)."""
 
     def __init__(self, keys: Mapping[str, ApiKey]) -> None:
-        self._keys = [(key.encode(), spec) for key, spec in keys.items()]
+        # Each key's caller, made once: its name is a hash of the key.
+        self._keys = [
+            (key.encode(), Principal(spec.role, f"api-key:{fingerprint(key)}", spec.scopes))
+            for key, spec in keys.items()
+        ]
 
     @property
     def open(self) -> bool:
@@ -81,14 +85,14 @@ class KeyRing:
                 "Missing bearer token: send 'Authorization: Bearer <API key>'"
             )
         given = token.encode()
-        found: ApiKey | None = None
+        found: Principal | None = None
         # Compare with every key, not stopping at a match: timing reveals nothing.
-        for key, spec in self._keys:
+        for key, principal in self._keys:
             if hmac.compare_digest(key, given):
-                found = spec
+                found = principal
         if found is None:
             raise NotAuthenticatedError("Invalid API key")
-        return Principal(found.role, f"api-key:{fingerprint(token)}", found.scopes)
+        return found
 
     def by_fingerprint(self, name: str) -> Principal | None:
         """Return the caller whose key has the fingerprint ``name``, or None if no key has.
@@ -97,9 +101,9 @@ class KeyRing:
         ends the sessions of a key that is no longer configured.
         """
         found: Principal | None = None
-        for key, spec in self._keys:
-            if hmac.compare_digest(fingerprint(key.decode()).encode(), name.encode()):
-                found = Principal(spec.role, f"api-key:{name}", spec.scopes)
+        for _, principal in self._keys:
+            if hmac.compare_digest(principal.actor.encode(), f"api-key:{name}".encode()):
+                found = principal
         return found
 
     def authorize(self, token: str | None, needed: Role) -> Principal:

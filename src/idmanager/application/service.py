@@ -11,7 +11,7 @@ import re
 from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager, nullcontext
 from datetime import UTC, date, datetime
-from functools import partial
+from functools import lru_cache, partial
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from ..domain.entity import HEALTH_CHECK_PREFIX, IdManager, check_count
@@ -79,6 +79,8 @@ def sequence_key(
     Raises:
         InvalidPrefixError, InvalidScopeError: naming what is wrong.
     """
+    if isinstance(prefix, str) and isinstance(scope, str) and not is_template(prefix):
+        return _plain_key(prefix, scope)  # no date in it: the same answer every time
     window = options.period_window_days
     if on is not None and window is not None and is_template(prefix):
         distance = abs((_day(on) - datetime.now(UTC).date()).days)
@@ -87,7 +89,17 @@ def sequence_key(
                 f"Date {_day(on).isoformat()} is {distance:,} days from today; documents "
                 f"may be dated at most {window:,} days before or after today"
             )
-    value = resolve_prefix(prefix, on, fiscal_year_start=options.fiscal_year_start)
+    return _checked(resolve_prefix(prefix, on, fiscal_year_start=options.fiscal_year_start), scope)
+
+
+@lru_cache(maxsize=4096)
+def _plain_key(prefix: str, scope: str) -> Key:
+    """The key of a prefix without date tokens, the same every time (errors are raised, and
+    not cached)."""
+    return _checked(normalize_prefix(prefix), scope)
+
+
+def _checked(value: str, scope: str) -> Key:
     if value == HEALTH_CHECK_PREFIX:
         raise InvalidPrefixError(f"Prefix {HEALTH_CHECK_PREFIX} is reserved for the health check")
     return check_scope(scope), value
