@@ -200,7 +200,7 @@ def _start(folder: Path, i: int, url: str, connections: int, seconds: float) -> 
     if shutil.which("wrk"):
         script = folder / "post.lua"
         script.write_text('wrk.method = "POST"\n')
-        command = ["wrk", "-t1", f"-c{connections}", f"-d{round(seconds)}s"]
+        command = ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s"]
         command += ["-s", str(script), "-H", header, url]
     else:
         command = [sys.executable, str(BENCH / "load.py"), url, str(connections)]

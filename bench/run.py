@@ -155,24 +155,22 @@ async def postgres() -> None:
     url = f"{PG}/{name}"
     try:
         migrate(url)
-        raw = await own_transaction(url)
+        await own_transaction(url)
         await callers_transaction(url)
         await bulk(url)
         await block_cache(url)
-        await asyncio.to_thread(http, url, raw)
+        await asyncio.to_thread(http, url)
         await asyncio.to_thread(idempotency_runs, url)
     finally:
         await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
         await admin.close()
 
 
-async def own_transaction(url: str) -> dict[int, report.Row]:
-    """The library's statement on raw asyncpg vs ``allocate`` and ``IdGeneratorUtil``; return
-    the raw rows of the hot prefix (the HTTP figures compare with them)."""
+async def own_transaction(url: str) -> None:
+    """The library's statement on raw asyncpg vs ``allocate`` and ``IdGeneratorUtil``."""
     print("PostgreSQL: allocation of one ID, own transaction (IDs/s)")
     sql, order = library_statement("asyncpg")
     args = positional(order)
-    hot_raw: dict[int, report.Row] = {}
     for hot in (True, False):
         where = "hot prefix" if hot else "100 prefixes"
         for clients in CLIENTS:
@@ -197,8 +195,6 @@ async def own_transaction(url: str) -> dict[int, report.Row]:
                 series=f"raw asyncpg, {where}",
                 clients=clients,
             )
-            if hot:
-                hot_raw[clients] = base
             record(
                 "pg",
                 f"library, own transaction, {where}, {clients} clients",
@@ -215,7 +211,6 @@ async def own_transaction(url: str) -> dict[int, report.Row]:
                 "IDs/s",
                 base,
             )
-    return hot_raw
 
 
 async def callers_transaction(url: str) -> None:
@@ -339,16 +334,18 @@ def threaded_rate(one: Callable[[str], str], threads: int) -> float:
     return sum(counts) / (time.perf_counter() - start)
 
 
-def http(url: str, raw: dict[int, report.Row]) -> None:
-    """uvicorn with 1 and 2 workers: own transaction and block cache vs the bare endpoint."""
+def http(url: str) -> None:
+    """uvicorn with 1 and 2 workers: own transaction vs the raw statement (measured in turns
+    with it), the block cache vs the bare endpoint."""
     load = http_bench.generator()
     report.NOTES["http"] = (
         f"HTTP: {http_bench.server_stack()}, access log off, an API key checked per request, "
         "workers started by `idmanager.api.serving.run` (TCP_NODELAY in every worker); "
         f"load generator: {load}, keep-alive, POST, one connection per client (with 2 "
         "workers, in two batches 0.25 s apart: a single burst of connections all lands on "
-        "the first worker to wake). CPU in the notes: cores used during the run (1.00 = one "
-        "core busy); postgres counts every backend on the machine."
+        "the first worker to wake). The own transaction's raw baseline is measured in turns "
+        f"with it ({ROUNDS} rounds each, medians). CPU in the notes: cores used during the run "
+        "(1.00 = one core busy); postgres counts every backend on the machine."
     )
     print(f"HTTP: POST one ID per request, load generator {load} (IDs/s = requests/s)")
     last_bare: dict[int, report.Row] = {}
@@ -370,16 +367,15 @@ def http(url: str, raw: dict[int, report.Row]) -> None:
                 }
                 hot = prefix()
                 for n in clients:
-                    # The targets: own transaction vs the database's statement rate, the
-                    # block cache vs the bare endpoint of the same server.
-                    measure_http(
-                        server,
-                        f"/api/v1/prefixes/{hot}/ids",
-                        n,
-                        f"HTTP IdManager, {mode}, hot prefix, {label}, {n} clients",
-                        base=bare[n] if cache else raw[n],
-                        series=f"HTTP IdManager, {mode}, {label}",
-                    )
+                    name = f"HTTP IdManager, {mode}, hot prefix, {label}, {n} clients"
+                    series = f"HTTP IdManager, {mode}, {label}"
+                    path = f"/api/v1/prefixes/{hot}/ids"
+                    # The targets: the block cache vs the bare endpoint of the same server,
+                    # the own transaction vs the database's statement rate.
+                    if cache:
+                        measure_http(server, path, n, name, base=bare[n], series=series)
+                    else:
+                        beside_raw(url, server, path, n, label, series)
     # What `uvicorn --workers 2` (and `idmanager serve --workers 2` through it) gives as is.
     with http_bench.Server(url, workers=2, block_cache=False, stock=True) as server:
         measure_http(
@@ -389,6 +385,58 @@ def http(url: str, raw: dict[int, report.Row]) -> None:
             "HTTP bare endpoint, 2 workers by plain uvicorn.run (uvicorn #3149), 32 clients",
             base=last_bare[32],
         )
+
+
+def beside_raw(
+    url: str, server: http_bench.Server, path: str, clients: int, label: str, series: str
+) -> None:
+    """Measure the route at ``path`` and the raw statement on a hot prefix in turns, ROUNDS
+    times each: the database's rate drifts with the machine within minutes."""
+    sql, order = library_statement("asyncpg")
+    args = positional(order)
+    names = names_of(hot=True)
+    create_sequences(url, names)
+
+    async def raw_rate() -> float:
+        async with raw_pool(url, clients) as pool:
+
+            async def raw(p: str) -> object:
+                async with pool.acquire() as conn:
+                    return await conn.fetchrow(sql, *args(p))
+
+            return await rate(clients, raw, True, SECONDS / ROUNDS, names, 0.1)
+
+    server.drive(path, clients, 1)  # warm up: connections, the prefix's row
+    raws: list[float] = []
+    loads: list[http_bench.Load] = []
+    for r in range(ROUNDS):
+        pair = [
+            lambda: raws.append(asyncio.run(raw_rate())),
+            lambda: loads.append(server.drive(path, clients, SECONDS / ROUNDS)),
+        ]
+        for run in pair if r % 2 == 0 else pair[::-1]:
+            run()
+    load = sorted(loads, key=lambda found: found.rate)[len(loads) // 2]
+    name = f"HTTP IdManager, own transaction, hot prefix, {label}, {clients} clients"
+    base = record(
+        "http",
+        f"raw asyncpg, the library's statement, hot prefix, {clients} clients (in turns with "
+        f"HTTP, {label})",
+        statistics.median(raws),
+        "IDs/s",
+    )
+    if any(found.errors for found in loads):
+        print(f"  ({sum(found.errors for found in loads)} failed requests in '{name}')")
+    record(
+        "http",
+        name,
+        load.rate,
+        "IDs/s",
+        base,
+        note=load.note(http_bench.generator().split()[0]),
+        series=series,
+        clients=clients,
+    )
 
 
 def measure_http(
