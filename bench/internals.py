@@ -75,6 +75,31 @@ def library_statement(driver: str) -> tuple[str, tuple[str, ...]]:
     return sql, order
 
 
+def keyed_statement() -> tuple[str, Callable[[str, str], list[Any]]] | None:
+    """Return the statement the library runs for a first request with an Idempotency-Key on
+    asyncpg (the allocation and its stored answer, one statement), and a builder of its
+    parameters from a prefix and a key; None for a library without it."""
+    try:
+        statement = _named_statement()("postgresql", "allocate_remembering")
+    except KeyError:
+        return None
+    compiled = statement.compile(dialect=_dialect("asyncpg"))
+    values = {
+        **compiled.params,
+        **statement_values(""),
+        "owner": "bench",
+        "fingerprint": "f" * 64,
+        "status": 201,
+    }
+    order = tuple(compiled.positiontup or ())
+
+    def args(prefix: str, key: str) -> list[Any]:
+        given = {**values, "key_prefix": prefix, "idem_key": key}
+        return [given[name] for name in order]
+
+    return str(compiled), args
+
+
 def statement_values(prefix: str, count: int = 1) -> dict[str, Any]:
     """Return the library statement's parameters for one allocation of ``prefix``."""
     return {"count": count, "key_scope": "", "key_prefix": prefix, "room": MAX_ORDINAL - count}

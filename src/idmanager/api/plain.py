@@ -14,7 +14,7 @@ middleware and answers a *plain* allocation itself:
 Its work is the route's: the same key check, the same :func:`routes.allocate`, the same
 body; its errors are rendered by the same handlers (api/errors.py). Anything else goes down
 the whole stack, where FastAPI validates it and answers: that is the reference, and the
-tests compare the two (tests/unit/test_plain.py).
+tests compare the two (tests/unit/test_hot_route.py).
 """
 
 from __future__ import annotations
