@@ -9,7 +9,7 @@ Then the scale figures (bench/scale.py: sequences in use, a table of a million s
 bulk of ten million IDs, the block cache's memory; IDMANAGER_BENCH_SCALE=0 skips them), the
 cost of an Idempotency-Key (bench/idempotency.py), and the CPU per allocation of every path
 beside its raw statement, where it goes and the top costs of each (bench/cpu.py, ladder.py,
-profiles.py; IDMANAGER_BENCH_CPU=0 skips them). The whole run takes about 20 minutes.
+profiles.py; IDMANAGER_BENCH_CPU=0 skips them). The whole run takes about 10 minutes.
 
 Raw baselines run the library's own statement (``UPDATE … RETURNING`` the four columns the
 answer needs, compiled from the repository) on the bare driver: asyncpg through its own pool
