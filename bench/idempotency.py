@@ -77,6 +77,22 @@ async def _alternate(
     return statistics.median(without), statistics.median(keyed)
 
 
+async def _tasks_rate(tasks: int, seconds: float, one: Callable[[], Awaitable[None]]) -> float:
+    """Return calls per second of ``tasks`` tasks calling ``one()`` for ``seconds``."""
+    done = 0
+    stop = time.perf_counter() + seconds
+
+    async def task() -> None:
+        nonlocal done
+        while time.perf_counter() < stop:
+            await one()
+            done += 1
+
+    began = time.perf_counter()
+    await asyncio.gather(*(task() for _ in range(tasks)))
+    return done / (time.perf_counter() - began)
+
+
 # -- the library ----------------------------------------------------------------------------------
 
 
@@ -90,22 +106,14 @@ async def library(url: str, tasks: int) -> Pair:
     hot = prefix()
     await use_cases.allocate(hot)
 
+    async def one(keyed: bool) -> None:
+        if keyed:
+            await use_cases.allocate_once(hot, 1, Claim("bench", uuid.uuid4().hex, "f"))
+        else:
+            await use_cases.allocate(hot)
+
     async def rate(keyed: bool, seconds: float) -> float:
-        done = 0
-        stop = time.perf_counter() + seconds
-
-        async def task() -> None:
-            nonlocal done
-            while time.perf_counter() < stop:
-                if keyed:
-                    await use_cases.allocate_once(hot, 1, Claim("bench", uuid.uuid4().hex, "f"))
-                else:
-                    await use_cases.allocate(hot)
-                done += 1
-
-        began = time.perf_counter()
-        await asyncio.gather(*(task() for _ in range(tasks)))
-        return done / (time.perf_counter() - began)
+        return await _tasks_rate(tasks, seconds, lambda: one(keyed))
 
     try:
         without, keyed = await _alternate(rate)
@@ -135,23 +143,15 @@ async def raw(url: str, tasks: int) -> Pair | None:
     # Without the reset query asyncpg sends on release: one round trip per ID (bench/run.py).
     pool = await asyncpg.create_pool(url, min_size=tasks, max_size=tasks, reset=_no_reset)
 
+    async def one(keyed: bool) -> None:
+        async with pool.acquire() as connection:
+            if keyed:
+                await connection.fetchrow(sql, *args(hot, uuid.uuid4().hex))
+            else:
+                await connection.fetchrow(unkeyed_sql, *unkeyed_args(hot))
+
     async def rate(keyed: bool, seconds: float) -> float:
-        done = 0
-        stop = time.perf_counter() + seconds
-
-        async def task() -> None:
-            nonlocal done
-            while time.perf_counter() < stop:
-                async with pool.acquire() as connection:
-                    if keyed:
-                        await connection.fetchrow(sql, *args(hot, uuid.uuid4().hex))
-                    else:
-                        await connection.fetchrow(unkeyed_sql, *unkeyed_args(hot))
-                done += 1
-
-        began = time.perf_counter()
-        await asyncio.gather(*(task() for _ in range(tasks)))
-        return done / (time.perf_counter() - began)
+        return await _tasks_rate(tasks, seconds, lambda: one(keyed))
 
     try:
         without, keyed = await _alternate(rate)

@@ -425,18 +425,8 @@ def beside_raw(
         statistics.median(raws),
         "IDs/s",
     )
-    if any(found.errors for found in loads):
-        print(f"  ({sum(found.errors for found in loads)} failed requests in '{name}')")
-    record(
-        "http",
-        name,
-        load.rate,
-        "IDs/s",
-        base,
-        note=load.note(http_bench.generator().split()[0]),
-        series=series,
-        clients=clients,
-    )
+    errors = sum(found.errors for found in loads)
+    _record_http(name, load, errors, base, series, clients)
 
 
 def measure_http(
@@ -450,18 +440,21 @@ def measure_http(
 ) -> report.Row:
     server.drive(path, clients, 1)  # warm up: connections, caches, the prefix's row
     load = server.drive(path, clients, SECONDS)
-    if load.errors:
-        print(f"  ({load.errors} failed requests in '{name}')")
-    return record(
-        "http",
-        name,
-        load.rate,
-        "IDs/s",
-        base,
-        note=load.note(http_bench.generator().split()[0]),
-        series=series,
-        clients=clients if series else None,
-    )
+    return _record_http(name, load, load.errors, base, series, clients if series else None)
+
+
+def _record_http(
+    name: str,
+    load: http_bench.Load,
+    errors: int,
+    base: report.Row | None,
+    series: str,
+    clients: int | None,
+) -> report.Row:
+    if errors:
+        print(f"  ({errors} failed requests in '{name}')")
+    note = load.note(http_bench.generator().split()[0])
+    return record("http", name, load.rate, "IDs/s", base, note=note, series=series, clients=clients)
 
 
 # journal_mode and synchronous: the library's settings first, then two of more durability.

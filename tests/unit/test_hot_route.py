@@ -83,14 +83,7 @@ async def test_a_date_with_a_line_break_is_not_plain(api: Api) -> None:
 async def test_plain_requests_are_not_solved_by_fastapi(
     api: Api, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    solved: list[str] = []
-    solve = fastapi.routing.solve_dependencies
-
-    async def counted(*args: Any, **kwargs: Any) -> Any:
-        solved.append(kwargs["request"].url.path)
-        return await solve(*args, **kwargs)
-
-    monkeypatch.setattr(fastapi.routing, "solve_dependencies", counted)
+    solved = _count_solving(monkeypatch)
     generate = api.headers("generate")
     for params in ({}, {"count": "3"}, {"count": "2", "scope": "acme", "date": "2026-03-01"}):
         response = await api.http.post(URL.format("HOT"), params=params, headers=generate)
