@@ -102,9 +102,10 @@ class _Steps:
         """
         key = sequence_key(prefix, scope, on, self.options)
         check_count(count, self.options.max_count)
-        options = dataclasses.replace(self.options, **changes) if changes else self.options
 
         def full(repository: IdManagerRepository) -> IdRange:
+            # Made here: most allocations end at the first step, which needs no options.
+            options = dataclasses.replace(self.options, **changes) if changes else self.options
             ids = SyncIdManagerService(repository, options).generate_range(
                 prefix, count, scope=scope, on=on
             )
