@@ -10,6 +10,7 @@ from fastapi import Depends, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.security.utils import get_authorization_scheme_param
 
+from ..application.service import MAX_SCOPE_LENGTH
 from ..application.use_cases import IdManagerUseCases
 from ..domain.errors import InvalidInputError
 from ..settings import Role
@@ -55,15 +56,19 @@ GenerateAccess = Annotated[Principal, Depends(_access(Role.GENERATE))]
 AdminAccess = Annotated[Principal, Depends(_access(Role.ADMIN))]
 UseCases = Annotated[IdManagerUseCases, Depends(_use_cases)]
 MetricsDep = Annotated[Metrics, Depends(_metrics)]
+# The shape of the ``date`` parameter (api/plain.py reads it by the same pattern).
+DATE_PATTERN = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$"
 Scope = Annotated[
     str,
-    Query(max_length=255, description="The tenant or company; '' (the default) for none."),
+    Query(
+        max_length=MAX_SCOPE_LENGTH, description="The tenant or company; '' (the default) for none."
+    ),
 ]
 OnDate = Annotated[
     str | None,
     Query(
         alias="date",
-        pattern=r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$",
+        pattern=DATE_PATTERN,
         description="The document's date (YYYY-MM-DD), for a period template such as "
         "INV{YYYY}; default today (UTC).",
         examples=["2026-12-31"],

@@ -25,19 +25,20 @@ from urllib.parse import parse_qsl
 from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from ..application.service import MAX_SCOPE_LENGTH
 from ..domain.errors import IdManagerError
 from ..settings import Role, Settings
 from . import idempotency
-from .deps import bearer_token
+from .deps import DATE_PATTERN, bearer_token
 from .errors import domain_error
 from .guard import Guard
-from .routes import STREAM_ABOVE, allocate
+from .routes import IDS_PATH, STREAM_ABOVE, allocate, router
 from .security import KeyRing
 
-_PATH = re.compile(r"/api/v1/prefixes/([^/]+)/ids")
+# The route's path, its {prefix} as Starlette matches it (no '/').
+_PATH = re.compile(re.escape(router.prefix + IDS_PATH).replace(r"\{prefix\}", "([^/]+)"))
 _COUNT = re.compile(r"[1-9][0-9]{0,8}")
-_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
-_MAX_SCOPE = 255  # the route's Scope: max_length
+_DATE = re.compile(DATE_PATTERN)
 _AUTHORIZATION, _KEY = b"authorization", idempotency.HEADER.lower().encode()
 _BODY_HEADERS = (b"content-length", b"transfer-encoding")
 _JSON = (b"content-type", b"application/json")
@@ -89,10 +90,12 @@ class PlainAllocations:
             query = dict(parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True))
             text, tenant, on = query.get("count"), query.get("scope", ""), query.get("date")
             if text is not None:
-                if not _COUNT.fullmatch(text) or int(text) > STREAM_ABOVE:
+                if not _COUNT.fullmatch(text):
                     return None
                 count = int(text)
-            if len(tenant) > _MAX_SCOPE or (on is not None and not _DATE.fullmatch(on)):
+                if count > STREAM_ABOVE:
+                    return None
+            if len(tenant) > MAX_SCOPE_LENGTH or (on is not None and not _DATE.fullmatch(on)):
                 return None
         authorization = key = None
         for name, value in scope["headers"]:

@@ -170,8 +170,11 @@ async def allocate_ids(
     )
 
 
+# The allocation route's path (api/plain.py matches it by hand).
+IDS_PATH = "/prefixes/{prefix}/ids"
+
 router.add_api_route(
-    "/prefixes/{prefix}/ids",
+    IDS_PATH,
     allocate_ids,
     methods=["POST"],
     summary="Allocate IDs",
