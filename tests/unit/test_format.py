@@ -173,6 +173,10 @@ def test_format_ids_matches_format_id(data: st.DataObject) -> None:
     id_range = IdRange("INV", first, count, fmt)
     assert list(id_range) == expected
     assert [i for chunk in id_range.chunks() for i in chunk] == expected
+    most = data.draw(st.integers(1, 300))
+    chunks = list(id_range.chunks(most))
+    assert [i for chunk in chunks for i in chunk] == expected
+    assert all(0 < len(chunk) <= most for chunk in chunks)
 
 
 # --- IdRange ----------------------------------------------------------------------------------
@@ -230,6 +234,19 @@ def test_chunks_hold_one_letter_block_each() -> None:
     chunks = list(IdRange("WH", 9990, 10_020).chunks())
     assert [len(c) for c in chunks] == [10, 9999, 11]
     assert all(len({i[:6] for i in c}) == 1 for c in chunks)
+
+
+def test_chunks_of_at_most_n_stay_within_a_letter_block() -> None:
+    chunks = list(IdRange("WH", 9990, 300).chunks(128))
+    assert [len(c) for c in chunks] == [10, 128, 128, 34]
+    assert all(len({i[:6] for i in c}) == 1 for c in chunks)
+    assert [len(c) for c in IdRange("WH", 1, 300, IdFormat(letter_width=0)).chunks(128)] == [
+        128,
+        128,
+        44,
+    ]
+    with pytest.raises(ValueError, match="at least one ID"):
+        IdRange("WH", 1, 3).chunks(0)
 
 
 # --- lenient parsing (format correction) ------------------------------------------------------

@@ -28,6 +28,13 @@ from .service import SyncIdManagerService, check_scope
 Key = tuple[str, str]
 Operation = Callable[[SyncIdManagerService], object]
 
+# IDs of a block formatted at once; the rest of the block stays two integers until reached.
+# A reservation then holds about 10 KB, not its whole letter block formatted (72 KB for the
+# first block of 1,000 IDs, 600 KB from 9,999 on): 10,000 hot prefixes take about 100 MiB,
+# not 700. Single IDs go as fast; a bulk of 100 takes its IDs a chunk at a time (2/3 the
+# speed of one slice, still about 10 million IDs per second).
+CHUNK = 128
+
 
 @dataclass(slots=True)
 class CacheStats:
@@ -97,7 +104,7 @@ class _Reservation:
         self.ready = max(end, 0)
 
     def install(self, block: IdRange) -> None:
-        self.current, self.chunks, self.chunk, self.pos = block, block.chunks(), [], 0
+        self.current, self.chunks, self.chunk, self.pos = block, block.chunks(CHUNK), [], 0
         self.after, self.installed_at = block.size, time.monotonic()
 
     def empty(self) -> None:
@@ -201,20 +208,21 @@ class _Blocks:
             self._known = {k: r for k, r in self._known.items() if id(r) not in gone}
         return evicted
 
-    def _ready(self, prefix: str, scope: str, count: int) -> list[str] | None:
-        """Return ``count`` IDs already formatted in a known prefix's chunk, else None.
+    def _ready(self, prefix: str, scope: str, count: int) -> list[str]:
+        """Return up to ``count`` IDs already formatted in a known prefix's chunk (maybe none).
 
         The fast path: no resolution, no fetch, one lock and a slice.
         """
         reservation = self._known.get((scope, prefix))
         if reservation is None:
-            return None
+            return []
         with reservation.lock:
             pos = reservation.pos
-            if count > 0 and pos + count <= reservation.ready:
-                reservation.pos = pos + count
-                return reservation.chunk[pos : pos + count]
-        return None
+            end = min(pos + count, reservation.ready)
+            if end <= pos:
+                return []
+            reservation.pos = end
+            return reservation.chunk[pos:end]
 
     def _take(self, reservation: _Reservation) -> str | None:
         """Take an ID the slow way (hold the lock): change chunk or block, note a fetch due."""
@@ -353,10 +361,13 @@ class BlockCache(_Blocks):
         self, prefix: str, count: int, *, scope: str = "", on: date | None = None
     ) -> list[str]:
         """Return ``count`` IDs of ``prefix`` (increasing; consecutive within a block)."""
-        ready = self._ready(prefix, scope, count)
-        if ready is not None:
-            return ready
-        return [await self.generate_id(prefix, scope=scope, on=on) for _ in range(count)]
+        # What the current chunk holds in one slice, then one ID the slow way (the next
+        # chunk, block or fetch), and so on.
+        ids = self._ready(prefix, scope, count)
+        while len(ids) < count:
+            ids.append(await self.generate_id(prefix, scope=scope, on=on))
+            ids += self._ready(prefix, scope, count - len(ids))
+        return ids
 
     async def _fetch(self, reservation: _Reservation) -> None:
         try:
@@ -439,10 +450,13 @@ class SyncBlockCache(_Blocks):
         self, prefix: str, count: int, *, scope: str = "", on: date | None = None
     ) -> list[str]:
         """Return ``count`` IDs of ``prefix`` (increasing; consecutive within a block)."""
-        ready = self._ready(prefix, scope, count)
-        if ready is not None:
-            return ready
-        return [self.generate_id(prefix, scope=scope, on=on) for _ in range(count)]
+        # What the current chunk holds in one slice, then one ID the slow way (the next
+        # chunk, block or fetch), and so on.
+        ids = self._ready(prefix, scope, count)
+        while len(ids) < count:
+            ids.append(self.generate_id(prefix, scope=scope, on=on))
+            ids += self._ready(prefix, scope, count - len(ids))
+        return ids
 
     def close(self) -> None:
         """Stop, and hand back each prefix's unused tail where nobody allocated since."""

@@ -130,20 +130,24 @@ def _padded_numbers(digit_width: int) -> tuple[str, ...]:
     return tuple(f"{n:0{digit_width}d}" for n in range(1, 10**digit_width))
 
 
-def _iter_chunks(prefix: str, first: int, count: int, fmt: IdFormat) -> Iterator[list[str]]:
-    """Yield the IDs ``first .. first+count-1`` one letter block at a time."""
+def _iter_chunks(
+    prefix: str, first: int, count: int, fmt: IdFormat, most: int | None = None
+) -> Iterator[list[str]]:
+    """Yield the IDs ``first .. first+count-1`` one letter block at a time, or in lists of at
+    most ``most`` IDs (never across a letter block)."""
     end = first + count
     if fmt.letter_width == 0:
         head, width = prefix + fmt.separator, fmt.digit_width
-        for start in range(first, end, 10_000):
-            yield [f"{head}{n:0{width}d}" for n in range(start, min(start + 10_000, end))]
+        step = min(10_000, most or 10_000)
+        for start in range(first, end, step):
+            yield [f"{head}{n:0{width}d}" for n in range(start, min(start + step, end))]
         return
     per_block = fmt.per_block
     numbers: Sequence[str] | None = _padded_numbers(fmt.digit_width) if per_block < 10**6 else None
     n = first
     while n < end:
         block, offset = divmod(n - 1, per_block)
-        take = min(per_block - offset, end - n)
+        take = min(per_block - offset, end - n, most or per_block)
         head = prefix + fmt.separator + block_letters(block, fmt.letter_width)
         if numbers is not None:
             yield list(map(head.__add__, numbers[offset : offset + take]))
@@ -203,9 +207,12 @@ class IdRange(Sequence[str]):
         for chunk in _iter_chunks(self.prefix, self.first, self.size, self.format):
             yield from chunk
 
-    def chunks(self) -> Iterator[list[str]]:
-        """Yield the IDs in lists of at most one letter block each (for streaming)."""
-        return _iter_chunks(self.prefix, self.first, self.size, self.format)
+    def chunks(self, most: int | None = None) -> Iterator[list[str]]:
+        """Yield the IDs in lists of at most one letter block each (for streaming), and of at
+        most ``most`` IDs if given (what a holder of many ranges keeps formatted at once)."""
+        if most is not None and most < 1:
+            raise ValueError(f"A chunk holds at least one ID, got most={most}")
+        return _iter_chunks(self.prefix, self.first, self.size, self.format, most)
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, IdRange):
