@@ -17,7 +17,8 @@
 
 New objects whose numbered column is None get their number when the session flushes (one
 allocation per ``(scope, prefix)`` per flush, however many objects), or with ``at_commit=True``
-in the session's last step before commit. Either way the allocation joins the session's
+in the session's last step before commit (on PostgreSQL, a sequence numbering one row there
+allocates and writes it in one statement). Either way the allocation joins the session's
 transaction: committed numbers have no gaps, and the numbers of objects whose transaction rolls
 back are taken back from them and handed out again. A transaction that took numbers and then
 loses a conflict, at any statement or in ``commit()`` (Galera certifies there), raises
@@ -32,7 +33,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias, TypeVar, cast
 
-from sqlalchemy import Table, Update, bindparam, event, inspect, update
+from sqlalchemy import Connection, Executable, Table, Update, bindparam, event, inspect, update
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import PendingRollbackError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -42,10 +43,13 @@ from sqlalchemy.orm.attributes import set_committed_value
 from .application.options import DEFAULT_OPTIONS, ServiceOptions
 from .application.service import SyncIdManagerService
 from .domain.errors import InvalidInputError
+from .domain.format import MAX_ORDINAL, IdFormat, format_id
 from .domain.period import resolve_prefix
-from .infrastructure.direct import execute_on_cursor, on_cursor
+from .infrastructure.direct import execute_on_cursor, fetch_on_cursor, on_cursor
+from .infrastructure.errors import translate_errors, watch_commit
+from .infrastructure.models import IdManagerModel
 from .infrastructure.repository import IdManagerRepositoryImpl
-from .infrastructure.statements import Statement
+from .infrastructure.statements import Statement, allocate_and_write
 
 __all__ = ["Numbering", "install", "numbered"]
 
@@ -114,11 +118,24 @@ class _Numbered:
     pk_positions: tuple[int, ...] = ()
     # The update compiled for each dialect it ran on (the DB-API cursor's text).
     compiled: dict[Dialect, Statement] = field(default_factory=dict)
+    # PostgreSQL: the allocation of one row's ID and its write, in one statement; and its
+    # text for each dialect (driver) it ran on.
+    folded: Executable | None = None
+    folded_compiled: dict[Dialect, Statement] = field(default_factory=dict)
 
     @property
     def names(self) -> tuple[str, ...]:
         """The parameters of :attr:`update`: the number, then the primary key."""
-        return ("_idm_value", *(f"_idm_pk{i}" for i in range(len(self.pk_positions))))
+        return ("_idm_value", *self.pk_names)
+
+    @property
+    def pk_names(self) -> tuple[str, ...]:
+        return tuple(f"_idm_pk{i}" for i in range(len(self.pk_positions)))
+
+    @property
+    def folded_names(self) -> tuple[str, ...]:
+        """The parameters of :attr:`folded`: the allocation's, then the primary key."""
+        return ("count", "key_scope", "key_prefix", "room", *self.pk_names)
 
     def row(self, identity: tuple[Any, ...]) -> list[Any]:
         """Return the values of :attr:`update`'s parameters for one object, its number None."""
@@ -130,6 +147,15 @@ class _Numbered:
         if found is None:
             assert self.update is not None, "only columns numbered at commit are updated"
             found = self.compiled[dialect] = Statement(dialect, self.update, self.names)
+        return found
+
+    def folded_statement(self, dialect: Dialect) -> Statement:
+        """Return :attr:`folded` compiled for ``dialect``."""
+        found = self.folded_compiled.get(dialect)
+        if found is None:
+            assert self.folded is not None, "only columns numbered at commit are folded"
+            found = Statement(dialect, self.folded, self.folded_names)
+            self.folded_compiled[dialect] = found
         return found
 
 
@@ -158,7 +184,8 @@ def _discover(mapper: Mapper[Any]) -> Iterator[_Numbered]:
             .values({column: bindparam("_idm_value")})
         )
         positions = tuple(identity_keys.index(mapper.get_property_by_column(c).key) for c in pk)
-        yield _Numbered(prop.key, numbering, statement, positions)
+        folded = allocate_and_write(column, pk)
+        yield _Numbered(prop.key, numbering, statement, positions, folded=folded)
 
 
 _COLUMNS: weakref.WeakKeyDictionary[Mapper[Any], tuple[_Numbered, ...]] = (
@@ -256,32 +283,84 @@ class _Numberer:
     def _number_at_commit(self, session: Session, tracked: _Tracked) -> None:
         waiting, tracked.at_commit = tracked.at_commit, []
         # Prepare all that does not need the numbers before the sequences are locked.
-        groups: dict[Key, list[tuple[object, str, list[Any]]]] = defaultdict(list)
+        groups: dict[Key, list[tuple[object, _Numbered, list[Any]]]] = defaultdict(list)
         rows: dict[_Numbered, list[list[Any]]] = defaultdict(list)
         for obj, numbered in waiting:
             state = inspect(obj)
             if state.persistent and state.dict.get(numbered.key) is None:
                 row = numbered.row(state.identity)
                 rows[numbered].append(row)
-                groups[self._key(obj, numbered)].append((obj, numbered.key, row))
+                groups[self._key(obj, numbered)].append((obj, numbered, row))
         # Each update on its table's connection, found now: the ORM's per-statement work
         # (autoflush, binds, its compile state) would run while the sequences are locked.
-        writes = [
-            (session.connection(bind_arguments={"clause": numbered.update}), numbered, values)
-            for numbered, values in rows.items()
-        ]
+        connections = {
+            numbered: session.connection(bind_arguments={"clause": numbered.update})
+            for numbered in rows
+        }
+        service = SyncIdManagerService(IdManagerRepositoryImpl(session), self.options)
+        folding = _folding(session, connections)
         # From the first allocation to COMMIT the sequences are locked: in between, only the
-        # numbers, and one write of them per column.
-        for (obj, key, row), value in self._allocate(session, groups):
-            row[0] = value
-            tracked.written.append((obj, key, value))
-        for connection, numbered, values in writes:
+        # numbers, and one write of them per column. On PostgreSQL a sequence that numbers
+        # one row allocates and writes it in one statement.
+        for key, items in sorted(groups.items()):
+            if len(items) == 1 and items[0][1] in folding:
+                obj, numbered, row = items[0]
+                value, stored = self._allocate_writing(
+                    service, connections[numbered], numbered, row, key
+                )
+                if stored:
+                    rows[numbered].remove(row)
+                tracked.written.append((obj, numbered.key, value))
+                continue
+            scope, prefix = key
+            ids = service.generate_range(prefix, len(items), scope=scope)
+            for (obj, numbered, row), value in zip(items, ids, strict=True):
+                row[0] = value
+                tracked.written.append((obj, numbered.key, value))
+        for numbered, values in rows.items():
+            if not values:
+                continue
+            connection = connections[numbered]
             if on_cursor(connection):
                 execute_on_cursor(connection, numbered.statement(connection.dialect), values)
             else:  # through SQLAlchemy, which logs it (echo) or shows it to listeners
                 names = numbered.names
                 params = [dict(zip(names, v, strict=True)) for v in values]
                 connection.execute(cast(Update, numbered.update), params)
+
+    @staticmethod
+    def _allocate_writing(
+        service: SyncIdManagerService,
+        connection: Connection,
+        numbered: _Numbered,
+        row: list[Any],
+        key: Key,
+    ) -> tuple[str, bool]:
+        """Allocate ``row``'s ID and write it, in one statement; return the ID and whether
+        it is written (if not, ``row`` holds it for the write of the numbers)."""
+        scope, prefix = service.key(key[1], key[0])  # refused as an allocation refuses it
+        values = (1, scope, prefix, MAX_ORDINAL - 1, *row[1:])
+        watch_commit(connection)  # as the repository does for its own statements
+        with service.waiting():
+            if on_cursor(connection):
+                found = fetch_on_cursor(
+                    connection, numbered.folded_statement(connection.dialect), values
+                )
+            else:  # through SQLAlchemy, which logs it (echo) or shows it to listeners
+                params = dict(zip(numbered.folded_names, values, strict=True))
+                with translate_errors():
+                    found = connection.execute(cast(Executable, numbered.folded), params).first()
+        if found is None:
+            # Nothing allocated, nothing written: the sequence is missing (the service creates
+            # it, if the options let it), inactive or full (it says so).
+            row[0] = service.generate_range(prefix, 1, scope=scope)[0]
+            return row[0], False
+        last_value, separator, letter_width, digit_width, stored = found
+        if stored is not None:
+            return str(stored), True
+        # Its letters grew past the format's width: PostgreSQL left it to Python to write.
+        row[0] = format_id(prefix, last_value, IdFormat(separator, letter_width, digit_width))
+        return row[0], False
 
     def after_commit(self, session: Session) -> None:
         """Show the at-commit numbers on the objects; the rest is permanent now."""
@@ -319,6 +398,19 @@ def _take_back(
         else:
             kept.append((obj, key))
     return kept
+
+
+_SEQUENCES = {"mapper": IdManagerModel}
+
+
+def _folding(session: Session, connections: dict[_Numbered, Connection]) -> set[_Numbered]:
+    """Return the numbered columns whose one row may be allocated and written in one
+    statement: on PostgreSQL, where the sequences are on the same connection."""
+    found = {n for n, c in connections.items() if c.dialect.name == "postgresql"}
+    if not found:
+        return found
+    sequences = session.connection(bind_arguments=_SEQUENCES)
+    return {n for n in found if connections[n] is sequences}
 
 
 _EVENTS = (

@@ -146,7 +146,8 @@ async def test_orm_numbers_written_on_the_cursor_to_a_composite_key(
     tables: Db, count: int, spied: list[str]
 ) -> None:
     """One allocation, then only the write of the numbers (one row: execute; more: the
-    driver's executemany), as the database received them."""
+    driver's executemany), as the database received them. On PostgreSQL one row's number is
+    allocated and written by one statement."""
     if tables.peek("LIN") is None:  # its first use would create it: another statement
         await resolve(tables.use_cases().run(lambda s: s.configure_prefix("LIN")))
     async with tables.traced() as traced:
@@ -165,7 +166,11 @@ async def test_orm_numbers_written_on_the_cursor_to_a_composite_key(
     allocating = [i for i, s in enumerate(seen) if "id_managers" in s]
     assert len(allocating) == 1, seen
     after = [s for s in seen[allocating[0] + 1 :] if s.strip().upper() != "COMMIT"]
-    assert after and all(s.startswith("UPDATE cursor_lines") for s in after), after
+    folded = tables.backend == "postgresql" and count == 1
+    if folded:
+        assert "UPDATE cursor_lines" in seen[allocating[0]] and not after, seen
+    else:
+        assert after and all(s.startswith("UPDATE cursor_lines") for s in after), after
     expected = [idmanager.format_id("LIN", prefix_before + n) for n in range(1, count + 1)]
     assert [line.number for line in lines] == expected
     with tables.reader.connect() as connection:
@@ -175,7 +180,7 @@ async def test_orm_numbers_written_on_the_cursor_to_a_composite_key(
             .order_by(Line.__table__.c.line_no)
         ).all()
     assert [number for _line, number in stored] == expected
-    assert spied == ["LIN"]
+    assert spied == ([] if folded else ["LIN"])
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])

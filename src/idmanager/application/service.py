@@ -146,7 +146,8 @@ class SyncIdManagerService:
         return sequence_key(prefix, scope, on, self.options)
 
     @contextmanager
-    def _waiting(self) -> Iterator[None]:
+    def waiting(self) -> Iterator[None]:
+        """Wait at most the options' ``lock_timeout_ms`` for a sequence's lock in here."""
         timeout = self.options.lock_timeout_ms
         with nullcontext() if timeout is None else self.repository.waiting_at_most(timeout):
             yield
@@ -164,7 +165,7 @@ class SyncIdManagerService:
         """
         key = self.key(prefix, scope, on)
         check_count(count, self.options.max_count)
-        with self._waiting():
+        with self.waiting():
             if self.options.create_missing and self.repository.creates_while_allocating():
                 manager = self._allocate_creating(key, count, prefix)
             else:
@@ -471,7 +472,7 @@ class SyncIdManagerService:
         if dry_run:
             manager = self.repository.get(*key) or IdManager(key[1], key[0], format=fmt)
         else:
-            with self._waiting():
+            with self.waiting():
                 manager = self._locked(key, fmt, target_of, _template_of(prefix))
         previous, previous_id = manager.last_value, manager.latest_id
         manager.last_value = target_of(manager)
@@ -496,7 +497,7 @@ class SyncIdManagerService:
         )
 
     def _set_active(self, prefix: str, scope: str, on: date | None, active: bool) -> IdManager:
-        with self._waiting():
+        with self.waiting():
             manager = self._get(self.key(prefix, scope, on), for_update=True)
         if manager.is_active != active:
             manager.is_active = active
@@ -548,7 +549,7 @@ class SyncIdManagerService:
             if latest_id is not None:
                 manager.last_value = manager.reset_target(latest_id, force=force)
 
-        with self._waiting():
+        with self.waiting():
             manager = self._locked(
                 key, fmt or self.options.default_format, apply, _template_of(prefix)
             )

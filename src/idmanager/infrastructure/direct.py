@@ -119,6 +119,14 @@ def execute_on_cursor(
             cursor.executemany(statement.sql, [statement.bind(*row) for row in rows])
 
 
+def fetch_on_cursor(connection: Connection, statement: Statement, values: Sequence[Any]) -> Any:
+    """Run ``statement`` with ``values`` in ``connection``'s transaction, on its DB-API
+    cursor; return its first row (None: it had none)."""
+    with _cursor(connection) as cursor:
+        cursor.execute(statement.sql, statement.bind(*values))
+        return cursor.fetchone()
+
+
 @contextmanager
 def _cursor(connection: Connection) -> Iterator[Any]:
     """Yield a DB-API cursor of ``connection``; translate its failures as SQLAlchemy would.

@@ -11,13 +11,20 @@ from typing import Any, cast
 
 from sqlalchemy import (
     BigInteger,
+    Column,
+    ColumnElement,
     Executable,
+    FromClause,
     Integer,
+    Select,
     String,
     Table,
     Text,
     bindparam,
+    case,
     func,
+    literal_column,
+    null,
     select,
     update,
 )
@@ -123,6 +130,82 @@ def _allocate_remembering(allocate: Any) -> Executable:
     ).select_from(done)
     columns = ["owner", "idem_key", "fingerprint", "status", "answer"]
     return IDEMPOTENCY.insert().from_select(columns, row).returning(IDEMPOTENCY.c.answer)
+
+
+def _number(value: int) -> ColumnElement[int]:
+    return literal_column(str(value), BigInteger)
+
+
+def formatted_ids(source: FromClause, prefix: ColumnElement[str]) -> Select[Any]:
+    """Select, for each row of ``source`` (its columns ``last_value``, ``separator``,
+    ``letter_width``, ``digit_width``), the ID of ``prefix`` at ordinal ``last_value`` as
+    PostgreSQL writes it: what :func:`~..domain.format.format_id` writes, or NULL once the
+    letters have grown past ``letter_width`` (``ZZZ9999`` is followed by ``AAAA0001``: the
+    caller formats those). Its one column is ``id``.
+
+    The letters are the letter block in base 26, written with eight letters (a block below
+    ``26**letter_width`` has ``A`` for the rest) and cut to ``letter_width``.
+    """
+    s, one, text = source.c, _number(1), Text()
+    # Integers, whatever ``source`` says: ``//`` on integers is PostgreSQL's integer division.
+    n = sa_cast(s.last_value, BigInteger)
+    per_block = sa_cast(func.repeat(literal_column("'9'"), s.digit_width), BigInteger)
+    parts = select(
+        n.label("n"),
+        s.separator.label("sep"),
+        sa_cast(s.letter_width, Integer).label("lw"),
+        sa_cast(s.digit_width, Integer).label("dw"),
+        per_block.label("per"),
+        ((n - one) // per_block).label("block"),
+    ).subquery("idm_parts")
+    p, zero = parts.c, literal_column("'0'", String)
+    letters = func.concat(
+        *(
+            func.chr(sa_cast(_number(65) + p.block // _number(26**i) % _number(26), Integer))
+            for i in range(7, -1, -1)
+        )
+    )
+    digits = func.lpad(sa_cast((p.n - one) % p.per + one, text), p.dw, zero)
+    only_digits = case(
+        (p.n <= p.per, func.lpad(sa_cast(p.n, text), p.dw, zero)),
+        else_=sa_cast(p.n, text),  # past its width the number grows, as in Python
+    )
+    the_id = case(
+        (p.lw == literal_column("0"), func.concat(prefix, p.sep, only_digits)),
+        (
+            p.block < sa_cast(func.power(literal_column("26"), p.lw), BigInteger),
+            func.concat(prefix, p.sep, func.right(letters, p.lw), digits),
+        ),
+        else_=null(),
+    )
+    return select(the_id.label("id")).select_from(parts)
+
+
+def allocate_and_write(column: ColumnElement[Any], keys: list[Column[Any]]) -> Executable:
+    """Allocate one ID of a sequence and write it into ``column`` of one row, in ONE statement
+    (PostgreSQL's data-modifying CTEs): the ORM's numbering at commit.
+
+    Parameters: the allocation's (``count``, ``key_scope``, ``key_prefix``, ``room``), then
+    the row's key, ``_idm_pk0`` … for ``keys``. Its one row is the sequence's new state
+    (``last_value``, the format's three columns) and the ID written, NULL when PostgreSQL did
+    not write it (see :func:`formatted_ids`: the caller writes it). No row: no ID was
+    allocated (the sequence is missing, inactive or full), and nothing was written.
+    """
+    allocating: Any = named_statement("postgresql", "allocate_direct")
+    allocated = allocating.cte("idm_allocated")
+    a = allocated.c
+    the_id = formatted_ids(allocated, bindparam("key_prefix", type_=String)).cte("idm_id")
+    value = select(the_id.c.id).scalar_subquery()  # NULL: none allocated, or not written
+    written = (
+        update(cast(Table, column.table))
+        .where(*(c == bindparam(f"_idm_pk{i}") for i, c in enumerate(keys)))
+        .where(value.is_not(None))
+        .values({column: value})
+        .returning(column)
+        .cte("idm_written")
+    )
+    stored = select(*written.c).scalar_subquery()
+    return select(a.last_value, a.separator, a.letter_width, a.digit_width, stored)
 
 
 _STATEMENTS: dict[str, dict[str, Executable]] = {}
