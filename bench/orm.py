@@ -9,8 +9,9 @@ For scale, the same transaction written by hand on raw asyncpg (number at commit
 the machine allows, and the same ORM transaction with no numbering at all what the ORM
 allows. ``hold_times`` measures how long the sequence's row stays locked at commit, from the
 allocation statement to the end of COMMIT, one transaction at a time, and what runs in
-between: the Python calls from the allocation's reply to the write of the numbers (a count:
-free of noise), the write, the COMMIT.
+between: the Python calls from the allocation's reply to the next statement (a count: free of
+noise), the write of the numbers where it is a statement apart, the COMMIT. On PostgreSQL one
+document's number is allocated and written by one statement.
 
 Runs on a fresh PostgreSQL database on IDMANAGER_BENCH_PG (default 127.0.0.1:5432), dropped
 afterwards. ``python bench/orm.py`` prints the figures; ``main()`` also returns them.
@@ -193,13 +194,17 @@ async def measure(url: str, seconds: float = SECONDS) -> Figures:
 
 @dataclass(frozen=True)
 class HoldTimes:
-    """How long one commit holds the sequence's row, median over the transactions (ms)."""
+    """How long one commit holds the sequence's row, median over the transactions (ms).
+
+    On PostgreSQL one document's number is allocated and written by one statement: the
+    allocation then includes the write, and the write is 0.
+    """
 
     orm_total: float  # the allocation statement sent .. COMMIT done
     orm_allocation: float  # the allocation statement
-    orm_between: float  # its reply .. the write of the numbers sent (Python)
-    orm_write: float  # the write of the numbers
-    orm_commit: float  # the write's reply .. COMMIT done
+    orm_between: float  # its reply .. the next statement sent (the write, or COMMIT): Python
+    orm_write: float  # the write of the numbers, if apart
+    orm_commit: float  # COMMIT sent .. done
     orm_calls_between: float  # Python calls from the allocation's reply to the next statement
     by_hand_total: float  # raw asyncpg: the upsert sent .. COMMIT done
     transactions: int
@@ -210,7 +215,8 @@ def _statements_timed(
     marks: dict[str, float], counting: cProfile.Profile, now: Callable[[], float]
 ) -> Iterator[None]:
     """Mark when each statement of SQLAlchemy's asyncpg adapter is sent and answered, and
-    when COMMIT is done; profile the Python from the allocation's reply to the next statement.
+    when COMMIT is sent and done; profile the Python from the allocation's reply to the next
+    statement.
 
     At the DB-API cursor, below SQLAlchemy's cursor events: listening to those would take
     the allocation off the cursor (see ``direct.on_cursor``). For this benchmark only.
@@ -223,11 +229,14 @@ def _statements_timed(
     )
     counted = [False]
 
-    def sent(operation: str) -> None:
+    def next_sent(mark: str) -> None:
         if counted[0]:
             counting.disable()
             counted[0] = False
-        marks.setdefault("idm_sent" if "id_managers" in operation else "write_sent", now())
+        marks.setdefault(mark, now())
+
+    def sent(operation: str) -> None:
+        next_sent("idm_sent" if "id_managers" in operation else "write_sent")
 
     def answered(operation: str) -> None:
         if "id_managers" in operation and "idm_reply" not in marks:
@@ -249,6 +258,7 @@ def _statements_timed(
         return run
 
     def timed_commit(self: Any) -> None:
+        next_sent("commit_sent")
         try:
             commit(self)
         finally:
@@ -285,10 +295,11 @@ async def hold_times(url: str, n: int = 300) -> HoldTimes:
                     await session.commit()
                 if 30 <= i < n + 30:  # warmed up, not counted
                     sent, reply = marks["idm_sent"], marks["idm_reply"]
-                    write, written = marks["write_sent"], marks["write_reply"]
-                    done = marks["committed"]
+                    commit, done = marks["commit_sent"], marks["committed"]
+                    write = marks.get("write_sent", commit)  # none apart: the next is COMMIT
+                    written = marks.get("write_reply", write)
                     rows.append(
-                        (done - sent, reply - sent, write - reply, written - write, done - written)
+                        (done - sent, reply - sent, write - reply, written - write, done - commit)
                     )
         calls = pstats.Stats(counting).total_calls / (n // 3)
         by_hand = await _by_hand_hold(url, n)
@@ -353,7 +364,7 @@ def main(pg: str = PG, seconds: float = SECONDS) -> tuple[Figures, HoldTimes]:
     print(
         f"  the row locked at commit, median of {held.transactions} (ms): {held.orm_total:.2f} "
         f"(allocation {held.orm_allocation:.2f}, then {held.orm_between:.3f} of Python "
-        f"({held.orm_calls_between:.0f} calls), the write {held.orm_write:.2f}, COMMIT "
+        f"({held.orm_calls_between:.0f} calls), the write apart {held.orm_write:.2f}, COMMIT "
         f"{held.orm_commit:.2f}); by hand on asyncpg {held.by_hand_total:.2f}"
     )
     print(f"  (load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)")

@@ -593,10 +593,12 @@ def orm_runs() -> None:
     lock = "ORM at commit, the sequence's row locked (median, one at a time)"
     by_hand = record("orm", f"{lock}: by hand on asyncpg (ms)", held.by_hand_total, "ms")
     record("orm", f"{lock}: idmanager.orm (ms)", held.orm_total, "ms", by_hand)
-    record("orm", f"{lock}: the allocation statement (ms)", held.orm_allocation, "ms")
-    record("orm", f"{lock}: Python between it and the write (ms)", held.orm_between, "ms")
-    record("orm", f"{lock}: Python calls between it and the write", held.orm_calls_between, "calls")
-    record("orm", f"{lock}: the write of the numbers (ms)", held.orm_write, "ms")
+    record(
+        "orm", f"{lock}: the allocation statement, with the write (ms)", held.orm_allocation, "ms"
+    )
+    record("orm", f"{lock}: Python between it and the next statement (ms)", held.orm_between, "ms")
+    record("orm", f"{lock}: Python calls between it and the next", held.orm_calls_between, "calls")
+    record("orm", f"{lock}: a write of the numbers apart (ms)", held.orm_write, "ms")
     record("orm", f"{lock}: COMMIT (ms)", held.orm_commit, "ms")
 
 
