@@ -22,12 +22,13 @@ import pytest
 import sqlalchemy as sa
 from harness import Db, database_with, resolve
 from sqlalchemy import String
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
 import idmanager
 from idmanager import BusyError, IdFormat, ServiceOptions, format_id
 from idmanager.domain.format import MAX_ORDINAL
 from idmanager.infrastructure.database import sync_url
+from idmanager.infrastructure.models import IdempotencyModel, IdManagerAuditModel, IdManagerModel
 from idmanager.infrastructure.statements import formatted_ids
 from idmanager.orm import install, numbered
 
@@ -247,3 +248,31 @@ async def test_concurrent_commits_share_out_every_number_once(orm: Db, tenant: s
     numbers = stored(orm, tenant)
     assert len(numbers) == len(set(numbers))
     assert sorted(numbers) == [format_id("RCP", n) for n in range(1, len(numbers) + 1)]
+
+
+@POSTGRESQL
+@pytest.mark.parametrize("mode", ["sync"])
+async def test_sequences_on_another_engine_are_allocated_and_written_apart(
+    orm: Db, postgres_url: str, tenant: str
+) -> None:
+    """A session whose binds put IdManager's tables in another database: the allocation goes
+    there, the write of the number here, two statements (one cannot span two databases)."""
+    await configured(orm, tenant, IdFormat(), 500)  # a decoy: the same sequence, wrong database
+    elsewhere = idmanager.create_engine(postgres_url)
+    idm_models = (IdManagerModel, IdManagerAuditModel, IdempotencyModel)
+    binds: dict[Any, Any] = {model: elsewhere for model in idm_models}
+    sessions = sessionmaker(binds={**binds, Receipt: orm.engine}, expire_on_commit=False)
+    install(sessions)
+    try:
+        for _ in range(2):
+            with sessions() as session:
+                session.add(receipt := Receipt(tenant=tenant))
+                session.commit()
+    finally:
+        elsewhere.dispose()
+    assert receipt.number == "RCP-AAA0002"
+    assert stored(orm, tenant) == ["RCP-AAA0001", "RCP-AAA0002"]
+    assert orm.peek("RCP", tenant) == 500  # the decoy in the documents' database: untouched
+    with sa.create_engine(sync_url(postgres_url), poolclass=sa.pool.NullPool).connect() as c:
+        query = "SELECT last_value FROM id_managers WHERE scope = :s AND prefix = 'RCP'"
+        assert c.execute(sa.text(query), {"s": tenant}).scalar() == 2
