@@ -267,3 +267,19 @@ def database_with(databases: Any, backend: str, metadata: sa.MetaData) -> str:
         engine.dispose()
         _TABLES[key] = url
     return _TABLES[key]
+
+
+@asynccontextmanager
+async def numbering(
+    backend: str, mode: str, databases: Any, metadata: sa.MetaData
+) -> AsyncIterator[Db]:
+    """A harness on :func:`database_with`'s database for ``metadata``, its sessions numbering
+    the models (``idmanager.orm.install``)."""
+    from idmanager.orm import install
+
+    db = Db(backend, mode, database_with(databases, backend, metadata))
+    install(db.sessions)
+    try:
+        yield db
+    finally:
+        await db.dispose()

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from harness import Db, database_with, resolve
+from harness import Db, numbering, resolve
 from sqlalchemy import String, UniqueConstraint
 from sqlalchemy.exc import PendingRollbackError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -107,10 +107,8 @@ async def registered(db: Db, tenant: str, *prefixes: str) -> None:
 @pytest.fixture
 async def orm(backend: str, mode: str, databases: Any) -> AsyncIterator[Db]:
     """A harness on this module's database of ``backend``, its sessions numbering models."""
-    db = Db(backend, mode, database_with(databases, backend, Base.metadata))
-    install(db.sessions)
-    yield db
-    await db.dispose()
+    async with numbering(backend, mode, databases, Base.metadata) as db:
+        yield db
 
 
 @pytest.fixture

@@ -13,14 +13,13 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-import uuid
 import warnings
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from harness import Db, database_with, resolve
+from harness import Db, numbering, resolve
 from sqlalchemy import String
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
@@ -54,15 +53,9 @@ class Receipt(Base):
 
 @pytest.fixture
 async def orm(backend: str, mode: str, databases: Any) -> AsyncIterator[Db]:
-    db = Db(backend, mode, database_with(databases, backend, Base.metadata))
-    install(db.sessions)
-    yield db
-    await db.dispose()
-
-
-@pytest.fixture
-def tenant() -> str:
-    return f"t-{uuid.uuid4().hex[:12]}"
+    """A harness on this module's database, its sessions numbering the models."""
+    async with numbering(backend, mode, databases, Base.metadata) as db:
+        yield db
 
 
 async def configured(db: Db, tenant: str, fmt: IdFormat, latest: int) -> None:
@@ -146,13 +139,13 @@ def test_postgresql_writes_each_id_as_format_id_does(postgres_url: str) -> None:
 
 
 @POSTGRESQL
-async def test_one_statement_allocates_and_writes_a_row_s_number(orm: Db, tenant: str) -> None:
-    await configured(orm, tenant, IdFormat(), 41)
+async def test_one_statement_allocates_and_writes_a_row_s_number(orm: Db, scope: str) -> None:
+    await configured(orm, scope, IdFormat(), 41)
     with orm.statements() as seen, warnings.catch_warnings():
         warnings.simplefilter("error")  # SQLAlchemy's FROM linter: no cartesian product
-        numbers = await commit_receipts(orm, tenant, 2)
+        numbers = await commit_receipts(orm, scope, 2)
     assert numbers == ["RCP-AAA0042", "RCP-AAA0043"]
-    assert stored(orm, tenant) == numbers
+    assert stored(orm, scope) == numbers
     sequences = [s for s in seen if "id_managers" in s]
     # The engine is watched (a listener), so the statement went through SQLAlchemy.
     assert len(sequences) == 2 and all("UPDATE folded_receipts" in s for s in sequences)
@@ -171,14 +164,14 @@ async def test_one_statement_allocates_and_writes_a_row_s_number(orm: Db, tenant
     ],
 )
 async def test_letters_past_the_format_s_width_are_written_all_the_same(
-    orm: Db, tenant: str, fmt: IdFormat, latest: int, expected: list[str]
+    orm: Db, scope: str, fmt: IdFormat, latest: int, expected: list[str]
 ) -> None:
-    await configured(orm, tenant, fmt, latest)
+    await configured(orm, scope, fmt, latest)
     with orm.statements() as seen:
-        numbers = await commit_receipts(orm, tenant, 3)
+        numbers = await commit_receipts(orm, scope, 3)
     assert numbers == expected
-    assert stored(orm, tenant) == expected
-    assert orm.peek("RCP", tenant) == latest + 3
+    assert stored(orm, scope) == expected
+    assert orm.peek("RCP", scope) == latest + 3
     # Past the width PostgreSQL writes nothing: the number's own UPDATE follows.
     written_apart = [s for s in seen if s.startswith("UPDATE folded_receipts")]
     assert len(written_apart) == (2 if fmt.letter_width else 0), seen
@@ -186,33 +179,33 @@ async def test_letters_past_the_format_s_width_are_written_all_the_same(
 
 @POSTGRESQL
 async def test_a_first_use_creates_the_sequence_and_an_inactive_one_refuses(
-    orm: Db, tenant: str
+    orm: Db, scope: str
 ) -> None:
-    assert await commit_receipts(orm, tenant, 2) == ["RCP-AAA0001", "RCP-AAA0002"]
+    assert await commit_receipts(orm, scope, 2) == ["RCP-AAA0001", "RCP-AAA0002"]
     await resolve(
-        orm.use_cases().run(lambda s: s.configure_prefix("RCP", scope=tenant, is_active=False))
+        orm.use_cases().run(lambda s: s.configure_prefix("RCP", scope=scope, is_active=False))
     )
     async with orm.session() as h:
-        h.session.add(Receipt(tenant=tenant))
+        h.session.add(Receipt(tenant=scope))
         with pytest.raises(idmanager.PrefixInactiveError):
             await h.commit()
         await h.rollback()
-    assert stored(orm, tenant) == ["RCP-AAA0001", "RCP-AAA0002"]
-    assert orm.peek("RCP", tenant) == 2
+    assert stored(orm, scope) == ["RCP-AAA0001", "RCP-AAA0002"]
+    assert orm.peek("RCP", scope) == 2
 
 
 @POSTGRESQL
-async def test_the_lock_timeout_bounds_the_wait_at_commit(orm: Db, tenant: str) -> None:
+async def test_the_lock_timeout_bounds_the_wait_at_commit(orm: Db, scope: str) -> None:
     """With ``lock_timeout_ms``, a commit that finds the sequence held by another transaction
     gives up after that long (``BusyError``), and nothing is written."""
-    await commit_receipts(orm, tenant, 1)
+    await commit_receipts(orm, scope, 1)
     sessions = type(orm.sessions)(orm.engine, expire_on_commit=False)  # numbered on its own
     install(sessions, ServiceOptions(lock_timeout_ms=300))
     impatient = sessions()
     async with orm.session() as holder:
-        assert await holder.service.generate_id("RCP", scope=tenant) == "RCP-AAA0002"
+        assert await holder.service.generate_id("RCP", scope=scope) == "RCP-AAA0002"
         try:
-            impatient.add(Receipt(tenant=tenant))
+            impatient.add(Receipt(tenant=scope))
             began = time.monotonic()
             with pytest.raises(BusyError):
                 await resolve(impatient.commit())
@@ -222,21 +215,21 @@ async def test_the_lock_timeout_bounds_the_wait_at_commit(orm: Db, tenant: str) 
             await resolve(impatient.close())
         await holder.commit()
     assert 0.25 <= waited < 2.0, waited
-    assert await commit_receipts(orm, tenant, 1) == ["RCP-AAA0003"]
+    assert await commit_receipts(orm, scope, 1) == ["RCP-AAA0003"]
 
 
 @POSTGRESQL
 @pytest.mark.parametrize("mode", ["async"])
-async def test_concurrent_commits_share_out_every_number_once(orm: Db, tenant: str) -> None:
+async def test_concurrent_commits_share_out_every_number_once(orm: Db, scope: str) -> None:
     """16 tasks committing one receipt at a time, a fifth of them rolled back: the committed
     numbers are unique and have no gaps."""
-    await commit_receipts(orm, tenant, 1)  # create the sequence first
+    await commit_receipts(orm, scope, 1)  # create the sequence first
     rng = random.Random(7)
 
     async def task() -> None:
         for _ in range(15):
             async with orm.sessions() as session:
-                session.add(Receipt(tenant=tenant))
+                session.add(Receipt(tenant=scope))
                 await session.flush()
                 await asyncio.sleep(rng.random() / 500)
                 if rng.random() < 0.2:
@@ -245,7 +238,7 @@ async def test_concurrent_commits_share_out_every_number_once(orm: Db, tenant: s
                     await session.commit()
 
     await asyncio.gather(*(task() for _ in range(16)))
-    numbers = stored(orm, tenant)
+    numbers = stored(orm, scope)
     assert len(numbers) == len(set(numbers))
     assert sorted(numbers) == [format_id("RCP", n) for n in range(1, len(numbers) + 1)]
 
@@ -253,11 +246,11 @@ async def test_concurrent_commits_share_out_every_number_once(orm: Db, tenant: s
 @POSTGRESQL
 @pytest.mark.parametrize("mode", ["sync"])
 async def test_sequences_on_another_engine_are_allocated_and_written_apart(
-    orm: Db, postgres_url: str, tenant: str
+    orm: Db, postgres_url: str, scope: str
 ) -> None:
     """A session whose binds put IdManager's tables in another database: the allocation goes
     there, the write of the number here, two statements (one cannot span two databases)."""
-    await configured(orm, tenant, IdFormat(), 500)  # a decoy: the same sequence, wrong database
+    await configured(orm, scope, IdFormat(), 500)  # a decoy: the same sequence, wrong database
     elsewhere = idmanager.create_engine(postgres_url)
     idm_models = (IdManagerModel, IdManagerAuditModel, IdempotencyModel)
     binds: dict[Any, Any] = {model: elsewhere for model in idm_models}
@@ -266,13 +259,13 @@ async def test_sequences_on_another_engine_are_allocated_and_written_apart(
     try:
         for _ in range(2):
             with sessions() as session:
-                session.add(receipt := Receipt(tenant=tenant))
+                session.add(receipt := Receipt(tenant=scope))
                 session.commit()
     finally:
         elsewhere.dispose()
     assert receipt.number == "RCP-AAA0002"
-    assert stored(orm, tenant) == ["RCP-AAA0001", "RCP-AAA0002"]
-    assert orm.peek("RCP", tenant) == 500  # the decoy in the documents' database: untouched
+    assert stored(orm, scope) == ["RCP-AAA0001", "RCP-AAA0002"]
+    assert orm.peek("RCP", scope) == 500  # the decoy in the documents' database: untouched
     with sa.create_engine(sync_url(postgres_url), poolclass=sa.pool.NullPool).connect() as c:
         query = "SELECT last_value FROM id_managers WHERE scope = :s AND prefix = 'RCP'"
-        assert c.execute(sa.text(query), {"s": tenant}).scalar() == 2
+        assert c.execute(sa.text(query), {"s": scope}).scalar() == 2
