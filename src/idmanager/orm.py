@@ -233,11 +233,25 @@ class _Numberer:
     def _key(self, obj: object, numbered: _Numbered) -> Key:
         return numbered.numbering.key(obj, self.options.fiscal_year_start)
 
-    def _allocate(self, session: Session, groups: dict[Key, list[T]]) -> Iterator[tuple[T, str]]:
-        """Yield each item of each group with its ID, one allocation statement per group."""
-        service = SyncIdManagerService(IdManagerRepositoryImpl(session), self.options)
+    def _service(self, session: Session) -> SyncIdManagerService:
+        return SyncIdManagerService(IdManagerRepositoryImpl(session), self.options)
+
+    @staticmethod
+    def _allocate(
+        service: SyncIdManagerService,
+        groups: dict[Key, list[T]],
+        alone: Callable[[Key, T], str | None] | None = None,
+    ) -> Iterator[tuple[T, str]]:
+        """Yield each item of each group with its ID, one allocation statement per group; a
+        group of one item is first offered to ``alone``, which may number it itself."""
         # Always in the same order, so two sessions never lock two sequences crosswise.
-        for (scope, prefix), items in sorted(groups.items()):
+        for key, items in sorted(groups.items()):
+            if alone is not None and len(items) == 1:
+                value = alone(key, items[0])
+                if value is not None:
+                    yield items[0], value
+                    continue
+            scope, prefix = key
             ids = service.generate_range(prefix, len(items), scope=scope)
             yield from zip(items, ids, strict=True)
 
@@ -256,7 +270,7 @@ class _Numberer:
                     tracked.at_commit.append((obj, numbered))
                 else:
                     groups[self._key(obj, numbered)].append((obj, numbered))
-        for (obj, numbered), value in self._allocate(session, groups):
+        for (obj, numbered), value in self._allocate(self._service(session), groups):
             setattr(obj, numbered.key, value)
             tracked.assigned.append((obj, numbered.key))
 
@@ -297,26 +311,27 @@ class _Numberer:
             numbered: session.connection(bind_arguments={"clause": numbered.update})
             for numbered in rows
         }
-        service = SyncIdManagerService(IdManagerRepositoryImpl(session), self.options)
+        service = self._service(session)
         folding = _folding(session, connections)
+
+        def alone(key: Key, item: tuple[object, _Numbered, list[Any]]) -> str | None:
+            """On PostgreSQL, allocate one row's ID and write it in one statement."""
+            _obj, numbered, row = item
+            if numbered not in folding:
+                return None
+            value, stored = self._allocate_writing(
+                service, connections[numbered], numbered, row, key
+            )
+            if stored:
+                rows[numbered].remove(row)
+            return value
+
         # From the first allocation to COMMIT the sequences are locked: in between, only the
-        # numbers, and one write of them per column. On PostgreSQL a sequence that numbers
-        # one row allocates and writes it in one statement.
-        for key, items in sorted(groups.items()):
-            if len(items) == 1 and items[0][1] in folding:
-                obj, numbered, row = items[0]
-                value, stored = self._allocate_writing(
-                    service, connections[numbered], numbered, row, key
-                )
-                if stored:
-                    rows[numbered].remove(row)
-                tracked.written.append((obj, numbered.key, value))
-                continue
-            scope, prefix = key
-            ids = service.generate_range(prefix, len(items), scope=scope)
-            for (obj, numbered, row), value in zip(items, ids, strict=True):
-                row[0] = value
-                tracked.written.append((obj, numbered.key, value))
+        # numbers, and one write of them per column (on PostgreSQL a sequence numbering one
+        # row writes it with its allocation).
+        for (obj, numbered, row), value in self._allocate(service, groups, alone):
+            row[0] = value
+            tracked.written.append((obj, numbered.key, value))
         for numbered, values in rows.items():
             if not values:
                 continue
@@ -337,7 +352,7 @@ class _Numberer:
         key: Key,
     ) -> tuple[str, bool]:
         """Allocate ``row``'s ID and write it, in one statement; return the ID and whether
-        it is written (if not, ``row`` holds it for the write of the numbers)."""
+        it is written (if not, the write of the numbers writes it)."""
         scope, prefix = service.key(key[1], key[0])  # refused as an allocation refuses it
         values = (1, scope, prefix, MAX_ORDINAL - 1, *row[1:])
         watch_commit(connection)  # as the repository does for its own statements
@@ -353,14 +368,12 @@ class _Numberer:
         if found is None:
             # Nothing allocated, nothing written: the sequence is missing (the service creates
             # it, if the options let it), inactive or full (it says so).
-            row[0] = service.generate_range(prefix, 1, scope=scope)[0]
-            return row[0], False
+            return service.generate_range(prefix, 1, scope=scope)[0], False
         last_value, separator, letter_width, digit_width, stored = found
         if stored is not None:
             return str(stored), True
         # Its letters grew past the format's width: PostgreSQL left it to Python to write.
-        row[0] = format_id(prefix, last_value, IdFormat(separator, letter_width, digit_width))
-        return row[0], False
+        return format_id(prefix, last_value, IdFormat(separator, letter_width, digit_width)), False
 
     def after_commit(self, session: Session) -> None:
         """Show the at-commit numbers on the objects; the rest is permanent now."""
