@@ -37,6 +37,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from internals import tasks_rate
+
 BENCH = Path(__file__).resolve().parent
 SECONDS = float(os.environ.get("IDMANAGER_BENCH_SECONDS", "3"))
 ROUNDS = 3  # alternating rounds per pair, SECONDS / ROUNDS each
@@ -77,22 +79,6 @@ async def _alternate(
     return statistics.median(without), statistics.median(keyed)
 
 
-async def _tasks_rate(tasks: int, seconds: float, one: Callable[[], Awaitable[None]]) -> float:
-    """Return calls per second of ``tasks`` tasks calling ``one()`` for ``seconds``."""
-    done = 0
-    stop = time.perf_counter() + seconds
-
-    async def task() -> None:
-        nonlocal done
-        while time.perf_counter() < stop:
-            await one()
-            done += 1
-
-    began = time.perf_counter()
-    await asyncio.gather(*(task() for _ in range(tasks)))
-    return done / (time.perf_counter() - began)
-
-
 # -- the library ----------------------------------------------------------------------------------
 
 
@@ -113,7 +99,7 @@ async def library(url: str, tasks: int) -> Pair:
             await use_cases.allocate(hot)
 
     async def rate(keyed: bool, seconds: float) -> float:
-        return await _tasks_rate(tasks, seconds, lambda: one(keyed))
+        return await tasks_rate(tasks, seconds, lambda: one(keyed))
 
     try:
         without, keyed = await _alternate(rate)
@@ -151,7 +137,7 @@ async def raw(url: str, tasks: int) -> Pair | None:
                 await connection.fetchrow(unkeyed_sql, *unkeyed_args(hot))
 
     async def rate(keyed: bool, seconds: float) -> float:
-        return await _tasks_rate(tasks, seconds, lambda: one(keyed))
+        return await tasks_rate(tasks, seconds, lambda: one(keyed))
 
     try:
         without, keyed = await _alternate(rate)

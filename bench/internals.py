@@ -8,7 +8,9 @@ name moves, this file is the one to update.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from sqlalchemy.dialects import sqlite
@@ -161,3 +163,19 @@ def route_parameters() -> dict[str, Any]:
     from idmanager.api.deps import GenerateAccess
 
     return {"GenerateAccess": GenerateAccess}
+
+
+async def tasks_rate(tasks: int, seconds: float, one: Callable[[], Awaitable[object]]) -> float:
+    """Return calls per second of ``tasks`` asyncio tasks calling ``one()`` for ``seconds``."""
+    done = 0
+    stop = time.perf_counter() + seconds
+
+    async def task() -> None:
+        nonlocal done
+        while time.perf_counter() < stop:
+            await one()
+            done += 1
+
+    began = time.perf_counter()
+    await asyncio.gather(*(task() for _ in range(tasks)))
+    return done / (time.perf_counter() - began)

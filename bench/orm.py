@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
+from internals import tasks_rate
 from sqlalchemy import String
 from sqlalchemy.dialects.postgresql.asyncpg import (
     AsyncAdapt_asyncpg_connection,
@@ -111,18 +112,7 @@ class Figures:
 
 async def in_a_loop(transaction: Callable[[], Awaitable[object]], seconds: float) -> float:
     """Run CLIENTS tasks repeating ``transaction`` for ``seconds``; return commits per second."""
-    done = 0
-    stop = time.perf_counter() + seconds
-
-    async def client() -> None:
-        nonlocal done
-        while time.perf_counter() < stop:
-            await transaction()
-            done += 1
-
-    start = time.perf_counter()
-    await asyncio.gather(*(client() for _ in range(CLIENTS)))
-    return done / (time.perf_counter() - start)
+    return await tasks_rate(CLIENTS, seconds, transaction)
 
 
 def orm_transaction(
