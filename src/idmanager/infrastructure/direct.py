@@ -99,11 +99,8 @@ def allocate_on_cursor(
 
     The sequence's new state, or None when no row was allocated (missing, inactive, full).
     """
-    statement = _allocating(connection.dialect)
-    params = statement.bind(count, scope, prefix, MAX_ORDINAL - count)
-    with _cursor(connection) as cursor:
-        cursor.execute(statement.sql, params)
-        row = cursor.fetchone()
+    values = (count, scope, prefix, MAX_ORDINAL - count)
+    row = fetch_on_cursor(connection, _allocating(connection.dialect), values)
     return None if row is None else _manager(scope, prefix, row)
 
 
