@@ -30,6 +30,7 @@ from __future__ import annotations
 import weakref
 from collections import defaultdict
 from collections.abc import Callable, Iterator
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias, TypeVar, cast
 
@@ -41,10 +42,10 @@ from sqlalchemy.orm import Mapper, Session, SessionTransaction, scoped_session, 
 from sqlalchemy.orm.attributes import set_committed_value
 
 from .application.options import DEFAULT_OPTIONS, ServiceOptions
-from .application.service import SyncIdManagerService
+from .application.service import SyncIdManagerService, sequence_key
 from .domain.errors import InvalidInputError
 from .domain.format import MAX_ORDINAL, IdFormat, format_id
-from .domain.period import resolve_prefix
+from .domain.period import is_template, resolve_prefix
 from .infrastructure.direct import execute_on_cursor, fetch_on_cursor, on_cursor
 from .infrastructure.errors import translate_errors, watch_commit
 from .infrastructure.models import IdManagerModel
@@ -78,11 +79,19 @@ class Numbering:
     date_from: Source = None
 
     def key(self, obj: object, fiscal_year_start: int) -> Key:
-        """Return the sequence that numbers ``obj``: its scope and its resolved prefix."""
-        on = _read(obj, self.date_from)
-        prefix = resolve_prefix(self.prefix, on, fiscal_year_start=fiscal_year_start)
+        """Return the sequence that numbers ``obj``: its scope and its resolved prefix,
+        validated.
+
+        Raises:
+            InvalidPrefixError, InvalidScopeError: naming what is wrong.
+        """
+        prefix = self.prefix
+        if is_template(prefix):
+            on = _read(obj, self.date_from)
+            prefix = resolve_prefix(prefix, on, fiscal_year_start=fiscal_year_start)
         scope = _read(obj, self.scope_from)
-        return "" if scope is None else str(scope), prefix  # a tenant id may be a number
+        # A tenant id may be a number. A plain prefix's key is checked once (cached).
+        return sequence_key(prefix, "" if scope is None else str(scope), None)
 
 
 def numbered(
@@ -236,14 +245,15 @@ class _Numberer:
     def _service(self, session: Session) -> SyncIdManagerService:
         return SyncIdManagerService(IdManagerRepositoryImpl(session), self.options)
 
-    @staticmethod
     def _allocate(
-        service: SyncIdManagerService,
+        self,
+        session: Session,
         groups: dict[Key, list[T]],
         alone: Callable[[Key, T], str | None] | None = None,
     ) -> Iterator[tuple[T, str]]:
         """Yield each item of each group with its ID, one allocation statement per group; a
         group of one item is first offered to ``alone``, which may number it itself."""
+        service = None
         # Always in the same order, so two sessions never lock two sequences crosswise.
         for key, items in sorted(groups.items()):
             if alone is not None and len(items) == 1:
@@ -252,27 +262,33 @@ class _Numberer:
                     yield items[0], value
                     continue
             scope, prefix = key
+            service = service or self._service(session)
             ids = service.generate_range(prefix, len(items), scope=scope)
             yield from zip(items, ids, strict=True)
 
     def before_flush(self, session: Session, _context: Any, _instances: Any) -> None:
         """Number the new objects (early), and remember those numbered at commit."""
-        if not session.new:
+        new = session.new
+        if not new:
             return
-        tracked = _tracked(session)
         groups: dict[Key, list[tuple[object, _Numbered]]] = defaultdict(list)
-        for state in sorted(map(inspect, session.new), key=lambda s: s.insert_order):
+        states: Iterator[Any] = map(inspect, new)
+        if len(new) > 1:
+            states = iter(sorted(states, key=lambda s: s.insert_order))
+        for state in states:
             for numbered in _numbered_columns(state.mapper):
                 if state.dict.get(numbered.key) is not None:
                     continue  # given by the caller: an import or a migration
                 obj = state.obj()
                 if numbered.update is not None:
-                    tracked.at_commit.append((obj, numbered))
+                    _tracked(session).at_commit.append((obj, numbered))
                 else:
                     groups[self._key(obj, numbered)].append((obj, numbered))
-        for (obj, numbered), value in self._allocate(self._service(session), groups):
-            setattr(obj, numbered.key, value)
-            tracked.assigned.append((obj, numbered.key))
+        if groups:
+            assigned = _tracked(session).assigned
+            for (obj, numbered), value in self._allocate(session, groups):
+                setattr(obj, numbered.key, value)
+                assigned.append((obj, numbered.key))
 
     def before_commit(self, session: Session) -> None:
         """Flush, then number the rows waiting for it and update them in bulk, last."""
@@ -311,7 +327,6 @@ class _Numberer:
             numbered: session.connection(bind_arguments={"clause": numbered.update})
             for numbered in rows
         }
-        service = self._service(session)
         folding = _folding(session, connections)
 
         def alone(key: Key, item: tuple[object, _Numbered, list[Any]]) -> str | None:
@@ -320,7 +335,7 @@ class _Numberer:
             if numbered not in folding:
                 return None
             value, stored = self._allocate_writing(
-                service, connections[numbered], numbered, row, key
+                session, connections[numbered], numbered, row, key
             )
             if stored:
                 rows[numbered].remove(row)
@@ -329,7 +344,7 @@ class _Numberer:
         # From the first allocation to COMMIT the sequences are locked: in between, only the
         # numbers, and one write of them per column (on PostgreSQL a sequence numbering one
         # row writes it with its allocation).
-        for (obj, numbered, row), value in self._allocate(service, groups, alone):
+        for (obj, numbered, row), value in self._allocate(session, groups, alone):
             row[0] = value
             tracked.written.append((obj, numbered.key, value))
         for numbered, values in rows.items():
@@ -343,9 +358,9 @@ class _Numberer:
                 params = [dict(zip(names, v, strict=True)) for v in values]
                 connection.execute(cast(Update, numbered.update), params)
 
-    @staticmethod
     def _allocate_writing(
-        service: SyncIdManagerService,
+        self,
+        session: Session,
         connection: Connection,
         numbered: _Numbered,
         row: list[Any],
@@ -353,10 +368,11 @@ class _Numberer:
     ) -> tuple[str, bool]:
         """Allocate ``row``'s ID and write it, in one statement; return the ID and whether
         it is written (if not, the write of the numbers writes it)."""
-        scope, prefix = service.key(key[1], key[0])  # refused as an allocation refuses it
+        scope, prefix = key  # validated
         values = (1, scope, prefix, MAX_ORDINAL - 1, *row[1:])
         watch_commit(connection)  # as the repository does for its own statements
-        with service.waiting():
+        timeout = self.options.lock_timeout_ms
+        with nullcontext() if timeout is None else self._service(session).waiting():
             if on_cursor(connection):
                 found = fetch_on_cursor(
                     connection, numbered.folded_statement(connection.dialect), values
@@ -368,7 +384,7 @@ class _Numberer:
         if found is None:
             # Nothing allocated, nothing written: the sequence is missing (the service creates
             # it, if the options let it), inactive or full (it says so).
-            return service.generate_range(prefix, 1, scope=scope)[0], False
+            return self._service(session).generate_range(prefix, 1, scope=scope)[0], False
         last_value, separator, letter_width, digit_width, stored = found
         if stored is not None:
             return str(stored), True
@@ -413,17 +429,15 @@ def _take_back(
     return kept
 
 
-_SEQUENCES = {"mapper": IdManagerModel}
-
-
 def _folding(session: Session, connections: dict[_Numbered, Connection]) -> set[_Numbered]:
     """Return the numbered columns whose one row may be allocated and written in one
     statement: on PostgreSQL, where the sequences are on the same connection."""
     found = {n for n, c in connections.items() if c.dialect.name == "postgresql"}
     if not found:
         return found
-    sequences = session.connection(bind_arguments=_SEQUENCES)
-    return {n for n in found if connections[n] is sequences}
+    # The session's connection to an engine (or the connection it was bound to).
+    sequences = session.get_bind(IdManagerModel)
+    return {n for n in found if sequences in (connections[n], connections[n].engine)}
 
 
 _EVENTS = (

@@ -8,8 +8,8 @@ greenlet bridge (or directly, for a sync session).
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Coroutine, Iterator
-from contextlib import contextmanager, nullcontext
+from collections.abc import Callable, Coroutine
+from contextlib import AbstractContextManager, nullcontext
 from datetime import UTC, date, datetime
 from functools import lru_cache, partial
 from typing import Any, Concatenate, ParamSpec, TypeVar
@@ -145,12 +145,10 @@ class SyncIdManagerService:
         """Return the validated ``(scope, prefix)`` of a sequence, resolving a template."""
         return sequence_key(prefix, scope, on, self.options)
 
-    @contextmanager
-    def waiting(self) -> Iterator[None]:
+    def waiting(self) -> AbstractContextManager[None]:
         """Wait at most the options' ``lock_timeout_ms`` for a sequence's lock in here."""
         timeout = self.options.lock_timeout_ms
-        with nullcontext() if timeout is None else self.repository.waiting_at_most(timeout):
-            yield
+        return nullcontext() if timeout is None else self.repository.waiting_at_most(timeout)
 
     # -- allocation -------------------------------------------------------------------------
 

@@ -85,11 +85,14 @@ def on_cursor(connection: Connection) -> bool:
     that logs its statements (``echo``) or listens to them (tracing) keeps SQLAlchemy's path.
     """
     dialect = connection.dialect
-    if dialect.name not in ("postgresql", "sqlite"):
-        return False  # MySQL: no RETURNING on UPDATE
+    if dialect.name not in ("postgresql", "sqlite") or getattr(connection, "_echo", True):
+        return False  # MySQL: no RETURNING on UPDATE; echo: SQLAlchemy logs its statements
+    # SQLAlchemy's own gate before it looks at a connection's listeners (looking builds
+    # them, on every new connection).
+    if not (getattr(connection, "_has_events", True) or connection.engine._has_events):
+        return True
     dispatch = connection.dispatch
-    echo = getattr(connection, "_echo", True)
-    return not (echo or dispatch.before_cursor_execute or dispatch.after_cursor_execute)
+    return not (dispatch.before_cursor_execute or dispatch.after_cursor_execute)
 
 
 def allocate_on_cursor(
