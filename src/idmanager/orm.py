@@ -210,7 +210,7 @@ def _numbered_columns(mapper: Mapper[Any]) -> tuple[_Numbered, ...]:
     return found
 
 
-@dataclass
+@dataclass(slots=True)
 class _Tracked:
     """What the numberer did in the session's current transaction (held in ``session.info``)."""
 

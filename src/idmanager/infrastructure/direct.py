@@ -122,19 +122,24 @@ def execute_on_cursor(
 def fetch_on_cursor(connection: Connection, statement: Statement, values: Sequence[Any]) -> Any:
     """Run ``statement`` with ``values`` in ``connection``'s transaction, on its DB-API
     cursor; return its first row (None: it had none)."""
-    with _cursor(connection) as cursor:
-        cursor.execute(statement.sql, statement.bind(*values))
-        return cursor.fetchone()
+    # Not `with _cursor(...)`: this runs in every ORM commit, while a sequence is locked.
+    try:
+        cursor = connection.connection.cursor()
+        try:
+            cursor.execute(statement.sql, statement.bind(*values))
+            return cursor.fetchone()
+        finally:
+            cursor.close()
+    except BaseException as exc:
+        error = _cursor_failed(connection, exc)
+        if error is None:
+            raise
+        raise error from exc
 
 
 @contextmanager
 def _cursor(connection: Connection) -> Iterator[Any]:
-    """Yield a DB-API cursor of ``connection``; translate its failures as SQLAlchemy would.
-
-    A lost connection is invalidated, with the pool's older connections, as SQLAlchemy does
-    on a disconnect; a cancellation mid-statement leaves the connection in an unknown state:
-    invalidated too.
-    """
+    """Yield a DB-API cursor of ``connection``; translate its failures (:func:`_cursor_failed`)."""
     try:
         cursor = connection.connection.cursor()
         try:
@@ -142,16 +147,28 @@ def _cursor(connection: Connection) -> Iterator[Any]:
         finally:
             cursor.close()
     except BaseException as exc:
-        errors = _errors_of(connection.dialect)
-        lost = isinstance(exc, errors) and classify(exc) is Failure.UNAVAILABLE
-        if (lost or not isinstance(exc, Exception)) and not connection.invalidated:
-            error = exc if isinstance(exc, Exception) else None
-            if lost:
-                connection.engine.pool._invalidate(connection.connection, error, _checkin=False)
-            connection.invalidate(error)
-        if isinstance(exc, errors):
-            raise as_domain_error(exc) from exc
-        raise
+        error = _cursor_failed(connection, exc)
+        if error is None:
+            raise
+        raise error from exc
+
+
+def _cursor_failed(connection: Connection, exc: BaseException) -> Exception | None:
+    """Deal with a failure of ``connection``'s cursor as SQLAlchemy would; return the domain
+    error to raise for it (None: raise it as it is).
+
+    A lost connection is invalidated, with the pool's older connections, as SQLAlchemy does
+    on a disconnect; a cancellation mid-statement leaves the connection in an unknown state:
+    invalidated too.
+    """
+    errors = _errors_of(connection.dialect)
+    lost = isinstance(exc, errors) and classify(exc) is Failure.UNAVAILABLE
+    if (lost or not isinstance(exc, Exception)) and not connection.invalidated:
+        error = exc if isinstance(exc, Exception) else None
+        if lost:
+            connection.engine.pool._invalidate(connection.connection, error, _checkin=False)
+        connection.invalidate(error)
+    return as_domain_error(exc) if isinstance(exc, errors) else None
 
 
 def _errors_of(dialect: Dialect) -> tuple[type[BaseException], ...]:
