@@ -578,7 +578,7 @@ def orm_runs() -> None:
     try:
         import orm  # written beside this file; a failure there must not lose the rest
 
-        figures, held = orm.main(PG, min(SECONDS, orm.SECONDS))
+        figures, held = orm.main(PG, orm.SECONDS)  # rounds of a second: see orm.ROUNDS
     except Exception as exc:
         print(f"  bench/orm.py failed: {type(exc).__name__}: {exc}")
         report.NOTES["orm"] = f"The ORM benchmark (bench/orm.py) failed: {type(exc).__name__}."
