@@ -29,9 +29,9 @@ import sqlite3
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager, suppress
-from typing import Any
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import suppress
+from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, event
 from sqlalchemy.engine import Dialect
@@ -51,6 +51,7 @@ ASYNC_DRIVERS = ("asyncpg", "aiosqlite")
 _ALLOCATE = ("count", "key_scope", "key_prefix", "room")
 _REMEMBERING = (*_ALLOCATE, "owner", "idem_key", "fingerprint", "status")
 _FORMATS: dict[tuple[str, int, int], IdFormat] = {}
+T = TypeVar("T")
 
 # Bumped in a child process after fork: a connection of the parent is never used there.
 _forks = 0
@@ -112,38 +113,38 @@ def execute_on_cursor(
 ) -> None:
     """Run ``statement`` once per row of values, in ``connection``'s transaction, on its
     DB-API cursor (one row: a plain execute; more: the driver's executemany)."""
-    with _cursor(connection) as cursor:
+
+    def execute(cursor: Any) -> None:
         if len(rows) == 1:
             cursor.execute(statement.sql, statement.bind(*rows[0]))
         else:
             cursor.executemany(statement.sql, [statement.bind(*row) for row in rows])
 
+    _with_cursor(connection, execute)
+
 
 def fetch_on_cursor(connection: Connection, statement: Statement, values: Sequence[Any]) -> Any:
     """Run ``statement`` with ``values`` in ``connection``'s transaction, on its DB-API
     cursor; return its first row (None: it had none)."""
-    # Not `with _cursor(...)`: this runs in every ORM commit, while a sequence is locked.
+
+    def fetch(cursor: Any) -> Any:
+        cursor.execute(statement.sql, statement.bind(*values))
+        return cursor.fetchone()
+
+    return _with_cursor(connection, fetch)
+
+
+def _with_cursor(connection: Connection, run: Callable[[Any], T]) -> T:
+    """Return ``run`` called with a DB-API cursor of ``connection``; translate its failures
+    (:func:`_cursor_failed`).
+
+    A function, not a context manager: it runs in every ORM commit, while a sequence is
+    locked, and a generator's context manager costs more than the rest of it.
+    """
     try:
         cursor = connection.connection.cursor()
         try:
-            cursor.execute(statement.sql, statement.bind(*values))
-            return cursor.fetchone()
-        finally:
-            cursor.close()
-    except BaseException as exc:
-        error = _cursor_failed(connection, exc)
-        if error is None:
-            raise
-        raise error from exc
-
-
-@contextmanager
-def _cursor(connection: Connection) -> Iterator[Any]:
-    """Yield a DB-API cursor of ``connection``; translate its failures (:func:`_cursor_failed`)."""
-    try:
-        cursor = connection.connection.cursor()
-        try:
-            yield cursor
+            return run(cursor)
         finally:
             cursor.close()
     except BaseException as exc:
