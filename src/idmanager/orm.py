@@ -371,6 +371,7 @@ class _Numberer:
         scope, prefix = key  # validated
         values = (1, scope, prefix, MAX_ORDINAL - 1, *row[1:])
         watch_commit(connection)  # as the repository does for its own statements
+        # The service's ``waiting()``, without making a service when there is no timeout.
         timeout = self.options.lock_timeout_ms
         with nullcontext() if timeout is None else self._service(session).waiting():
             if on_cursor(connection):

@@ -136,10 +136,12 @@ def fetch_on_cursor(connection: Connection, statement: Statement, values: Sequen
 
 def _with_cursor(connection: Connection, run: Callable[[Any], T]) -> T:
     """Return ``run`` called with a DB-API cursor of ``connection``; translate its failures
-    (:func:`_cursor_failed`).
+    as SQLAlchemy would.
 
-    A function, not a context manager: it runs in every ORM commit, while a sequence is
-    locked, and a generator's context manager costs more than the rest of it.
+    A lost connection is invalidated, with the pool's older connections, as SQLAlchemy does
+    on a disconnect; a cancellation mid-statement leaves the connection in an unknown state:
+    invalidated too. A function, not a context manager: it runs in every ORM commit, while a
+    sequence is locked, and a generator's context manager costs more than the rest of it.
     """
     try:
         cursor = connection.connection.cursor()
@@ -148,28 +150,16 @@ def _with_cursor(connection: Connection, run: Callable[[Any], T]) -> T:
         finally:
             cursor.close()
     except BaseException as exc:
-        error = _cursor_failed(connection, exc)
-        if error is None:
-            raise
-        raise error from exc
-
-
-def _cursor_failed(connection: Connection, exc: BaseException) -> Exception | None:
-    """Deal with a failure of ``connection``'s cursor as SQLAlchemy would; return the domain
-    error to raise for it (None: raise it as it is).
-
-    A lost connection is invalidated, with the pool's older connections, as SQLAlchemy does
-    on a disconnect; a cancellation mid-statement leaves the connection in an unknown state:
-    invalidated too.
-    """
-    errors = _errors_of(connection.dialect)
-    lost = isinstance(exc, errors) and classify(exc) is Failure.UNAVAILABLE
-    if (lost or not isinstance(exc, Exception)) and not connection.invalidated:
-        error = exc if isinstance(exc, Exception) else None
-        if lost:
-            connection.engine.pool._invalidate(connection.connection, error, _checkin=False)
-        connection.invalidate(error)
-    return as_domain_error(exc) if isinstance(exc, errors) else None
+        errors = _errors_of(connection.dialect)
+        lost = isinstance(exc, errors) and classify(exc) is Failure.UNAVAILABLE
+        if (lost or not isinstance(exc, Exception)) and not connection.invalidated:
+            error = exc if isinstance(exc, Exception) else None
+            if lost:
+                connection.engine.pool._invalidate(connection.connection, error, _checkin=False)
+            connection.invalidate(error)
+        if isinstance(exc, errors):
+            raise as_domain_error(exc) from exc
+        raise
 
 
 def _errors_of(dialect: Dialect) -> tuple[type[BaseException], ...]:
