@@ -170,13 +170,13 @@ async def block_cache_memory(url: str, prefixes: int = HOT_PREFIXES) -> list[Fig
 async def measure(server: str = PG) -> list[Figure]:
     """Every scale figure, on fresh databases of ``server`` (dropped afterwards)."""
     out: list[Figure] = []
-    small, big = ("idm_bench_scale_" + uuid.uuid4().hex[:8] for _ in range(2))
-    for name in (small, big):
+    databases = ["idm_bench_scale_" + uuid.uuid4().hex[:8] for _ in range(2)]
+    for name in databases:
         await _admin(server, f'CREATE DATABASE "{name}"')
     try:
-        for name in (small, big):
+        for name in databases:
             await asyncio.to_thread(migrate, f"{server}/{name}")
-        small_url, big_url = f"{server}/{small}", f"{server}/{big}"
+        small_url, big_url = (f"{server}/{name}" for name in databases)
         print(f"Scale: allocation by sequences in use, {TASKS} tasks (IDs/s, CPU µs/ID)")
         in_small = await _fill(small_url, "S", 10_000)
         one = ""  # the CPU with one sequence in use: the others compare with it
@@ -220,7 +220,7 @@ async def measure(server: str = PG) -> list[Figure]:
         for figure in out[-6:]:
             print(f"  {figure.name:<62} {figure.value:>14,.1f} {figure.unit}", flush=True)
     finally:
-        for name in (small, big):
+        for name in databases:
             await _admin(server, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     return out
 
