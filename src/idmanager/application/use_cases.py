@@ -94,17 +94,21 @@ class _Steps:
         claim: Claim | None = None,
         **changes: Any,
     ) -> Steps[Once[IdRange]]:
-        """Allocate in one statement when the sequence exists; else in a transaction.
+        """Allocate in a transaction, which may create the sequence; with a ``claim``, in one
+        statement first where storage can (done when the sequence exists).
 
-        ``changes`` vary the options of the second step, the one that may create the
-        sequence (who creates it, whether they may). With a ``claim`` the answer is stored
-        with the allocation, or the stored answer of an earlier request is returned.
+        Without a claim, the caller has tried the one statement already
+        (:meth:`_one_statement`): these steps are for a sequence it did not find, or for a
+        lock timeout. ``changes`` vary the options of the transaction, the step that may
+        create the sequence (who creates it, whether they may). With a ``claim`` the answer
+        is stored with the allocation, or the stored answer of an earlier request is
+        returned.
         """
         key = sequence_key(prefix, scope, on, self.options)
         check_count(count, self.options.max_count)
 
         def full(repository: IdManagerRepository) -> IdRange:
-            # Made here: most allocations end at the first step, which needs no options.
+            # Made here: most allocations end in one statement, which needs no options.
             options = dataclasses.replace(self.options, **changes) if changes else self.options
             ids = SyncIdManagerService(repository, options).generate_range(
                 prefix, count, scope=scope, on=on
@@ -117,11 +121,7 @@ class _Steps:
         single = self.options.lock_timeout_ms is None
         for _ in range(_CLAIM_ATTEMPTS):
             try:
-                if claim is None and single:
-                    manager = yield "allocate", (*key, count)
-                    if manager is not None:
-                        return Once(manager.issued(count), False)
-                elif single and self.transactions.claims_in_one_statement():
+                if claim is not None and single and self.transactions.claims_in_one_statement():
                     manager = yield "allocate_remembering", (*key, count, claim, 201)
                     if manager is not None:
                         return Once(manager.issued(count), False)
@@ -141,6 +141,21 @@ class _Steps:
                     raise
                 return Once(allocation_of(stored.answer), True)
         raise _still_held()
+
+    def _one_statement(
+        self, prefix: str, count: int, scope: str, on: date | None
+    ) -> tuple[str, str, int] | None:
+        """Return the arguments of the one statement an allocation without a claim tries
+        first (it is done if the sequence exists); None where a lock timeout applies, which
+        needs a transaction: the steps then do it all.
+
+        Tried before the steps are made: the usual allocation is this one statement, and
+        driving the steps would cost it about 4 µs of Python (a fifth of one on SQLite).
+        """
+        if self.options.lock_timeout_ms is not None:
+            return None
+        scope, prefix = sequence_key(prefix, scope, on, self.options)
+        return scope, prefix, check_count(count, self.options.max_count)
 
     def _claimed(
         self,
@@ -249,6 +264,9 @@ class SyncIdManagerUseCases(_Steps):
     ) -> IdRange:
         """Allocate ``count`` IDs, committed before they are returned (one round trip when
         the sequence exists). ``actor`` and ``create`` apply to a sequence created now."""
+        first = self._one_statement(prefix, count, scope, on)
+        if first is not None and (manager := self.transactions.allocate(*first)) is not None:
+            return manager.issued(count)
         steps = self._allocation(prefix, count, scope, on, **_changes(actor, create))
         return self._drive(steps).value
 
@@ -338,6 +356,9 @@ class IdManagerUseCases(_Steps):
     ) -> IdRange:
         """Allocate ``count`` IDs, committed before they are returned (one round trip when
         the sequence exists). ``actor`` and ``create`` apply to a sequence created now."""
+        first = self._one_statement(prefix, count, scope, on)
+        if first is not None and (manager := await self.transactions.allocate(*first)) is not None:
+            return manager.issued(count)
         steps = self._allocation(prefix, count, scope, on, **_changes(actor, create))
         return (await self._drive(steps)).value
 
