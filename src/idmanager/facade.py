@@ -85,9 +85,13 @@ def _allocate(
     db: AsyncDb | SyncDb, prefix: str, count: int, scope: str, on: date | None
 ) -> IdRange | Awaitable[IdRange]:
     """Allocate in the caller's transaction, or in one round trip of its own for an engine."""
-    if isinstance(db, AsyncEngine | async_sessionmaker | Engine | sessionmaker):
-        return _connected(db).allocate(prefix, count, scope=scope, on=on)
-    return _run(db, lambda s: s.generate_range(prefix, count, scope=scope, on=on))
+    # A sync engine or session factory seen before holds its use cases: found in one look.
+    connected = getattr(db, _USE_CASES, None)
+    if connected is None:
+        if not isinstance(db, AsyncEngine | async_sessionmaker | Engine | sessionmaker):
+            return _run(db, lambda s: s.generate_range(prefix, count, scope=scope, on=on))
+        connected = _connected(db)
+    return connected.allocate(prefix, count, scope=scope, on=on)
 
 
 def _then(result: IdRange | Awaitable[IdRange], pick: Callable[[IdRange], T]) -> T | Awaitable[T]:
