@@ -7,11 +7,14 @@ Drawn at commit (``numbered(..., at_commit=True)``), the lock is held only while
 
 For scale, the same transaction written by hand on raw asyncpg (number at commit) shows what
 the machine allows, and the same ORM transaction with no numbering at all what the ORM
-allows. ``hold_times`` measures how long the sequence's row stays locked at commit, from the
-allocation statement to the end of COMMIT, one transaction at a time, and what runs in
-between: the Python calls from the allocation's reply to the next statement (a count: free of
-noise), the write of the numbers where it is a statement apart, the COMMIT. On PostgreSQL one
-document's number is allocated and written by one statement.
+allows. All 32 share one process and its one core: a control runs the transaction by hand
+spending as much CPU as the numbered ORM transaction (the difference burnt outside its lock),
+in turns with it as it is, to show what that CPU alone costs a transaction that holds the
+lock no longer than by hand. ``hold_times`` measures how long the sequence's row stays locked
+at commit, from the allocation statement to the end of COMMIT, one transaction at a time, and
+what runs in between: the Python calls from the allocation's reply to the next statement (a
+count: free of noise), the write of the numbers where it is a statement apart, the COMMIT. On
+PostgreSQL one document's number is allocated and written by one statement.
 
 Runs on a fresh PostgreSQL database on IDMANAGER_BENCH_PG (default 127.0.0.1:5432), dropped
 afterwards. ``python bench/orm.py`` prints the figures; ``main()`` also returns them.
@@ -104,8 +107,21 @@ class Figures:
     at_commit: float
     by_hand: float
     unnumbered: float  # the same ORM transaction with no numbering at all
+    # µs of this process's CPU per transaction, the median round of each
+    at_commit_cpu: float
+    by_hand_cpu: float
+    unnumbered_cpu: float
+    # The control: by hand, spending as much CPU as the numbered ORM transaction (the
+    # difference burnt outside its lock), in turns with by hand as it is (documents/s)
+    by_hand_as_busy: float
+    by_hand_beside: float
     clients: int = CLIENTS
     work_ms: float = WORK_S * 1000
+
+    @property
+    def extra_cpu(self) -> float:
+        """The CPU the control spends above the transaction by hand (µs)."""
+        return max(0.0, self.at_commit_cpu - self.by_hand_cpu)
 
     @property
     def ratio(self) -> float:
@@ -115,6 +131,38 @@ class Figures:
 async def in_a_loop(transaction: Callable[[], Awaitable[object]], seconds: float) -> float:
     """Run CLIENTS tasks repeating ``transaction`` for ``seconds``; return commits per second."""
     return await tasks_rate(CLIENTS, seconds, transaction)
+
+
+async def timed_loop(
+    transaction: Callable[[], Awaitable[object]], seconds: float
+) -> tuple[float, float]:
+    """As :func:`in_a_loop`; return commits per second and µs of this process's CPU each."""
+    began, cpu = time.perf_counter(), time.process_time()
+    rate = await in_a_loop(transaction, seconds)
+    spent, elapsed = time.process_time() - cpu, time.perf_counter() - began
+    return rate, spent / (rate * elapsed) * 1e6
+
+
+def _burn(seconds: float) -> None:
+    """Keep this thread busy for ``seconds`` of its own CPU time."""
+    end = time.thread_time() + seconds
+    while time.thread_time() < end:
+        pass
+
+
+def as_busy(
+    transaction: Callable[[], Awaitable[None]], extra_us: float
+) -> Callable[[], Awaitable[None]]:
+    """``transaction``, spending ``extra_us`` more CPU, half before it and half after: outside
+    the sequence's lock, as the ORM's own work is."""
+    half = extra_us / 2e6
+
+    async def busier() -> None:
+        _burn(half)
+        await transaction()
+        _burn(half)
+
+    return busier
 
 
 def orm_transaction(
@@ -166,11 +214,16 @@ async def measure(url: str, seconds: float = SECONDS) -> Figures:
             await in_a_loop(transaction, 0.5)
         # In turns, ROUNDS times (the order reversed every other round), the median of each:
         # a burst of load from another process then costs every mode, not one.
-        measured: dict[str, list[float]] = {prefix: [] for prefix in runs}
-        for r in range(ROUNDS):
-            for prefix in list(runs)[:: 1 if r % 2 == 0 else -1]:
-                measured[prefix].append(await in_a_loop(runs[prefix], seconds / ROUNDS))
-        rates = {prefix: statistics.median(found) for prefix, found in measured.items()}
+        measured = await in_turns(runs, seconds)
+        rates = {
+            prefix: statistics.median(r for r, _ in found) for prefix, found in measured.items()
+        }
+        cpu = {prefix: statistics.median(c for _, c in found) for prefix, found in measured.items()}
+        # The control: the transaction by hand, as busy as the numbered ORM's.
+        extra = max(0.0, cpu["DOCC"] - cpu["DOCH"])
+        control = {"DOCH": runs["DOCH"], "busy": as_busy(by_hand_transaction(pool), extra)}
+        beside = await in_turns(control, seconds)
+        busy = {prefix: statistics.median(r for r, _ in found) for prefix, found in beside.items()}
         # Gapless: as many numbers issued as documents committed.
         for model, prefix in ((DrawnAtStart, "DOCS"), (DrawnAtCommit, "DOCC"), (ByHand, "DOCH")):
             rows = await pool.fetchval(f"SELECT count(*) FROM {model.__tablename__}")
@@ -181,7 +234,29 @@ async def measure(url: str, seconds: float = SECONDS) -> Figures:
     finally:
         await pool.close()
         await engine.dispose()
-    return Figures(rates["DOCS"], rates["DOCC"], rates["DOCH"], rates["none"])
+    return Figures(
+        rates["DOCS"],
+        rates["DOCC"],
+        rates["DOCH"],
+        rates["none"],
+        cpu["DOCC"],
+        cpu["DOCH"],
+        cpu["none"],
+        busy["busy"],
+        busy["DOCH"],
+    )
+
+
+async def in_turns(
+    runs: dict[str, Callable[[], Awaitable[None]]], seconds: float
+) -> dict[str, list[tuple[float, float]]]:
+    """Run each of ``runs`` ROUNDS times in turns, ``seconds`` in all each (the order reversed
+    every other round); return each one's rounds: commits per second, µs of CPU each."""
+    measured: dict[str, list[tuple[float, float]]] = {prefix: [] for prefix in runs}
+    for r in range(ROUNDS):
+        for prefix in list(runs)[:: 1 if r % 2 == 0 else -1]:
+            measured[prefix].append(await timed_loop(runs[prefix], seconds / ROUNDS))
+    return measured
 
 
 @dataclass(frozen=True)
@@ -353,6 +428,16 @@ def main(pg: str = PG, seconds: float = SECONDS) -> tuple[Figures, HoldTimes]:
     print(f"  at commit / at the start               {figures.ratio:>10.1f}x")
     print(f"  by hand on raw asyncpg, at commit      {figures.by_hand:>10,.0f} documents/s")
     print(f"  the same ORM transaction, no numbering {figures.unnumbered:>10,.0f} documents/s")
+    print(
+        f"  CPU per transaction, this process (µs): numbered at commit {figures.at_commit_cpu:,.0f}"
+        f", no numbering {figures.unnumbered_cpu:,.0f}, by hand {figures.by_hand_cpu:,.0f}"
+    )
+    print(
+        f"  by hand, as busy as the numbered ORM (+{figures.extra_cpu:,.0f} µs of CPU outside its "
+        f"lock): {figures.by_hand_as_busy:,.0f} documents/s, "
+        f"{figures.by_hand_as_busy / figures.by_hand_beside:.2f}x by hand in turns with it "
+        f"({figures.by_hand_beside:,.0f})"
+    )
     print(
         f"  the row locked at commit, median of {held.transactions} (ms): {held.orm_total:.2f} "
         f"(allocation {held.orm_allocation:.2f}, then {held.orm_between:.3f} of Python "

@@ -590,6 +590,21 @@ def orm_runs() -> None:
     record("orm", f"{name}, number drawn at commit, vs by hand", figures.at_commit, "docs/s", hand)
     unnumbered = f"{name}, the same ORM transaction with no numbering, vs by hand"
     record("orm", unnumbered, figures.unnumbered, "docs/s", hand)
+    cpu = f"{name}, CPU per transaction (µs)"
+    by_hand_cpu = record("orm", f"{cpu}: by hand", figures.by_hand_cpu, "µs")
+    record("orm", f"{cpu}: number drawn at commit", figures.at_commit_cpu, "µs", by_hand_cpu)
+    record("orm", f"{cpu}: no numbering", figures.unnumbered_cpu, "µs", by_hand_cpu)
+    beside = record(
+        "orm", f"{name}, by hand, in turns with the next", figures.by_hand_beside, "docs/s"
+    )
+    record(
+        "orm",
+        f"{name}, by hand as busy as the numbered ORM (+{figures.extra_cpu:,.0f} µs of CPU), "
+        "vs by hand",
+        figures.by_hand_as_busy,
+        "docs/s",
+        beside,
+    )
     lock = "ORM at commit, the sequence's row locked (median, one at a time)"
     by_hand = record("orm", f"{lock}: by hand on asyncpg (ms)", held.by_hand_total, "ms")
     record("orm", f"{lock}: idmanager.orm (ms)", held.orm_total, "ms", by_hand)
