@@ -43,8 +43,9 @@ T = TypeVar("T")
 Operation = Callable[[SyncIdManagerService], T]
 Work = Callable[[IdManagerRepository], Any]
 # A call of the transactions: the name of the method and its arguments. "run" runs work in
-# a transaction; "allocate" and "allocate_remembering" make one atomic statement, which
-# storage may run as fast as it can (no transaction, the driver's prepared statement).
+# a transaction; "allocate_remembering" makes one atomic statement, which storage may run as
+# fast as it can (no transaction, the driver's prepared statement). The usual allocation's
+# one statement, ``allocate``, is called before any steps are made (``_one_statement``).
 Step = tuple[str, tuple[Any, ...]]
 Steps = Generator[Step, Any, T]
 
