@@ -42,7 +42,7 @@ def _free_port() -> int:
 
 @dataclass
 class ConsoleServer:
-    """A uvicorn process serving the app on a fresh SQLite database, with a key per role."""
+    """``idmanager serve`` serving the app on a fresh SQLite database, with a key per role."""
 
     url: str
     keys: Keys
@@ -64,8 +64,9 @@ def console_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console
         "IDMANAGER_DATABASE_URL": f"sqlite+aiosqlite:///{workdir / 'console.db'}",
         "IDMANAGER_API_KEYS": keys.env(),
     }
-    command = [sys.executable, "-m", "uvicorn", "idmanager.api.app:create_app", "--factory"]
-    command += ["--host", "127.0.0.1", "--port", str(port)]
+    # As `make run` serves it: `idmanager serve` (its own HTTP protocol over uvicorn's).
+    idmanager = str(Path(sys.executable).with_name("idmanager"))
+    command = [idmanager, "serve", "--host", "127.0.0.1", "--port", str(port)]
     log = workdir / "server.log"
     with log.open("wb") as out:
         process = subprocess.Popen(command, cwd=workdir, env=env, stdout=out, stderr=out)

@@ -1,4 +1,4 @@
-"""Run the service under uvicorn, with Nagle's algorithm off in every worker.
+"""Run the service under uvicorn: Nagle's algorithm off in every worker, one send a response.
 
 uvicorn's ``--workers N`` binds the listening socket itself with ``proto`` 0; the accepted
 connections inherit it, and asyncio turns ``TCP_NODELAY`` on only for sockets that say
@@ -6,6 +6,10 @@ connections inherit it, and asyncio turns ``TCP_NODELAY`` on only for sockets th
 40 ms per request on Linux, a 20-fold loss of throughput (uvicorn issue #3149). One worker is
 not affected (asyncio builds that listener itself). :func:`run` hands uvicorn's supervisor a
 socket created as TCP.
+
+uvicorn writes a response's status line and headers, then its body: two sends, and with
+Nagle's algorithm off two packets, each costing the server a system call and the client a
+wake-up. :class:`HttpProtocol` joins the writes of one turn of the event loop into one.
 """
 
 from __future__ import annotations
@@ -60,7 +64,8 @@ def _header_timeout() -> float:
 
 
 class HttpProtocol(HttpToolsProtocol):
-    """uvicorn's HTTP protocol that closes a connection whose request headers come too slowly.
+    """uvicorn's HTTP protocol, sending a response in one write, and closing a connection
+    whose request headers come too slowly.
 
     uvicorn bounds the idle time between requests (``timeout_keep_alive``) but not the time
     a client takes to send one request's headers: 500 clients dribbling headers would hold
@@ -72,6 +77,9 @@ class HttpProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(cast(asyncio.Transport, transport))
+        # Every write of the connection's responses goes through it (flow control stays on
+        # the transport itself: it is the transport that pauses the protocol).
+        self.transport = OneSendPerTurn(self.transport, self.loop)
         self._header_timer: asyncio.TimerHandle | None = None
         self._arm()
 
@@ -103,3 +111,82 @@ class HttpProtocol(HttpToolsProtocol):
         self._header_timer = None
         if not self.transport.is_closing():
             self.transport.close()
+
+
+class OneSendPerTurn(asyncio.Transport):
+    """A transport whose writes in one turn of the event loop go out together, in one send.
+
+    A write is held until the next one, which goes out with it, or until the loop's next turn,
+    whichever comes first: a response's head waits for its body, never for longer. Anything
+    that ends the writing (close, EOF) sends what is held first; an abort drops it, as the
+    transport drops its own buffer.
+    """
+
+    __slots__ = ("_held", "_loop", "_transport")
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__()
+        self._transport = transport
+        self._loop = loop
+        self._held: bytes | None = None
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        held = self._held
+        if held is None:
+            self._held = bytes(data)
+            self._loop.call_soon(self.flush)
+        else:
+            self._held = None
+            self._transport.write(held + data)
+
+    def flush(self) -> None:
+        """Send what is held, if anything (not on a connection lost meanwhile)."""
+        held, self._held = self._held, None
+        if held is not None and not self._transport.is_closing():
+            self._transport.write(held)
+
+    def close(self) -> None:
+        self.flush()
+        self._transport.close()
+
+    def write_eof(self) -> None:
+        self.flush()
+        self._transport.write_eof()
+
+    def abort(self) -> None:
+        self._held = None
+        self._transport.abort()
+
+    def can_write_eof(self) -> bool:
+        return self._transport.can_write_eof()
+
+    def is_closing(self) -> bool:
+        return self._transport.is_closing()
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self._transport.get_extra_info(name, default)
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        self._transport.set_protocol(protocol)
+
+    def get_protocol(self) -> asyncio.BaseProtocol:
+        return self._transport.get_protocol()
+
+    def is_reading(self) -> bool:
+        return self._transport.is_reading()
+
+    def pause_reading(self) -> None:
+        self._transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        self._transport.resume_reading()
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        self._transport.set_write_buffer_limits(high, low)
+
+    def get_write_buffer_size(self) -> int:
+        held = self._held
+        return self._transport.get_write_buffer_size() + (0 if held is None else len(held))
+
+    def get_write_buffer_limits(self) -> tuple[int, int]:
+        return self._transport.get_write_buffer_limits()
