@@ -194,12 +194,24 @@ class Server:
 Started = tuple[subprocess.Popen[bytes], list[str], Path]
 
 
-def _start(folder: Path, i: int, url: str, connections: int, seconds: float) -> Started:
-    """Start the load generator on ``url``; its output goes to a file in ``folder``."""
-    header = f"Authorization: Bearer {KEY}"
+POST = 'wrk.method = "POST"\n'
+
+
+def _start(
+    folder: Path,
+    i: int,
+    url: str,
+    connections: int,
+    seconds: float,
+    lua: str = POST,
+    api_key: str = KEY,
+) -> Started:
+    """Start the load generator on ``url`` (wrk: with the script ``lua``); its output goes to
+    a file in ``folder``."""
+    header = f"Authorization: Bearer {api_key}"
     if shutil.which("wrk"):
-        script = folder / "post.lua"
-        script.write_text('wrk.method = "POST"\n')
+        script = folder / f"post-{i}.lua"
+        script.write_text(lua)
         command = ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s"]
         command += ["-s", str(script), "-H", header, url]
     else:

@@ -18,8 +18,10 @@ outside an event loop (from ``async def postgres()``: ``await asyncio.to_thread(
 idempotency.measure, url)``); it records its rows through ``report.record`` (section
 ``idempotency``) and returns the pairs.
 Alone: ``python bench/idempotency.py`` makes a database on ``IDMANAGER_BENCH_PG`` and drops
-it afterwards. The load generator is this file again (``--load``), in a process of its own:
-raw asyncio streams, one prebuilt request per connection with only the key changing.
+it afterwards. The load generator is wrk, as for the other HTTP figures, each request built by
+its script (a new key each when keyed); without wrk, this file again (``--load``), in a
+process of its own: raw asyncio streams, one prebuilt request per connection with only the
+key changing. Python, it takes a share of the two cores the server and PostgreSQL need.
 """
 
 from __future__ import annotations
@@ -27,9 +29,11 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -45,6 +49,8 @@ ROUNDS = 3  # alternating rounds per pair, SECONDS / ROUNDS each
 GOAL = 1.3
 HTTP_CLIENTS = (1, 32)
 LIBRARY_TASKS = (1, 8)
+# The database's own cost of a key, beside the library's (1, 8) and HTTP's 32 clients.
+RAW_TASKS = (1, 8, 32)
 HEADER = "Idempotency-Key"
 
 
@@ -69,14 +75,15 @@ def prefix() -> str:
 async def _alternate(
     rate: Callable[[bool, float], Awaitable[float]], seconds: float = SECONDS
 ) -> tuple[float, float]:
-    """Run ``rate(keyed, seconds)`` in alternating rounds; return the median rates."""
+    """Run ``rate(keyed, seconds)`` in alternating rounds, which goes first reversed every
+    other round; return the median rates."""
     await rate(False, 0.5)  # warm up: connections, plans, the prefix's row
     await rate(True, 0.5)
-    without, keyed = [], []
-    for _ in range(ROUNDS):
-        without.append(await rate(False, seconds / ROUNDS))
-        keyed.append(await rate(True, seconds / ROUNDS))
-    return statistics.median(without), statistics.median(keyed)
+    found: dict[bool, list[float]] = {False: [], True: []}
+    for r in range(ROUNDS):
+        for keyed in (False, True) if r % 2 == 0 else (True, False):
+            found[keyed].append(await rate(keyed, seconds / ROUNDS))
+    return statistics.median(found[False]), statistics.median(found[True])
 
 
 # -- the library ----------------------------------------------------------------------------------
@@ -167,8 +174,31 @@ def http(url: str, clients: tuple[int, ...] = HTTP_CLIENTS) -> list[Pair]:
     return pairs
 
 
+# wrk's script: every request built by ``request()``, with a key of its own when keyed (a
+# prefix new to the database, then a count), so that both sides of a pair pay the same.
+WRK_SCRIPT = """wrk.method = "POST"
+local n = 0
+request = function()
+  n = n + 1
+  if KEYED then wrk.headers["Idempotency-Key"] = "STEM-" .. n end
+  return wrk.format()
+end
+"""
+
+
 def drive(url: str, connections: int, seconds: float, keyed: bool, api_key: str) -> float:
-    """Run the load generator (this file, ``--load``) in its own process; return requests/s."""
+    """Drive ``url`` with wrk, else with the load generator (this file, ``--load``) in its own
+    process; return requests/s."""
+    import http_bench
+
+    if shutil.which("wrk"):
+        lua = WRK_SCRIPT.replace("KEYED", str(keyed).lower()).replace("STEM", uuid.uuid4().hex)
+        with tempfile.TemporaryDirectory() as folder:
+            started = http_bench._start(Path(folder), 0, url, connections, seconds, lua, api_key)
+            rate, errors, _cpu = http_bench._finish(*started)
+        if errors:
+            print(f"  ({errors} failed requests)", flush=True)
+        return rate
     command = [sys.executable, __file__, "--load", url, str(connections), str(seconds)]
     command += ["keyed" if keyed else "plain", api_key]
     done = subprocess.run(command, capture_output=True, text=True, check=True, timeout=seconds + 60)
@@ -236,8 +266,9 @@ def measure(url: str) -> list[Pair]:
 
     print("Idempotency-Key: allocation without and with a key, PostgreSQL (IDs/s)", flush=True)
     pairs = []
-    for tasks in LIBRARY_TASKS:
-        pairs.append(asyncio.run(library(url, tasks)))
+    for tasks in RAW_TASKS:
+        if tasks in LIBRARY_TASKS:
+            pairs.append(asyncio.run(library(url, tasks)))
         found = asyncio.run(raw(url, tasks))
         pairs += [found] if found is not None else []
     pairs += http(url)
