@@ -175,7 +175,7 @@ def http(url: str, clients: tuple[int, ...] = HTTP_CLIENTS) -> list[Pair]:
 
 
 # wrk's script: every request built by ``request()``, with a key of its own when keyed (a
-# prefix new to the database, then a count), so that both sides of a pair pay the same.
+# stem new to the database, then a count), so that both sides of a pair pay the same.
 WRK_SCRIPT = """wrk.method = "POST"
 local n = 0
 request = function()

@@ -64,8 +64,13 @@ class Recorder(asyncio.Transport):
         pass
 
 
+# What the app's /later waits for before it sends its body.
+LATER: dict[str, asyncio.Event] = {}
+
+
 async def hello(scope: Scope, receive: Receive, send: Send) -> None:
-    """Answer with its request's body, or the path; a body streamed later on /later."""
+    """Answer with its request's body, or the path; on /later, a body streamed once the test
+    lets it."""
     body = b""
     more = scope["type"] == "http" and scope["method"] == "POST"
     while more:
@@ -76,7 +81,7 @@ async def hello(scope: Scope, receive: Receive, send: Send) -> None:
     later = scope["path"] == "/later"
     await send({"type": "http.response.start", "status": 200, "headers": [] if later else length})
     if later:
-        await asyncio.sleep(0.05)  # the next chunk is a while coming: the head goes first
+        await LATER["body"].wait()  # the first chunk is a while coming: the head goes first
     await send({"type": "http.response.body", "body": answer})
 
 
@@ -109,13 +114,15 @@ async def test_a_response_head_and_body_go_out_in_one_write() -> None:
 async def test_a_head_waits_for_its_body_one_turn_at_most() -> None:
     transport = Recorder()
     protocol = await connected(transport)
+    LATER["body"] = asyncio.Event()
     protocol.data_received(b"GET /later HTTP/1.1\r\nHost: x\r\n\r\n")
     await turns()
-    # The body is 50 ms away; the head is out already.
+    # The body is not ready; the head is out already.
     assert len(transport.writes) == 1
     assert transport.writes[0].startswith(b"HTTP/1.1 200 OK\r\n")
     assert b"transfer-encoding: chunked" in transport.writes[0]
-    await asyncio.sleep(0.1)
+    LATER["body"].set()
+    await turns()
     assert b"/later" in b"".join(transport.writes[1:])
     protocol.connection_lost(None)
 
