@@ -332,8 +332,10 @@ def test_server_killed_under_load_gives_every_id_exactly_once(
     assert_exactly_once(clients, figures, gaps=block_cache, ordered=not block_cache)
     assert per_process == 0
     attempts = figures["attempts"]
+    # Attempts the kills cut short: refused while the server was down, or cut off in flight.
+    # (An answer this test drops on purpose is "201 dropped", not counted here.)
     cut = sum(n for outcome, n in attempts.items() if not outcome[0].isdigit())
-    assert cut > figures["answers_dropped"], "no request met a kill: the scenario proved nothing"
+    assert cut > 0, f"no request met a kill: the scenario proved nothing; {attempts}"
     assert_answered(attempts)
     replays = {o for o in attempts if o.startswith("201 replayed")}
     if block_cache:
