@@ -259,7 +259,11 @@ def _bound(row: Row) -> str:
     """For HTTP at one client, about the most the machine allows: a request is the route's
     own round trip (measured with the block cache: no database) and the statement's, one
     after the other. For the ORM, the most the ORM allows: the same transaction with no
-    numbering at all."""
+    numbering at all. For the table of a million sequences, how much the raw statement
+    itself slows there."""
+    if row.name.startswith("scale: 10,000 sequences in use, table of 1,000,000"):
+        raw = find(row.name.replace("scale: ", "scale: raw statement, "))
+        return f" (the raw statement: {raw.ratio:.2f}x)" if raw and raw.ratio else ""
     if row.name.endswith("number drawn at commit, vs by hand"):
         unnumbered = find(
             row.name.replace("number drawn at commit", "the same ORM transaction with no numbering")

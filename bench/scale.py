@@ -7,7 +7,10 @@ a bulk of 10,000,000 IDs, and the block cache's memory with 10,000 hot prefixes.
 - **Table size**: the same allocations over 10,000 sequences picked at random from a table of
   1,000,000 (made with one ``INSERT … SELECT generate_series``), beside a table of 10,000. The
   allocation is a primary-key lookup (the unique index on ``(scope, prefix)``): it must not
-  slow as the table grows.
+  slow as the table grows. Beside it, in the same turns, the raw statement (the issue's
+  smallest upsert on bare asyncpg, as many tasks) on both tables: what PostgreSQL's own
+  lookup costs more in the bigger table (a deeper index, pages that no longer fit the
+  caches).
 - **Bulk**: ``generate_range(p, 10,000,000)``: one statement, then the IDs formatted a letter
   block at a time, as the HTTP service streams them (a list of 10 million strings would take
   about a gigabyte; the IDs are formatted, counted and dropped).
@@ -32,6 +35,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import asyncpg
+from internals import MINIMAL
 
 from idmanager import BlockCache, ServiceOptions, connect, create_async_engine, migrate
 
@@ -99,6 +103,31 @@ async def allocations(url: str, names: list[str], seconds: float = SECONDS) -> t
         elapsed, cpu = time.perf_counter() - began, time.process_time() - cpu
     finally:
         await engine.dispose()
+    return done / elapsed, cpu / max(done, 1) * 1e6
+
+
+async def raw_allocations(
+    url: str, names: list[str], seconds: float = SECONDS
+) -> tuple[float, float]:
+    """As :func:`allocations`, with the raw statement on bare asyncpg: (IDs/s, CPU µs per ID)."""
+    pool = await asyncpg.create_pool(url, min_size=TASKS, max_size=TASKS)
+    done = 0
+
+    async def task(stop: float) -> None:
+        nonlocal done
+        async with pool.acquire() as connection:
+            statement = await connection.prepare(MINIMAL)
+            while time.perf_counter() < stop:
+                await statement.fetchval(random.choice(names))
+                done += 1
+
+    try:
+        await asyncio.gather(*(task(time.perf_counter() + 0.3) for _ in range(TASKS)))
+        done, cpu, began = 0, time.process_time(), time.perf_counter()
+        await asyncio.gather(*(task(began + seconds) for _ in range(TASKS)))
+        elapsed, cpu = time.perf_counter() - began, time.process_time() - cpu
+    finally:
+        await pool.close()
     return done / elapsed, cpu / max(done, 1) * 1e6
 
 
@@ -195,25 +224,34 @@ async def measure(server: str = PG) -> list[Figure]:
         # Each sequence once first, as those of the small table were: a row's first update
         # after a bulk load finds its page full (no room for a HOT update) on any table.
         await _touch(big_url, chosen)
-        rounds: dict[str, list[tuple[float, float]]] = {"small": [], "big": []}
+        # The library and the raw statement, each on both tables, in turns.
+        modes = [(m, t) for m in ("library", "raw") for t in ("small", "big")]
+        rounds: dict[tuple[str, str], list[tuple[float, float]]] = {k: [] for k in modes}
         for r in range(3):
-            for which in ("small", "big") if r % 2 == 0 else ("big", "small"):
+            for mode, which in modes if r % 2 == 0 else modes[::-1]:
                 url, names = (small_url, in_small) if which == "small" else (big_url, chosen)
-                rounds[which].append(await allocations(url, names))
-        (small_rate, small_cpu), (rate, cpu) = (
-            (statistics.median(x[0] for x in rounds[k]), statistics.median(x[1] for x in rounds[k]))
-            for k in ("small", "big")
-        )
-        small = "scale: 10,000 sequences in use, table of 10,000 (in turns with 1,000,000)"
-        label = f"scale: 10,000 sequences in use, table of {BIG_TABLE:,}"
-        out += [
-            Figure(f"{small}, IDs/s", small_rate, "IDs/s"),
-            Figure(f"{small}, CPU", small_cpu, "µs"),
-            Figure(f"{label}, IDs/s", rate, "IDs/s", f"{small}, IDs/s"),
-            Figure(f"{label}, CPU", cpu, "µs", f"{small}, CPU"),
-        ]
-        print(f"  table of 10,000:  {small_rate:,.0f} IDs/s, {small_cpu:.1f} µs CPU/ID", flush=True)
-        print(f"  table of {BIG_TABLE:,}: {rate:,.0f} IDs/s, {cpu:.1f} µs CPU/ID", flush=True)
+                measured = allocations if mode == "library" else raw_allocations
+                rounds[mode, which].append(await measured(url, names))
+        median = {
+            k: (statistics.median(x[0] for x in v), statistics.median(x[1] for x in v))
+            for k, v in rounds.items()
+        }
+        for mode, stem in (("library", "scale: "), ("raw", "scale: raw statement, ")):
+            small = f"{stem}10,000 sequences in use, table of 10,000 (in turns with 1,000,000)"
+            label = f"{stem}10,000 sequences in use, table of {BIG_TABLE:,}"
+            (small_rate, small_cpu), (rate, cpu) = median[mode, "small"], median[mode, "big"]
+            out += [
+                Figure(f"{small}, IDs/s", small_rate, "IDs/s"),
+                Figure(f"{small}, CPU", small_cpu, "µs"),
+                Figure(f"{label}, IDs/s", rate, "IDs/s", f"{small}, IDs/s"),
+                Figure(f"{label}, CPU", cpu, "µs", f"{small}, CPU"),
+            ]
+            print(
+                f"  {mode + ',':<9}table of 10,000: {small_rate:,.0f} IDs/s, {small_cpu:.1f} µs "
+                f"CPU/ID; of {BIG_TABLE:,}: {rate:,.0f} IDs/s, {cpu:.1f} µs CPU/ID "
+                f"({rate / small_rate:.2f}x)",
+                flush=True,
+            )
         print("Scale: a bulk of 10,000,000 IDs; the block cache's memory")
         out += await bulk(small_url)
         out += await block_cache_memory(small_url)
