@@ -21,7 +21,14 @@ from typing import Any
 import aiosqlite
 import asyncpg
 import psycopg
-from internals import MINIMAL, library_statement, positional, statement_values, use_cases
+from internals import (
+    MINIMAL,
+    library_statement,
+    no_reset,
+    positional,
+    statement_values,
+    use_cases,
+)
 from sqlalchemy import Engine, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session
@@ -72,10 +79,6 @@ async def raw_asyncpg_minimal(env: Env) -> AsyncIterator[Op]:
         await conn.close()
 
 
-async def _no_reset(_connection: asyncpg.Connection) -> None:
-    """Skip asyncpg's reset query (advisory unlock, CLOSE ALL, UNLISTEN, RESET ALL)."""
-
-
 @asynccontextmanager
 async def raw_asyncpg(env: Env) -> AsyncIterator[Op]:
     """The library's own statement, prepared once, on one asyncpg connection (autocommit).
@@ -86,7 +89,7 @@ async def raw_asyncpg(env: Env) -> AsyncIterator[Op]:
     args = positional(order)
     if env.clients > 1:
         pool = await asyncpg.create_pool(
-            env.pg_url, min_size=env.clients, max_size=env.clients, reset=_no_reset
+            env.pg_url, min_size=env.clients, max_size=env.clients, reset=no_reset
         )
 
         async def pooled(p: str) -> object:

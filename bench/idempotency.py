@@ -115,15 +115,17 @@ async def library(url: str, tasks: int) -> Pair:
     return Pair(f"library, own transaction, hot prefix, {tasks} tasks", without, keyed)
 
 
-async def _no_reset(_connection: object) -> None:
-    """Release a connection as it is (nothing to reset after one autocommitted statement)."""
-
-
 async def raw(url: str, tasks: int) -> Pair | None:
     """The library's two statements on raw asyncpg, unkeyed and keyed (a new key each): what
     a key costs the database itself, the most the library's ratio can approach."""
     import asyncpg
-    from internals import create_sequences, keyed_statement, library_statement, positional
+    from internals import (
+        create_sequences,
+        keyed_statement,
+        library_statement,
+        no_reset,
+        positional,
+    )
 
     keyed_sql = keyed_statement()
     if keyed_sql is None:
@@ -134,7 +136,7 @@ async def raw(url: str, tasks: int) -> Pair | None:
     hot = prefix()
     await asyncio.to_thread(create_sequences, url, [hot])
     # Without the reset query asyncpg sends on release: one round trip per ID (bench/run.py).
-    pool = await asyncpg.create_pool(url, min_size=tasks, max_size=tasks, reset=_no_reset)
+    pool = await asyncpg.create_pool(url, min_size=tasks, max_size=tasks, reset=no_reset)
 
     async def one(keyed: bool) -> None:
         async with pool.acquire() as connection:

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
+import asyncpg
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.dialects.postgresql import asyncpg as pg_asyncpg
 from sqlalchemy.dialects.postgresql import psycopg as pg_psycopg
@@ -179,3 +181,29 @@ async def tasks_rate(tasks: int, seconds: float, one: Callable[[], Awaitable[obj
     began = time.perf_counter()
     await asyncio.gather(*(task() for _ in range(tasks)))
     return done / (time.perf_counter() - began)
+
+
+async def timed_rate(
+    tasks: int, seconds: float, one: Callable[[], Awaitable[object]]
+) -> tuple[float, float]:
+    """As :func:`tasks_rate`; return calls per second and µs of this process's CPU each."""
+    began, cpu = time.perf_counter(), time.process_time()
+    rate = await tasks_rate(tasks, seconds, one)
+    spent, elapsed = time.process_time() - cpu, time.perf_counter() - began
+    return rate, spent / max(rate * elapsed, 1.0) * 1e6
+
+
+async def no_reset(_connection: asyncpg.Connection) -> None:
+    """Skip asyncpg's reset query on release (advisory unlock, CLOSE ALL, UNLISTEN, RESET
+    ALL): a raw baseline is one round trip per ID."""
+
+
+@asynccontextmanager
+async def raw_pool(url: str, size: int) -> AsyncIterator[asyncpg.Pool]:
+    """An asyncpg pool of ``size`` connections without the reset query, closed afterwards."""
+    # Opened per measurement, like the engines: the PostgreSQL server's connections are few.
+    pool = await asyncpg.create_pool(url, min_size=size, max_size=size, reset=no_reset)
+    try:
+        yield pool
+    finally:
+        await pool.close()

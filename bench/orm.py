@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
-from internals import tasks_rate
+from internals import tasks_rate, timed_rate
 from sqlalchemy import String
 from sqlalchemy.dialects.postgresql.asyncpg import (
     AsyncAdapt_asyncpg_connection,
@@ -137,10 +137,7 @@ async def timed_loop(
     transaction: Callable[[], Awaitable[object]], seconds: float
 ) -> tuple[float, float]:
     """As :func:`in_a_loop`; return commits per second and µs of this process's CPU each."""
-    began, cpu = time.perf_counter(), time.process_time()
-    rate = await in_a_loop(transaction, seconds)
-    spent, elapsed = time.process_time() - cpu, time.perf_counter() - began
-    return rate, spent / (rate * elapsed) * 1e6
+    return await timed_rate(CLIENTS, seconds, transaction)
 
 
 def _burn(seconds: float) -> None:

@@ -40,6 +40,7 @@ from internals import (
     create_sequences,
     library_statement,
     positional,
+    raw_pool,
 )
 from internals import use_cases as use_cases_of
 from report import record
@@ -126,20 +127,6 @@ def alternated_sync(paths: list[Callable[[str], object]], names: list[str]) -> l
         for i in order:
             runs[i].append(_sqlite_rate(paths[i], names, SECONDS / ROUNDS))
     return [statistics.median(run) for run in runs]
-
-
-async def _no_reset(_connection: asyncpg.Connection) -> None:
-    """Skip asyncpg's reset query on release: the raw baseline is one round trip per ID."""
-
-
-@asynccontextmanager
-async def raw_pool(url: str, size: int) -> AsyncIterator[asyncpg.Pool]:
-    # Opened per measurement, like the engines: the PostgreSQL server's connections are few.
-    pool = await asyncpg.create_pool(url, min_size=size, max_size=size, reset=_no_reset)
-    try:
-        yield pool
-    finally:
-        await pool.close()
 
 
 @asynccontextmanager

@@ -31,11 +31,11 @@ import statistics
 import time
 import tracemalloc
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import asyncpg
-from internals import MINIMAL
+from internals import MINIMAL, raw_pool, tasks_rate, timed_rate
 
 from idmanager import BlockCache, ServiceOptions, connect, create_async_engine, migrate
 
@@ -85,50 +85,33 @@ async def allocations(url: str, names: list[str], seconds: float = SECONDS) -> t
     """Allocate from ``names`` (random order) with TASKS tasks: (IDs/s, CPU µs per ID)."""
     engine = create_async_engine(url, pool_size=TASKS, max_overflow=0)
     use_cases = connect(engine)
-    done = 0
-    pick: Callable[[], str] = (
-        (lambda: names[0]) if len(names) == 1 else (lambda: random.choice(names))
-    )
-
-    async def task(stop: float) -> None:
-        nonlocal done
-        while time.perf_counter() < stop:
-            await use_cases.allocate(pick())
-            done += 1
-
     try:
-        await asyncio.gather(*(task(time.perf_counter() + 0.3) for _ in range(TASKS)))
-        done, cpu, began = 0, time.process_time(), time.perf_counter()
-        await asyncio.gather(*(task(began + seconds) for _ in range(TASKS)))
-        elapsed, cpu = time.perf_counter() - began, time.process_time() - cpu
+        return await _warmed(lambda: use_cases.allocate(_pick(names)), seconds)
     finally:
         await engine.dispose()
-    return done / elapsed, cpu / max(done, 1) * 1e6
 
 
 async def raw_allocations(
     url: str, names: list[str], seconds: float = SECONDS
 ) -> tuple[float, float]:
     """As :func:`allocations`, with the raw statement on bare asyncpg: (IDs/s, CPU µs per ID)."""
-    pool = await asyncpg.create_pool(url, min_size=TASKS, max_size=TASKS)
-    done = 0
+    async with raw_pool(url, TASKS) as pool:
 
-    async def task(stop: float) -> None:
-        nonlocal done
-        async with pool.acquire() as connection:
-            statement = await connection.prepare(MINIMAL)
-            while time.perf_counter() < stop:
-                await statement.fetchval(random.choice(names))
-                done += 1
+        async def one() -> None:
+            async with pool.acquire() as connection:
+                await connection.fetchval(MINIMAL, _pick(names))
 
-    try:
-        await asyncio.gather(*(task(time.perf_counter() + 0.3) for _ in range(TASKS)))
-        done, cpu, began = 0, time.process_time(), time.perf_counter()
-        await asyncio.gather(*(task(began + seconds) for _ in range(TASKS)))
-        elapsed, cpu = time.perf_counter() - began, time.process_time() - cpu
-    finally:
-        await pool.close()
-    return done / elapsed, cpu / max(done, 1) * 1e6
+        return await _warmed(one, seconds)
+
+
+def _pick(names: list[str]) -> str:
+    return names[0] if len(names) == 1 else random.choice(names)
+
+
+async def _warmed(one: Callable[[], Awaitable[object]], seconds: float) -> tuple[float, float]:
+    """TASKS tasks calling ``one``: 0.3 s to warm up, then ``seconds`` timed."""
+    await tasks_rate(TASKS, 0.3, one)
+    return await timed_rate(TASKS, seconds, one)
 
 
 async def _touch(url: str, names: list[str]) -> None:
