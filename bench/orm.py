@@ -6,15 +6,17 @@ the sequence's row stays locked for the 20 ms, so the transactions queue behind 
 Drawn at commit (``numbered(..., at_commit=True)``), the lock is held only while committing.
 
 For scale, the same transaction written by hand on raw asyncpg (number at commit) shows what
-the machine allows, and the same ORM transaction with no numbering at all what the ORM
-allows. All 32 share one process and its one core: a control runs the transaction by hand
-spending as much CPU as the numbered ORM transaction (the difference burnt outside its lock),
-in turns with it as it is, to show what that CPU alone costs a transaction that holds the
-lock no longer than by hand. ``hold_times`` measures how long the sequence's row stays locked
-at commit, from the allocation statement to the end of COMMIT, one transaction at a time, and
-what runs in between: the Python calls from the allocation's reply to the next statement (a
-count: free of noise), the write of the numbers where it is a statement apart, the COMMIT. On
-PostgreSQL one document's number is allocated and written by one statement.
+the machine allows, and the same ORM transaction with no numbering at all what the ORM allows.
+The transaction by hand with no numbering too: the numbering's own CPU, numbered minus
+unnumbered, is then shown in the ORM and by hand side by side. All 32 share one process and its
+one core: a control runs the transaction by hand spending as much CPU as the numbered ORM
+transaction (the difference burnt outside its lock), in turns with it as it is, to show what
+that CPU alone costs a transaction that holds the lock no longer than by hand. ``hold_times``
+measures how long the sequence's row stays locked at commit, from the allocation statement to
+the end of COMMIT, one transaction at a time, and what runs in between: the Python calls from
+the allocation's reply to the next statement (a count: free of noise), the write of the numbers
+where it is a statement apart, the COMMIT. On PostgreSQL one document's number is allocated and
+written by one statement.
 
 Runs on a fresh PostgreSQL database on IDMANAGER_BENCH_PG (default 127.0.0.1:5432), dropped
 afterwards. ``python bench/orm.py`` prints the figures; ``main()`` also returns them.
@@ -111,6 +113,9 @@ class Figures:
     at_commit_cpu: float
     by_hand_cpu: float
     unnumbered_cpu: float
+    # The transaction by hand with no numbering: documents/s and µs of CPU each
+    by_hand_unnumbered: float
+    by_hand_unnumbered_cpu: float
     # The control: by hand, spending as much CPU as the numbered ORM transaction (the
     # difference burnt outside its lock), in turns with by hand as it is (documents/s)
     by_hand_as_busy: float
@@ -122,6 +127,16 @@ class Figures:
     def extra_cpu(self) -> float:
         """The CPU the control spends above the transaction by hand (µs)."""
         return max(0.0, self.at_commit_cpu - self.by_hand_cpu)
+
+    @property
+    def numbering_cpu(self) -> float:
+        """The numbering's own CPU per transaction in the ORM: numbered minus unnumbered (µs)."""
+        return self.at_commit_cpu - self.unnumbered_cpu
+
+    @property
+    def numbering_cpu_by_hand(self) -> float:
+        """The same by hand: its upsert and update, numbered minus unnumbered (µs)."""
+        return self.by_hand_cpu - self.by_hand_unnumbered_cpu
 
     @property
     def ratio(self) -> float:
@@ -194,6 +209,19 @@ def by_hand_transaction(pool: asyncpg.Pool) -> Callable[[], Awaitable[None]]:
     return transaction
 
 
+def by_hand_unnumbered_transaction(pool: asyncpg.Pool) -> Callable[[], Awaitable[None]]:
+    """The transaction by hand with no numbering: the document inserted, nothing drawn."""
+
+    async def transaction() -> None:
+        async with pool.acquire() as connection, connection.transaction():
+            await connection.fetchval(
+                "INSERT INTO bench_documents_unnumbered (number) VALUES (NULL) RETURNING id"
+            )
+            await asyncio.sleep(WORK_S)
+
+    return transaction
+
+
 async def measure(url: str, seconds: float = SECONDS) -> Figures:
     """Measure the three on the migrated database ``url``."""
     engine = create_async_engine(url, pool_size=CLIENTS, max_overflow=0)
@@ -205,6 +233,7 @@ async def measure(url: str, seconds: float = SECONDS) -> Figures:
         "DOCC": orm_transaction(sessions, DrawnAtCommit),
         "DOCH": by_hand_transaction(pool),
         "none": orm_transaction(sessions, Unnumbered),
+        "hand, none": by_hand_unnumbered_transaction(pool),
     }
     try:
         for transaction in runs.values():  # create the sequences, warm the pools
@@ -239,6 +268,8 @@ async def measure(url: str, seconds: float = SECONDS) -> Figures:
         cpu["DOCC"],
         cpu["DOCH"],
         cpu["none"],
+        rates["hand, none"],
+        cpu["hand, none"],
         busy["busy"],
         busy["DOCH"],
     )
@@ -428,6 +459,13 @@ def main(pg: str = PG, seconds: float = SECONDS) -> tuple[Figures, HoldTimes]:
     print(
         f"  CPU per transaction, this process (µs): numbered at commit {figures.at_commit_cpu:,.0f}"
         f", no numbering {figures.unnumbered_cpu:,.0f}, by hand {figures.by_hand_cpu:,.0f}"
+    )
+    print(
+        f"  the numbering's own CPU per transaction (numbered minus unnumbered, µs): in the ORM "
+        f"{figures.numbering_cpu:,.0f}, by hand {figures.numbering_cpu_by_hand:,.0f}; "
+        f"numbered / unnumbered: ORM {figures.at_commit / figures.unnumbered:.2f}x, "
+        f"by hand {figures.by_hand / figures.by_hand_unnumbered:.2f}x "
+        f"({figures.by_hand_unnumbered:,.0f} documents/s)"
     )
     print(
         f"  by hand, as busy as the numbered ORM (+{figures.extra_cpu:,.0f} µs of CPU outside its "

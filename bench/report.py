@@ -276,9 +276,19 @@ def _bound(row: Row) -> str:
             if busy is not None and busy.ratio is not None
             else ""
         )
+        own = find(
+            "ORM, 32 transactions with 20 ms of work, CPU per transaction (µs): the numbering's "
+            "own (numbered minus unnumbered), idmanager.orm"
+        )
+        cost = (
+            f"; the numbering's own CPU per transaction: {own.value:,.0f} µs, "
+            f"{own.ratio:.2f}x the same by hand"
+            if own is not None and own.ratio is not None
+            else ""
+        )
         return (
             f" (the same ORM transaction with no numbering at all: {unnumbered.ratio:.2f}x"
-            f"{control})"
+            f"{control}{cost})"
         )
     if not (
         row.name.startswith("HTTP IdManager, own transaction") and row.name.endswith(" 1 clients")

@@ -584,6 +584,11 @@ def orm_runs() -> None:
     by_hand_cpu = record("orm", f"{cpu}: by hand", figures.by_hand_cpu, "µs")
     record("orm", f"{cpu}: number drawn at commit", figures.at_commit_cpu, "µs", by_hand_cpu)
     record("orm", f"{cpu}: no numbering", figures.unnumbered_cpu, "µs", by_hand_cpu)
+    record("orm", f"{cpu}: by hand, no numbering", figures.by_hand_unnumbered_cpu, "µs")
+    # The numbering's own CPU, numbered minus unnumbered: IdManager's beside the hand-written.
+    own = f"{cpu}: the numbering's own (numbered minus unnumbered)"
+    own_by_hand = record("orm", f"{own}, by hand", figures.numbering_cpu_by_hand, "µs")
+    record("orm", f"{own}, idmanager.orm", figures.numbering_cpu, "µs", own_by_hand)
     beside = record(
         "orm", f"{name}, by hand, in turns with the next", figures.by_hand_beside, "docs/s"
     )
