@@ -276,9 +276,10 @@ def _bound(row: Row) -> str:
             if busy is not None and busy.ratio is not None
             else ""
         )
+        name = row.name.removesuffix(", number drawn at commit, vs by hand")
         own = find(
-            "ORM, 32 transactions with 20 ms of work, CPU per transaction (µs): the numbering's "
-            "own (numbered minus unnumbered), idmanager.orm"
+            f"{name}, CPU per transaction (µs): the numbering's own (numbered minus "
+            "unnumbered), idmanager.orm"
         )
         cost = (
             f"; the numbering's own CPU per transaction: {own.value:,.0f} µs, "
