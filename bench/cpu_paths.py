@@ -24,8 +24,8 @@ import psycopg
 from internals import (
     MINIMAL,
     library_statement,
-    no_reset,
     positional,
+    raw_pool,
     statement_values,
     use_cases,
 )
@@ -88,18 +88,13 @@ async def raw_asyncpg(env: Env) -> AsyncIterator[Op]:
     sql, order = library_statement("asyncpg")
     args = positional(order)
     if env.clients > 1:
-        pool = await asyncpg.create_pool(
-            env.pg_url, min_size=env.clients, max_size=env.clients, reset=no_reset
-        )
+        async with raw_pool(env.pg_url, env.clients) as pool:
 
-        async def pooled(p: str) -> object:
-            async with pool.acquire() as conn:
-                return await conn.fetchrow(sql, *args(p))
+            async def pooled(p: str) -> object:
+                async with pool.acquire() as conn:
+                    return await conn.fetchrow(sql, *args(p))
 
-        try:
             yield Op(pooled)
-        finally:
-            await pool.close()
         return
     conn = await asyncpg.connect(env.pg_url)
     statement = await conn.prepare(sql)

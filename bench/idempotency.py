@@ -118,14 +118,7 @@ async def library(url: str, tasks: int) -> Pair:
 async def raw(url: str, tasks: int) -> Pair | None:
     """The library's two statements on raw asyncpg, unkeyed and keyed (a new key each): what
     a key costs the database itself, the most the library's ratio can approach."""
-    import asyncpg
-    from internals import (
-        create_sequences,
-        keyed_statement,
-        library_statement,
-        no_reset,
-        positional,
-    )
+    from internals import create_sequences, keyed_statement, library_statement, positional, raw_pool
 
     keyed_sql = keyed_statement()
     if keyed_sql is None:
@@ -135,23 +128,20 @@ async def raw(url: str, tasks: int) -> Pair | None:
     unkeyed_args = positional(order)
     hot = prefix()
     await asyncio.to_thread(create_sequences, url, [hot])
-    # Without the reset query asyncpg sends on release: one round trip per ID (bench/run.py).
-    pool = await asyncpg.create_pool(url, min_size=tasks, max_size=tasks, reset=no_reset)
+    # Without the reset query asyncpg sends on release: one round trip per ID.
+    async with raw_pool(url, tasks) as pool:
 
-    async def one(keyed: bool) -> None:
-        async with pool.acquire() as connection:
-            if keyed:
-                await connection.fetchrow(sql, *args(hot, uuid.uuid4().hex))
-            else:
-                await connection.fetchrow(unkeyed_sql, *unkeyed_args(hot))
+        async def one(keyed: bool) -> None:
+            async with pool.acquire() as connection:
+                if keyed:
+                    await connection.fetchrow(sql, *args(hot, uuid.uuid4().hex))
+                else:
+                    await connection.fetchrow(unkeyed_sql, *unkeyed_args(hot))
 
-    async def rate(keyed: bool, seconds: float) -> float:
-        return await tasks_rate(tasks, seconds, lambda: one(keyed))
+        async def rate(keyed: bool, seconds: float) -> float:
+            return await tasks_rate(tasks, seconds, lambda: one(keyed))
 
-    try:
         without, keyed = await _alternate(rate)
-    finally:
-        await pool.close()
     return Pair(f"raw asyncpg, the library's statements, hot prefix, {tasks} tasks", without, keyed)
 
 

@@ -193,7 +193,7 @@ async def timed_rate(
     return rate, spent / max(rate * elapsed, 1.0) * 1e6
 
 
-async def no_reset(_connection: asyncpg.Connection) -> None:
+async def _no_reset(_connection: asyncpg.Connection) -> None:
     """Skip asyncpg's reset query on release (advisory unlock, CLOSE ALL, UNLISTEN, RESET
     ALL): a raw baseline is one round trip per ID."""
 
@@ -202,7 +202,7 @@ async def no_reset(_connection: asyncpg.Connection) -> None:
 async def raw_pool(url: str, size: int) -> AsyncIterator[asyncpg.Pool]:
     """An asyncpg pool of ``size`` connections without the reset query, closed afterwards."""
     # Opened per measurement, like the engines: the PostgreSQL server's connections are few.
-    pool = await asyncpg.create_pool(url, min_size=size, max_size=size, reset=no_reset)
+    pool = await asyncpg.create_pool(url, min_size=size, max_size=size, reset=_no_reset)
     try:
         yield pool
     finally:

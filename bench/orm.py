@@ -192,32 +192,24 @@ def orm_transaction(
     return transaction
 
 
-def by_hand_transaction(pool: asyncpg.Pool) -> Callable[[], Awaitable[None]]:
+def by_hand_transaction(pool: asyncpg.Pool, numbered: bool = True) -> Callable[[], Awaitable[None]]:
+    """The transaction by hand, numbered at commit; or with no numbering (into the unnumbered
+    documents: the numbered ones must all have their numbers)."""
+    table = "bench_documents_by_hand" if numbered else "bench_documents_unnumbered"
+
     async def transaction() -> None:
         async with pool.acquire() as connection, connection.transaction():
             row = await connection.fetchval(
-                "INSERT INTO bench_documents_by_hand (number) VALUES (NULL) RETURNING id"
+                f"INSERT INTO {table} (number) VALUES (NULL) RETURNING id"
             )
             await asyncio.sleep(WORK_S)
-            last = await connection.fetchval(UPSERT, "DOCH")
-            await connection.execute(
-                "UPDATE bench_documents_by_hand SET number = $1 WHERE id = $2",
-                format_id("DOCH", last),
-                row,
-            )
-
-    return transaction
-
-
-def by_hand_unnumbered_transaction(pool: asyncpg.Pool) -> Callable[[], Awaitable[None]]:
-    """The transaction by hand with no numbering: the document inserted, nothing drawn."""
-
-    async def transaction() -> None:
-        async with pool.acquire() as connection, connection.transaction():
-            await connection.fetchval(
-                "INSERT INTO bench_documents_unnumbered (number) VALUES (NULL) RETURNING id"
-            )
-            await asyncio.sleep(WORK_S)
+            if numbered:
+                last = await connection.fetchval(UPSERT, "DOCH")
+                await connection.execute(
+                    f"UPDATE {table} SET number = $1 WHERE id = $2",
+                    format_id("DOCH", last),
+                    row,
+                )
 
     return transaction
 
@@ -233,7 +225,7 @@ async def measure(url: str, seconds: float = SECONDS) -> Figures:
         "DOCC": orm_transaction(sessions, DrawnAtCommit),
         "DOCH": by_hand_transaction(pool),
         "none": orm_transaction(sessions, Unnumbered),
-        "hand, none": by_hand_unnumbered_transaction(pool),
+        "hand, none": by_hand_transaction(pool, numbered=False),
     }
     try:
         for transaction in runs.values():  # create the sequences, warm the pools
